@@ -1,0 +1,1 @@
+"""Sub-commands of the ``tuckerref`` CLI, one module each (see :mod:`tuckerref.cli`)."""

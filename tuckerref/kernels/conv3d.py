@@ -1,0 +1,216 @@
+"""Direct 3-D convolution, eq. (1) of the paper, and its gradients.
+
+Forward (PyTorch's cross-correlation, NCDHW, weight (T, S, kD, kH, kW)):
+
+    Y(n, t, f', h', w') = b(t) + sum_{s, i, j, l} K(t, s, i, j, l) * Xp(n, s, f'*sd + i, h'*sh + j, w'*sw + l)
+
+with Xp the zero-padded input. No im2col and no BLAS: every output row
+Y(n, t, f', h', :) is accumulated in place while the kernel width kW and the
+width stride are compile-time constants (``numba.literally``), so the tap loop
+unrolls and the loop over w' becomes the vectorised innermost loop.
+
+Backward:
+
+    dL/dK(t, s, i, j, l) = sum_{n, f', h', w'} G(n, t, f', h', w') * Xp(n, s, f'*sd + i, h'*sh + j, w'*sw + l)
+    dL/dXp = full correlation of the stride-dilated G with the flipped, transposed kernel
+    dL/db(t) = sum_{n, f', h', w'} G(n, t, f', h', w')
+
+The input gradient reuses the forward kernel, so it is as fast and as exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import literally, njit, prange
+
+from ._checks import as_triple, common_dtype, conv_output_size, float_array, require_finite
+from .pointwise import pointwise_forward, pointwise_grad_weight
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _direct_forward_impl(xp, w, out, sd, sh, sw, kw):
+    N, S = xp.shape[0], xp.shape[1]
+    T, kD, kH = w.shape[0], w.shape[2], w.shape[3]
+    Fo, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
+    for task in prange(N * Fo * Ho):
+        n = task // (Fo * Ho)
+        fo = (task // Ho) % Fo
+        ho = task % Ho
+        for t in range(T):
+            acc = out[n, t, fo, ho]
+            for s in range(S):
+                for i in range(kD):
+                    for j in range(kH):
+                        xrow = xp[n, s, fo * sd + i, ho * sh + j]
+                        wrow = w[t, s, i, j]
+                        for wo in range(Wo):
+                            a = acc[wo]
+                            for l in range(kw):
+                                a += wrow[l] * xrow[wo * sw + l]
+                            acc[wo] = a
+
+
+@njit(cache=True)
+def _direct_forward(xp, w, out, sd, sh, sw, kw):
+    """out += conv(xp, w) for an already padded input; kw and sw are specialised as constants."""
+    literally(kw)
+    literally(sw)
+    _direct_forward_impl(xp, w, out, sd, sh, sw, kw)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _direct_grad_weight_impl(xp, g, gw, sd, sh, sw, kw):
+    N, S = xp.shape[0], xp.shape[1]
+    T, kD, kH = gw.shape[0], gw.shape[2], gw.shape[3]
+    Fo, Ho, Wo = g.shape[2], g.shape[3], g.shape[4]
+    for task in prange(T * S * kD):
+        t = task // (S * kD)
+        s = (task // kD) % S
+        i = task % kD
+        for j in range(kH):
+            acc = gw[t, s, i, j]
+            for n in range(N):
+                for fo in range(Fo):
+                    for ho in range(Ho):
+                        grow = g[n, t, fo, ho]
+                        xrow = xp[n, s, fo * sd + i, ho * sh + j]
+                        for l in range(kw):
+                            a = acc[l]
+                            for wo in range(Wo):
+                                a += grow[wo] * xrow[wo * sw + l]
+                            acc[l] = a
+
+
+@njit(cache=True)
+def _direct_grad_weight(xp, g, gw, sd, sh, sw, kw):
+    """gw += dL/dK for an already padded input; kw and sw are specialised as constants."""
+    literally(kw)
+    literally(sw)
+    _direct_grad_weight_impl(xp, g, gw, sd, sh, sw, kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+def _validate(x, weight, bias, stride, padding, *, check_finite=True):
+    x = float_array(x, "x", 5, layout="N, C, D, H, W")
+    weight = float_array(weight, "weight", 5, layout="T, S, kD, kH, kW")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"channel mismatch: x has {x.shape[1]} channels (shape {x.shape}) but weight expects "
+            f"{weight.shape[1]} (shape {weight.shape})")
+    if bias is not None:
+        bias = float_array(bias, "bias", 1)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias has shape {bias.shape} but weight has {weight.shape[0]} output channels")
+    if min(x.shape) == 0 or min(weight.shape) == 0:
+        raise ValueError(f"empty array: x shape {x.shape}, weight shape {weight.shape}")
+    stride = as_triple(stride, "stride", minimum=1)
+    padding = as_triple(padding, "padding", minimum=0)
+    out_dims = tuple(conv_output_size(x.shape[2 + d], weight.shape[2 + d], stride[d], padding[d]) for d in range(3))
+    if min(out_dims) < 1:
+        raise ValueError(
+            f"empty output: input spatial shape {x.shape[2:]} with padding {padding} is smaller than "
+            f"kernel {weight.shape[2:]} (output would be {out_dims})")
+    if check_finite:
+        require_finite(weight, "weight")
+        if bias is not None:
+            require_finite(bias, "bias")
+        require_finite(x, "x")
+    dtype = common_dtype(x, weight, bias)
+    x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
+    bias = None if bias is None else bias.astype(dtype, copy=False)
+    return x, weight, bias, stride, padding, out_dims
+
+
+def _pad(x, padding):
+    if not any(padding):
+        return x
+    pd, ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (pd, pd), (ph, ph), (pw, pw)))
+
+
+def _is_pointwise(weight, stride, padding):
+    return weight.shape[2:] == (1, 1, 1) and stride == (1, 1, 1) and padding == (0, 0, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+def conv3d(x, weight, bias=None, stride=1, padding=0, *, check_finite=True):
+    """3-D convolution, eq. (1): x (N, S, D, H, W), weight (T, S, kD, kH, kW) -> (N, T, D', H', W').
+
+    Same semantics as ``torch.nn.functional.conv3d`` (cross-correlation, zero padding,
+    floor output size). float32 unless an argument is float64. 1x1x1 kernels with unit
+    stride and no padding take the dedicated pointwise path (eqs. 8 and 10).
+    """
+    x, weight, bias, stride, padding, out_dims = _validate(x, weight, bias, stride, padding, check_finite=check_finite)
+    return _conv3d_unchecked(x, weight, bias, stride, padding, out_dims)
+
+
+def _conv3d_unchecked(x, weight, bias, stride, padding, out_dims):
+    N, T = x.shape[0], weight.shape[0]
+    out = np.empty((N, T) + out_dims, dtype=x.dtype)
+    out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
+    if _is_pointwise(weight, stride, padding):
+        pointwise_forward(x.reshape(N, x.shape[1], -1), weight.reshape(T, -1), out.reshape(N, T, -1))
+    else:
+        sd, sh, sw = stride
+        _direct_forward(_pad(x, padding), weight, out, sd, sh, sw, weight.shape[4])
+    return out
+
+
+def conv3d_backward(x, weight, grad_out, stride=1, padding=0, *, need_grad_x=True, check_finite=True):
+    """Gradients of :func:`conv3d`: returns ``(grad_x, grad_weight, grad_bias)``.
+
+    ``grad_x`` is ``None`` when ``need_grad_x`` is false (a network's first layer).
+    """
+    x, weight, _, stride, padding, out_dims = _validate(x, weight, None, stride, padding, check_finite=check_finite)
+    grad_out = float_array(grad_out, "grad_out", 5, layout="N, T, D', H', W'")
+    expected = (x.shape[0], weight.shape[0]) + out_dims
+    if grad_out.shape != expected:
+        raise ValueError(f"grad_out has shape {grad_out.shape}, expected {expected} for x {x.shape} and weight {weight.shape}")
+    if check_finite:
+        require_finite(grad_out, "grad_out")
+    grad_out = grad_out.astype(x.dtype, copy=False)
+
+    N, S = x.shape[:2]
+    T = weight.shape[0]
+    grad_bias = grad_out.sum(axis=(0, 2, 3, 4))
+    grad_weight = np.zeros_like(weight)
+    if _is_pointwise(weight, stride, padding):
+        pointwise_grad_weight(x.reshape(N, S, -1), grad_out.reshape(N, T, -1), grad_weight.reshape(T, S))
+        grad_x = None
+        if need_grad_x:
+            grad_x = np.zeros_like(x)
+            wt = np.ascontiguousarray(weight.reshape(T, S).T)
+            pointwise_forward(grad_out.reshape(N, T, -1), wt, grad_x.reshape(N, S, -1))
+        return grad_x, grad_weight, grad_bias
+
+    sd, sh, sw = stride
+    xp = _pad(x, padding)
+    _direct_grad_weight(xp, grad_out, grad_weight, sd, sh, sw, weight.shape[4])
+    grad_x = _input_gradient(x.shape, weight, grad_out, stride, padding) if need_grad_x else None
+    return grad_x, grad_weight, grad_bias
+
+
+def _input_gradient(x_shape, weight, grad_out, stride, padding):
+    """dL/dX as a stride-1 forward convolution of the dilated, fully padded G with the flipped kernel."""
+    N, T = grad_out.shape[:2]
+    ksize = weight.shape[2:]
+    if stride != (1, 1, 1):
+        dil = np.zeros((N, T) + tuple((o - 1) * s + 1 for o, s in zip(grad_out.shape[2:], stride)), grad_out.dtype)
+        dil[:, :, ::stride[0], ::stride[1], ::stride[2]] = grad_out
+        grad_out = dil
+    full = _pad(grad_out, tuple(k - 1 for k in ksize))
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
+    span = tuple(full.shape[2 + d] - ksize[d] + 1 for d in range(3))
+    grad_xp = np.zeros((N, weight.shape[1]) + span, grad_out.dtype)
+    _direct_forward(full, flipped, grad_xp, 1, 1, 1, ksize[2])
+    # Inputs past the last window (floor mode) receive no gradient; then drop the padding.
+    padded = tuple(x_shape[2 + d] + 2 * padding[d] for d in range(3))
+    if span != padded:
+        grad_xp = np.pad(grad_xp, [(0, 0), (0, 0)] + [(0, padded[d] - span[d]) for d in range(3)])
+    pd, ph, pw = padding
+    return np.ascontiguousarray(grad_xp[:, :, pd:pd + x_shape[2], ph:ph + x_shape[3], pw:pw + x_shape[4]])

@@ -1,0 +1,99 @@
+"""3-D max pooling (PyTorch ``max_pool3d`` semantics) and its gradient.
+
+    Y(n, c, f', h', w') = max_{i, j, l} Xp(n, c, f'*sd + i, h'*sh + j, w'*sw + l)
+
+with Xp padded by -inf, floor output size, the first maximum in scan order winning
+ties and NaN propagating. The forward pass records the flat input index of each
+maximum; the backward pass routes every output gradient to that index only:
+
+    dL/dX(n, c, q) = sum_{outputs o with argmax(o) = q} G(n, c, o)
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._checks import as_triple, conv_output_size, float_array
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_forward(x, out, idx, kd, kh, kw, sd, sh, sw, pd, ph, pw):
+    N, C, D, H, W = x.shape
+    Do, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
+    for task in prange(N * C * Do):
+        n = task // (C * Do)
+        c = (task // Do) % C
+        fo = task % Do
+        xc = x[n, c]
+        for ho in range(Ho):
+            for wo in range(Wo):
+                best = xc[0, 0, 0]
+                bi = -1
+                for i in range(kd):
+                    d = fo * sd - pd + i
+                    if d < 0 or d >= D:
+                        continue
+                    for j in range(kh):
+                        h = ho * sh - ph + j
+                        if h < 0 or h >= H:
+                            continue
+                        for l in range(kw):
+                            w = wo * sw - pw + l
+                            if w < 0 or w >= W:
+                                continue
+                            v = xc[d, h, w]
+                            if bi < 0 or v > best or (v != v and best == best):
+                                best = v
+                                bi = (d * H + h) * W + w
+                out[n, c, fo, ho, wo] = best
+                idx[n, c, fo, ho, wo] = bi
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_backward(g, idx, gx):
+    N, C = g.shape[0], g.shape[1]
+    for task in prange(N * C):
+        n = task // C
+        c = task % C
+        gflat = g[n, c].ravel()
+        iflat = idx[n, c].ravel()
+        gxc = gx[n, c].ravel()
+        for o in range(gflat.size):
+            gxc[iflat[o]] += gflat[o]
+
+
+def _pool_args(x, kernel_size, stride, padding):
+    x = float_array(x, "x", 5, layout="N, C, D, H, W")
+    kernel = as_triple(kernel_size, "kernel_size", minimum=1)
+    stride = kernel if stride is None else as_triple(stride, "stride", minimum=1)
+    padding = as_triple(padding, "padding", minimum=0)
+    for d in range(3):
+        if 2 * padding[d] > kernel[d]:
+            raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel}")
+    out_dims = tuple(conv_output_size(x.shape[2 + d], kernel[d], stride[d], padding[d]) for d in range(3))
+    if min(out_dims) < 1:
+        raise ValueError(f"empty output: input spatial shape {x.shape[2:]} is smaller than pooling window {kernel} "
+                         f"with padding {padding}")
+    return x, kernel, stride, padding, out_dims
+
+
+def max_pool3d(x, kernel_size, stride=None, padding=0):
+    """Max pooling over (D, H, W). Returns ``(y, argmax)``; ``stride`` defaults to ``kernel_size``."""
+    x, kernel, stride, padding, out_dims = _pool_args(x, kernel_size, stride, padding)
+    out = np.empty(x.shape[:2] + out_dims, x.dtype)
+    idx = np.empty(x.shape[:2] + out_dims, np.int64)
+    _max_pool_forward(x, out, idx, *kernel, *stride, *padding)
+    return out, idx
+
+
+def max_pool3d_backward(grad_out, argmax, input_shape):
+    """Gradient of :func:`max_pool3d`: each output gradient goes to its recorded maximum."""
+    grad_out = float_array(grad_out, "grad_out", 5)
+    argmax = np.ascontiguousarray(argmax, dtype=np.int64)
+    if grad_out.shape != argmax.shape:
+        raise ValueError(f"grad_out shape {grad_out.shape} does not match argmax shape {argmax.shape}")
+    if tuple(input_shape[:2]) != grad_out.shape[:2]:
+        raise ValueError(f"input_shape {tuple(input_shape)} does not match grad_out {grad_out.shape} in (N, C)")
+    gx = np.zeros(tuple(input_shape), grad_out.dtype)
+    _max_pool_backward(grad_out, argmax, gx)
+    return gx
