@@ -86,7 +86,10 @@ def load_weights(path):
 
 
 def save_model(path, net, meta=None):
-    """Save a network's parameters together with its architecture spec."""
+    """Save a network's parameters together with its architecture spec (and its input shape, if known)."""
+    meta = dict(meta or {})
+    if getattr(net, "input_shape", None) is not None:
+        meta.setdefault("input_shape", list(net.input_shape))
     return save_weights(path, net.state_dict(), meta=meta, spec=net.spec())
 
 
@@ -101,5 +104,7 @@ def load_model(path):
     first_leaf = next((m for _, m in net.named_modules() if m.parameters() and not m._modules), None)
     if first_leaf is not None:
         first_leaf.needs_input_grad = False
+    if "input_shape" in meta:
+        net.input_shape = tuple(meta["input_shape"])
     net.eval()
     return net, meta

@@ -47,6 +47,7 @@ def thetis_net(input_shape=PAPER_INPUT_SHAPE, seed=None, num_classes=2, dropout=
     layers["l_out"] = Linear(84, num_classes, rng=rng, dtype=dtype)
     net = Sequential(layers)
     net.c1.needs_input_grad = False
+    net.input_shape = input_shape
     return net
 
 
