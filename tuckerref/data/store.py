@@ -62,6 +62,16 @@ def _meta_kind(key, value):
     raise ValueError(f"metadata {key!r} must be a scalar (bool, int, float or str), got {type(value).__name__}")
 
 
+def _attrs_json(attrs):
+    clash = sorted(set(attrs) & set(_RESERVED_ATTRS + ("attrs",)))
+    if clash:
+        raise ValueError(f"attrs may not set the reserved attribute(s) {clash}")
+    try:
+        return json.dumps(attrs)
+    except TypeError as exc:
+        raise ValueError(f"attrs must be JSON-serialisable: {exc}") from None
+
+
 class DatasetWriter:
     """Write a ``tuckerref-clips`` file clip by clip; a context manager.
 
@@ -77,14 +87,8 @@ class DatasetWriter:
         if not self.class_names:
             raise ValueError("class_names must name at least one class")
         self.source = str(source)
-        self.attrs = dict(attrs or {})
-        clash = sorted(set(self.attrs) & set(_RESERVED_ATTRS + ("attrs",)))
-        if clash:
-            raise ValueError(f"attrs may not set the reserved attribute(s) {clash}")
-        try:
-            self._attrs_json = json.dumps(self.attrs)
-        except TypeError as exc:
-            raise ValueError(f"attrs must be JSON-serialisable: {exc}") from None
+        self.attrs = dict(attrs or {})  # may be extended until the ``with`` block ends
+        _attrs_json(self.attrs)
         self._labels, self._names, self._name_set = [], [], set()
         self._meta = None  # key -> (dtype, list of values), fixed by the first append
         self._atomic = self._file = self._clips = None
@@ -156,7 +160,7 @@ class DatasetWriter:
         f.attrs["channel_order"] = json.dumps(list(default_channel_order(self.clip_shape[0])))
         f.attrs["class_names"] = json.dumps(self.class_names)
         f.attrs["source"] = self.source
-        f.attrs["attrs"] = self._attrs_json
+        f.attrs["attrs"] = _attrs_json(self.attrs)
 
     def _abort(self, exc):
         if self._file is not None:
