@@ -1,0 +1,11 @@
+"""C99 export of any network of the engine's layers: a standalone, checked C reference.
+
+``export_c(net, outdir)`` writes net.h, net.c (one function per layer, each citing its equation),
+the parameters (weights.c arrays or a weights.bin blob), main.c and a Makefile. See
+:mod:`tuckerref.export.plan` for the execution plan and buffer layout and
+:mod:`tuckerref.export.templates` for the C code itself.
+"""
+from .plan import Step, layer_flops, place_buffers, plan_network
+from .writer import WEIGHTS_FORMATS, ExportResult, export_c
+
+__all__ = ["export_c", "ExportResult", "WEIGHTS_FORMATS", "plan_network", "place_buffers", "Step", "layer_flops"]

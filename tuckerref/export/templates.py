@@ -1,0 +1,564 @@
+"""C99 templates of the exported network (``string.Template``: ``$name`` is filled in, ``$$`` is '$').
+
+Each layer kind has one function template; its sizes are filled in as ``const int`` locals so
+the C compiler sees constant loop bounds. The templates are the whole of the generated C: the
+writer (:mod:`tuckerref.export.writer`) only computes the numbers that go into them.
+"""
+from string import Template
+
+# --------------------------------------------------------------------------------------------
+# net.h
+# --------------------------------------------------------------------------------------------
+NET_H = Template("""\
+/* net.h, exported by tuckerref export-c (plain C99, float32):
+ * $title.
+ *
+ * Input:  one clip of NET_INPUT_SIZE floats, C x F x H x W = $input_dims (NCDHW, batch 1).
+ * Output: NET_OUTPUT_SIZE logits.
+ * net_forward allocates nothing: the caller passes a scratch array of NET_SCRATCH_FLOATS floats.
+ *
+ * Layers in execution order, with their output shape and FLOPs (the authors' counting convention:
+ * a convolution costs T*I'*(2*S*Lambda - 1) plus I' with a bias, a linear layer (2*in - 1)*out
+ * plus out with a bias; pooling and ReLU count zero):
+ *
+$layer_table
+ */
+#ifndef NET_H
+#define NET_H
+
+$size_macros
+
+/* FLOPs of each computing layer */
+$flops_macros
+
+/* Runs the network on one clip: input (NET_INPUT_SIZE floats) -> logits (NET_OUTPUT_SIZE floats). */
+void net_forward(const float *input, float *logits, float *scratch);
+
+/* Runs computing layer `layer` (0 .. NET_NUM_LAYERS-1) alone, reading and writing the buffers it
+ * uses inside net_forward. Calling layers 0, 1, ... in order is net_forward; main.c times each. */
+void net_run_layer(int layer, const float *input, float *logits, float *scratch);
+
+/* Name (PyTorch module path), layer type and FLOPs of computing layer `layer`. */
+const char *net_layer_name(int layer);
+const char *net_layer_type(int layer);
+double net_layer_flops(int layer);
+$load_prototype
+#endif /* NET_H */
+""")
+
+
+LOAD_PROTOTYPE = """
+/* Reads the parameter blob written by tuckerref export-c (weights.bin) into static storage.
+ * Returns 0 on success, -1 (after a message on stderr) if the file is missing or does not match. */
+int net_load_weights(const char *path);
+"""
+
+# --------------------------------------------------------------------------------------------
+# net.c
+# --------------------------------------------------------------------------------------------
+NET_C = Template("""\
+/* net.c, exported by tuckerref export-c:
+ * $title.
+ *
+ * One function per layer, each with the equation it implements. Tensors are float32 in C order
+ * (channels, frames, height, width), batch 1. Layers read and write caller-provided buffers:
+ * the first reads the input, the last writes the logits, the others alternate between buffer A
+ * at the start of the scratch array and buffer B ending at its end (NET_SCRATCH_FLOATS floats).
+ */
+#include <math.h>
+$includes
+#include "net.h"
+$parameters
+$helpers$layer_functions
+/* ---- the network --------------------------------------------------------------------------- */
+
+static const struct {
+    const char *name;
+    const char *type;
+    double flops;
+} net_layers[NET_NUM_LAYERS] = {
+$layer_records
+};
+
+const char *net_layer_name(int layer)
+{
+    return layer >= 0 && layer < NET_NUM_LAYERS ? net_layers[layer].name : "";
+}
+
+const char *net_layer_type(int layer)
+{
+    return layer >= 0 && layer < NET_NUM_LAYERS ? net_layers[layer].type : "";
+}
+
+double net_layer_flops(int layer)
+{
+    return layer >= 0 && layer < NET_NUM_LAYERS ? net_layers[layer].flops : 0.0;
+}
+
+void net_run_layer(int layer, const float *input, float *logits, float *scratch)
+{
+    (void)input;
+    (void)logits;
+    (void)scratch;
+    switch (layer) {
+$dispatch
+    default:
+        break;
+    }
+}
+
+void net_forward(const float *input, float *logits, float *scratch)
+{
+    int layer;
+    for (layer = 0; layer < NET_NUM_LAYERS; ++layer)
+        net_run_layer(layer, input, logits, scratch);
+}
+""")
+
+ARRAY_PARAMETERS = """\
+#include "weights.h"   /* the parameters, as const float arrays (weights.c) */
+"""
+
+BLOB_PARAMETERS = Template("""\
+
+/* ---- parameters: one static array filled by net_load_weights from the blob ------------------ */
+
+static float net_params[NET_PARAM_FLOATS];
+
+$pointers
+/* Blob layout: 8-byte magic "TKREFW1\\0", the float count as a little-endian uint32, the float 1.0f
+ * (byte-order check), then NET_PARAM_FLOATS float32 values in the order above. */
+int net_load_weights(const char *path)
+{
+    static const unsigned char magic[8] = {'T', 'K', 'R', 'E', 'F', 'W', '1', '\\0'};
+    unsigned char header[16];
+    unsigned long count;
+    float one;
+    FILE *f = fopen(path, "rb");
+
+    if (f == NULL) {
+        fprintf(stderr, "net_load_weights: cannot open %s\\n", path);
+        return -1;
+    }
+    if (fread(header, 1, sizeof header, f) != sizeof header || memcmp(header, magic, sizeof magic) != 0) {
+        fprintf(stderr, "net_load_weights: %s is not a tuckerref weight blob\\n", path);
+        fclose(f);
+        return -1;
+    }
+    count = (unsigned long)header[8] | (unsigned long)header[9] << 8 | (unsigned long)header[10] << 16
+            | (unsigned long)header[11] << 24;
+    memcpy(&one, header + 12, sizeof one);
+    if (count != NET_PARAM_FLOATS || one != 1.0f) {
+        fprintf(stderr, "net_load_weights: %s holds %lu floats (this network needs %lu) or has "
+                "another byte order\\n", path, count, (unsigned long)NET_PARAM_FLOATS);
+        fclose(f);
+        return -1;
+    }
+    if (fread(net_params, sizeof(float), NET_PARAM_FLOATS, f) != NET_PARAM_FLOATS || fgetc(f) != EOF) {
+        fprintf(stderr, "net_load_weights: %s is truncated or has trailing bytes\\n", path);
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+""")
+
+BLOB_POINTER = Template("static const float *const $ident = net_params + $offset;  /* $name $shape */\n")
+
+# Shared by convolution and pooling: which output positions o have their tap o*stride + offset
+# inside 0 .. size-1. C's integer division truncates towards zero, hence the explicit cases.
+WINDOW_HELPERS = """
+/* ---- window helpers ------------------------------------------------------------------------ */
+
+/* First output index o >= 0 whose tap o*stride + offset is >= 0. */
+static int first_inside(int offset, int stride)
+{
+    return offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+}
+
+/* One past the last output index o < n_out whose tap o*stride + offset is <= size - 1. */
+static int end_inside(int offset, int stride, int size, int n_out)
+{
+    int end;
+    if (size - 1 - offset < 0)
+        return 0;
+    end = (size - 1 - offset) / stride + 1;
+    return end < n_out ? end : n_out;
+}
+"""
+
+# --------------------------------------------------------------------------------------------
+# layer functions
+# --------------------------------------------------------------------------------------------
+LAYER_HEADER = Template("""
+/* ---- $path: $description
+ * input $in_dims -> output $out_dims, $flops FLOPs
+ *
+$equation */
+""")
+
+CONV3D_EQUATION = """\
+ * Eq. (1), PyTorch's cross-correlation:
+ *   Y(t, f', h', w') = b(t) + sum_{s, i, j, l} K(t, s, i, j, l) X(s, f_i, h_j, w_l),
+ *   f_i = f'*stride_F + i - pad_F (likewise h_j, w_l); taps in the zero padding add nothing.
+ * (With a Tucker core as K this is eq. (9).) Each output row Y(t, f', h', :) is accumulated
+ * in place, one kernel tap at a time.
+"""
+
+CONV3D = Template("""\
+static void $func(const float *restrict x, float *restrict y)
+{
+    /* input: S channels of D x H x W; output: T channels of OD x OH x OW */
+    const int S = $S, D = $D, H = $H, W = $W;
+    const int T = $T, OD = $OD, OH = $OH, OW = $OW;
+    /* kernel, stride and zero padding */
+    const int KD = $KD, KH = $KH, KW = $KW;
+    const int SD = $SD, SH = $SH, SW = $SW;
+    const int PD = $PD, PH = $PH, PW = $PW;
+    const float *const weight = $weight;  /* (T, S, KD, KH, KW) */
+    int lo[$KW], hi[$KW];  /* for kernel column l, the output columns ow in lo..hi-1 tap inside 0..W-1 */
+    int t, od, oh, ow, s, i, j, l;
+
+    for (l = 0; l < KW; ++l) {
+        lo[l] = first_inside(l - PW, SW);
+        hi[l] = end_inside(l - PW, SW, W, OW);
+    }
+    for (t = 0; t < T; ++t)
+        for (od = 0; od < OD; ++od)
+            for (oh = 0; oh < OH; ++oh) {
+                float *const yrow = y + ((t * OD + od) * OH + oh) * OW;
+                for (ow = 0; ow < OW; ++ow)
+                    yrow[ow] = $init;
+                for (s = 0; s < S; ++s)
+                    for (i = 0; i < KD; ++i) {
+                        const int f = od * SD + i - PD;
+                        if (f < 0 || f >= D)
+                            continue;
+                        for (j = 0; j < KH; ++j) {
+                            const int h = oh * SH + j - PH;
+                            const float *xrow, *k;
+                            if (h < 0 || h >= H)
+                                continue;
+                            xrow = x + ((s * D + f) * H + h) * W;
+                            k = weight + (((t * S + s) * KD + i) * KH + j) * KW;
+                            for (l = 0; l < KW; ++l)
+                                for (ow = lo[l]; ow < hi[l]; ++ow)
+                                    yrow[ow] += k[l] * xrow[ow * SW + l - PW];
+                        }
+                    }
+            }
+}
+""")
+
+POINTWISE_EQUATION = """\
+ * Eqs. (8) and (10): a 1x1x1 convolution mixes channels at every one of the P = F*H*W positions,
+ *   Y(t, p) = b(t) + sum_s U(t, s) X(s, p),
+ * i.e. a (T x S) by (S x P) matrix product, done in blocks of positions that stay in cache.
+"""
+
+POINTWISE = Template("""\
+static void $func(const float *restrict x, float *restrict y)
+{
+    const int S = $S, T = $T, P = $P;   /* input channels, output channels, positions */
+    const int BLOCK = 1024;            /* positions per cache block */
+    const float *const weight = $weight;  /* (T, S) */
+    int p0, t, s, p;
+
+    for (p0 = 0; p0 < P; p0 += BLOCK) {
+        const int n = P - p0 < BLOCK ? P - p0 : BLOCK;
+        for (t = 0; t < T; ++t) {
+            float *const yt = y + t * P + p0;
+            for (p = 0; p < n; ++p)
+                yt[p] = $init;
+            for (s = 0; s < S; ++s) {
+                const float u = weight[t * S + s];
+                const float *const xs = x + s * P + p0;
+                for (p = 0; p < n; ++p)
+                    yt[p] += u * xs[p];
+            }
+        }
+    }
+}
+""")
+
+LINEAR_EQUATION = """\
+ * Fully connected layer (PyTorch Linear, weight (out, in)):
+ *   y(o) = b(o) + sum_i W(o, i) x(i).
+"""
+
+LINEAR = Template("""\
+static void $func(const float *restrict x, float *restrict y)
+{
+    const int IN = $IN, OUT = $OUT;
+    const float *const weight = $weight;  /* (OUT, IN) */
+    int o, i;
+
+    for (o = 0; o < OUT; ++o) {
+        const float *const w = weight + o * IN;
+        float acc = $init;
+        for (i = 0; i < IN; ++i)
+            acc += w[i] * x[i];
+        y[o] = acc;
+    }
+}
+""")
+
+MAXPOOL3D_EQUATION = """\
+ * 3-D max pooling (PyTorch max_pool3d, floor mode):
+ *   Y(c, f', h', w') = max_{i, j, l} X(c, f'*stride_F + i - pad_F, h'*stride_H + j - pad_H, w'*stride_W + l - pad_W),
+ * the padding counting as -infinity; a NaN in the window propagates.
+"""
+
+MAXPOOL3D = Template("""\
+static void $func(const float *restrict x, float *restrict y)
+{
+    /* input: C channels of D x H x W; output: C channels of OD x OH x OW */
+    const int C = $C, D = $D, H = $H, W = $W;
+    const int OD = $OD, OH = $OH, OW = $OW;
+    /* window, stride and padding (the padding counts as -infinity) */
+    const int KD = $KD, KH = $KH, KW = $KW;
+    const int SD = $SD, SH = $SH, SW = $SW;
+    const int PD = $PD, PH = $PH, PW = $PW;
+    int c, od, oh, ow, i, j, l;
+
+    for (c = 0; c < C; ++c)
+        for (od = 0; od < OD; ++od)
+            for (oh = 0; oh < OH; ++oh)
+                for (ow = 0; ow < OW; ++ow) {
+                    float best = -INFINITY;
+                    for (i = 0; i < KD; ++i) {
+                        const int f = od * SD + i - PD;
+                        if (f < 0 || f >= D)
+                            continue;
+                        for (j = 0; j < KH; ++j) {
+                            const int h = oh * SH + j - PH;
+                            const float *xrow;
+                            if (h < 0 || h >= H)
+                                continue;
+                            xrow = x + ((c * D + f) * H + h) * W;
+                            for (l = 0; l < KW; ++l) {
+                                const int w = ow * SW + l - PW;
+                                if (w >= 0 && w < W && (xrow[w] > best || isnan(xrow[w])))
+                                    best = xrow[w];
+                            }
+                        }
+                    }
+                    y[((c * OD + od) * OH + oh) * OW + ow] = best;
+                }
+}
+""")
+
+RELU_EQUATION = """\
+ * ReLU: y = max(x, 0), NaN stays NaN. Runs in place when x == y.
+"""
+
+RELU = Template("""\
+static void $func(const float *x, float *y)
+{
+    const int N = $N;
+    int n;
+
+    for (n = 0; n < N; ++n)
+        y[n] = x[n] < 0.0f ? 0.0f : x[n];
+}
+""")
+
+COPY_EQUATION = """\
+ * Identity: the network computes nothing at inference, so its input is its output.
+"""
+
+COPY = Template("""\
+static void $func(const float *restrict x, float *restrict y)
+{
+    const int N = $N;
+    int n;
+
+    for (n = 0; n < N; ++n)
+        y[n] = x[n];
+}
+""")
+
+# --------------------------------------------------------------------------------------------
+# weights.h / weights.c (array format)
+# --------------------------------------------------------------------------------------------
+WEIGHTS_H = Template("""\
+/* weights.h: parameters of $title, defined in weights.c. */
+#ifndef NET_WEIGHTS_H
+#define NET_WEIGHTS_H
+
+$declarations
+#endif /* NET_WEIGHTS_H */
+""")
+
+WEIGHTS_C = Template("""\
+/* weights.c: parameters of $title, float32.
+ * One array per PyTorch parameter, its name and shape in a comment. Every value is printed with
+ * 9 significant digits, which reads back as exactly the same float32. */
+#include "weights.h"
+$arrays""")
+
+WEIGHT_ARRAY = Template("""
+/* $name $shape */
+const float $ident[$size] = {
+$values
+};
+""")
+
+# --------------------------------------------------------------------------------------------
+# main.c and Makefile
+# --------------------------------------------------------------------------------------------
+MAIN_C = Template("""\
+/* main.c: runs the exported network on clips from a raw float32 file and writes the logits.
+ *
+ *   ./net [-t N]$weights_usage INPUT.f32 LOGITS.f32
+ *
+ * INPUT.f32 holds one or more clips of NET_INPUT_SIZE float32 values each (C x F x H x W,
+ * native byte order); LOGITS.f32 receives NET_OUTPUT_SIZE float32 logits per clip.
+ * -t N times every layer during N more forward passes of the first clip and prints the mean
+ * milliseconds per pass of each layer (process CPU time, like Python's time.process_time).
+ */
+#define _POSIX_C_SOURCE 199309L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "net.h"
+
+/* Milliseconds of CPU time used by this process. */
+static double cpu_ms(void)
+{
+#ifdef CLOCK_PROCESS_CPUTIME_ID
+    struct timespec ts;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0)
+        return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+#endif
+    return 1e3 * (double)clock() / CLOCKS_PER_SEC;
+}
+
+static int usage(const char *prog)
+{
+    fprintf(stderr, "usage: %s [-t N]$weights_usage INPUT.f32 LOGITS.f32\\n", prog);
+    return 2;
+}
+
+/* Mean CPU milliseconds of each layer over `repeats` forward passes of `clip`. */
+static void time_layers(const float *clip, float *logits, float *scratch, int repeats)
+{
+    double ms[NET_NUM_LAYERS] = {0.0};
+    double total = 0.0;
+    int r, layer;
+
+    net_forward(clip, logits, scratch);  /* warm-up */
+    for (r = 0; r < repeats; ++r)
+        for (layer = 0; layer < NET_NUM_LAYERS; ++layer) {
+            const double t0 = cpu_ms();
+            net_run_layer(layer, clip, logits, scratch);
+            ms[layer] += cpu_ms() - t0;
+        }
+    printf("%5s  %-24s %-10s %14s %16s %10s\\n", "layer", "name", "type", "ms/pass", "MFLOP", "GFLOP/s");
+    for (layer = 0; layer < NET_NUM_LAYERS; ++layer) {
+        const double mean = ms[layer] / repeats;
+        const double mflop = net_layer_flops(layer) * 1e-6;
+        total += mean;
+        printf("%5d  %-24s %-10s %14.4f %16.4f %10.3f\\n", layer, net_layer_name(layer), net_layer_type(layer),
+               mean, mflop, mean > 0.0 ? mflop / mean : 0.0);
+    }
+    printf("%5s  %-24s %-10s %14.4f %16.4f %10.3f\\n", "total", "", "", total, NET_TOTAL_FLOPS * 1e-6,
+           total > 0.0 ? NET_TOTAL_FLOPS * 1e-6 / total : 0.0);
+}
+
+int main(int argc, char **argv)
+{
+    const char *in_path = NULL, *out_path = NULL;
+    const char *weights_path = "weights.bin";
+    int repeats = 0, a;
+    long bytes;
+    size_t clips, c;
+    float *input, *logits, *scratch;
+    FILE *f;
+
+    for (a = 1; a < argc; ++a) {
+        if (strcmp(argv[a], "-t") == 0 && a + 1 < argc) {
+            repeats = atoi(argv[++a]);
+            if (repeats < 1)
+                return usage(argv[0]);
+        } else if (strcmp(argv[a], "-w") == 0 && a + 1 < argc) {
+            weights_path = argv[++a];
+        } else if (in_path == NULL) {
+            in_path = argv[a];
+        } else if (out_path == NULL) {
+            out_path = argv[a];
+        } else {
+            return usage(argv[0]);
+        }
+    }
+    if (in_path == NULL || out_path == NULL)
+        return usage(argv[0]);
+#ifdef NET_WEIGHTS_BLOB
+    if (net_load_weights(weights_path) != 0)
+        return 1;
+#else
+    (void)weights_path;  /* the parameters are compiled in (weights.c) */
+#endif
+
+    f = fopen(in_path, "rb");
+    if (f == NULL || fseek(f, 0, SEEK_END) != 0 || (bytes = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fprintf(stderr, "%s: cannot read %s\\n", argv[0], in_path);
+        return 1;
+    }
+    if (bytes == 0 || bytes % (long)(NET_INPUT_SIZE * sizeof(float)) != 0) {
+        fprintf(stderr, "%s: %s has %ld bytes, not a whole number of clips of %d float32 values\\n",
+                argv[0], in_path, bytes, NET_INPUT_SIZE);
+        fclose(f);
+        return 1;
+    }
+    clips = (size_t)bytes / (NET_INPUT_SIZE * sizeof(float));
+    input = malloc((size_t)bytes);
+    logits = malloc(clips * NET_OUTPUT_SIZE * sizeof(float));
+    scratch = malloc((NET_SCRATCH_FLOATS > 0 ? NET_SCRATCH_FLOATS : 1) * sizeof(float));
+    if (input == NULL || logits == NULL || scratch == NULL) {
+        fprintf(stderr, "%s: out of memory\\n", argv[0]);
+        return 1;
+    }
+    if (fread(input, sizeof(float), clips * NET_INPUT_SIZE, f) != clips * NET_INPUT_SIZE) {
+        fprintf(stderr, "%s: short read from %s\\n", argv[0], in_path);
+        return 1;
+    }
+    fclose(f);
+
+    for (c = 0; c < clips; ++c)
+        net_forward(input + c * NET_INPUT_SIZE, logits + c * NET_OUTPUT_SIZE, scratch);
+
+    f = fopen(out_path, "wb");
+    if (f == NULL || fwrite(logits, sizeof(float), clips * NET_OUTPUT_SIZE, f) != clips * NET_OUTPUT_SIZE
+        || fclose(f) != 0) {
+        fprintf(stderr, "%s: cannot write %s\\n", argv[0], out_path);
+        return 1;
+    }
+    if (repeats > 0)
+        time_layers(input, logits, scratch, repeats);
+    free(input);
+    free(logits);
+    free(scratch);
+    return 0;
+}
+""")
+
+MAKEFILE = Template("""\
+# Builds the exported network: make [CC=...] [CFLAGS="..."]
+CC ?= cc
+CFLAGS ?= -O2 -std=c99 -Wall -Werror
+LDLIBS ?= -lm
+SOURCES = $sources
+HEADERS = $headers
+
+net: $$(SOURCES) $$(HEADERS)
+\t$$(CC) $$(CFLAGS) -o $$@ $$(SOURCES) $$(LDLIBS)
+
+clean:
+\trm -f net
+
+.PHONY: clean
+""")

@@ -1,0 +1,268 @@
+"""Generate and write the C99 sources of a network: net.h, net.c, weights, main.c and a Makefile.
+
+The numbers come from :mod:`tuckerref.export.plan`, the C text from
+:mod:`tuckerref.export.templates`. Output is deterministic (no dates, parameters in
+``named_parameters`` order) and every file is written atomically.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_path
+from ..nn import Conv3d, Linear, MaxPool3d
+from . import templates as tpl
+from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
+
+WEIGHTS_FORMATS = ("array", "blob")
+BLOB_MAGIC = b"TKREFW1\0"
+_VALUES_PER_LINE = 6
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_c` wrote and the sizes the C code was generated for."""
+
+    outdir: Path
+    files: list
+    steps: list
+    scratch_floats: int
+    param_floats: int
+
+
+def _dims(shape) -> str:
+    return " x ".join(str(v) for v in shape)
+
+
+def _float_literal(v: float) -> str:
+    """A C float constant that reads back as exactly the float32 ``v`` (9 significant digits)."""
+    text = "%.9g" % v
+    if text.lstrip("-").isdigit():
+        text += ".0"
+    return text + "f"
+
+
+def _array_values(data: np.ndarray) -> str:
+    values = [_float_literal(v) for v in data.ravel().tolist()]
+    lines = (", ".join(values[k:k + _VALUES_PER_LINE]) for k in range(0, len(values), _VALUES_PER_LINE))
+    return ",\n".join("    " + line for line in lines)
+
+
+def _buffer(place: str, size: int) -> str:
+    return {"input": "input", "logits": "logits", "a": "scratch",
+            "b": f"scratch + (NET_SCRATCH_FLOATS - {size})"}[place]
+
+
+def _description(step: Step) -> str:
+    m = step.module
+    if isinstance(m, Conv3d):
+        return (f"Conv3d {m.in_channels} -> {m.out_channels}, kernel {m.kernel_size}, stride {m.stride}, "
+                f"padding {m.padding}, {'with' if m.bias is not None else 'no'} bias")
+    if isinstance(m, Linear):
+        return f"Linear {m.in_features} -> {m.out_features}, {'with' if m.bias is not None else 'no'} bias"
+    if isinstance(m, MaxPool3d):
+        return f"MaxPool3d kernel {m.kernel_size}, stride {m.stride}, padding {m.padding}"
+    return step.layer_type
+
+
+def _macro_block(rows) -> str:
+    """#define lines with their values and comments in aligned columns."""
+    name_w = max(len(name) for name, _, _ in rows)
+    value_w = max(len(str(value)) for _, value, _ in rows)
+    return "\n".join(f"#define {name:<{name_w}} {value!s:<{value_w}}  /* {comment} */" if comment
+                     else f"#define {name:<{name_w}} {value}" for name, value, comment in rows)
+
+
+class _Generator:
+    """Renders one network; holds the identifiers chosen for its layers and parameters."""
+
+    def __init__(self, net, input_shape, weights_format):
+        if weights_format not in WEIGHTS_FORMATS:
+            raise ValueError(f"weights_format must be one of {WEIGHTS_FORMATS}, got {weights_format!r}")
+        self.format = weights_format
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.steps = plan_network(net, self.input_shape)
+        self.placements, self.scratch = place_buffers(self.steps)
+        self.computing = [s for s in self.steps if s.kind != IDENTITY]
+        self.params = [(name, data) for s in self.steps for name, data in s.params]
+        self.param_floats = sum(int(d.size) for _, d in self.params)
+        taken: set = set()
+        self.param_ident = {name: c_identifier(name, "param_", taken) for name, _ in self.params}
+        self.func_ident = {s.path: c_identifier(s.path, "layer_", taken) for s in self.computing}
+        self.title = (f"network of {len(self.computing)} computing layers and {self.param_floats:,} parameters "
+                      f"for clips {_dims(self.input_shape)}")
+
+    # -- layer functions ---------------------------------------------------------------------
+    def _weight(self, step: Step, which: str):
+        name = next((n for n, _ in step.params if n.endswith("." + which) or n == which), None)
+        return None if name is None else self.param_ident[name]
+
+    def _init(self, step: Step, index: str) -> str:
+        bias = self._weight(step, "bias")
+        return f"{bias}[{index}]" if bias else "0.0f"
+
+    def layer_function(self, step: Step) -> str:
+        func = self.func_ident[step.path]
+        m = step.module
+        if step.kind == "conv3d":
+            (S, D, H, W), (T, OD, OH, OW) = step.in_shape, step.out_shape
+            (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
+            body = tpl.CONV3D.substitute(func=func, S=S, D=D, H=H, W=W, T=T, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
+                                         KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
+                                         weight=self._weight(step, "weight"), init=self._init(step, "t"))
+            equation = tpl.CONV3D_EQUATION
+        elif step.kind == "pointwise":
+            body = tpl.POINTWISE.substitute(func=func, S=step.in_shape[0], T=step.out_shape[0],
+                                            P=int(np.prod(step.in_shape[1:])),
+                                            weight=self._weight(step, "weight"), init=self._init(step, "t"))
+            equation = tpl.POINTWISE_EQUATION
+        elif step.kind == "linear":
+            body = tpl.LINEAR.substitute(func=func, IN=step.in_size, OUT=step.out_size,
+                                         weight=self._weight(step, "weight"), init=self._init(step, "o"))
+            equation = tpl.LINEAR_EQUATION
+        elif step.kind == "maxpool3d":
+            (C, D, H, W), (_, OD, OH, OW) = step.in_shape, step.out_shape
+            (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
+            body = tpl.MAXPOOL3D.substitute(func=func, C=C, D=D, H=H, W=W, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
+                                            KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW)
+            equation = tpl.MAXPOOL3D_EQUATION
+        elif step.kind == "relu":
+            body, equation = tpl.RELU.substitute(func=func, N=step.in_size), tpl.RELU_EQUATION
+        else:  # copy
+            body, equation = tpl.COPY.substitute(func=func, N=step.in_size), tpl.COPY_EQUATION
+        header = tpl.LAYER_HEADER.substitute(path=step.path, description=_description(step),
+                                             in_dims=_dims(step.in_shape), out_dims=_dims(step.out_shape),
+                                             flops=f"{step.flops:,}", equation=equation)
+        return header + body
+
+    # -- net.h -------------------------------------------------------------------------------
+    def net_h(self) -> str:
+        rows, index = [], 0
+        for step in self.steps:
+            label = "-" if step.kind == IDENTITY else str(index)
+            index += step.kind != IDENTITY
+            flops = "identity at inference" if step.kind == IDENTITY else f"{step.flops:>18,}"
+            rows.append(f" *   {label:>3}  {step.path:<16} {step.layer_type:<10} {_dims(step.out_shape):<22} {flops}")
+        rows.append(f" *        {'total':<16} {'':<10} {'':<22} {self.total_flops:>18,}")
+        flops = _macro_block([(f"NET_FLOPS_{self.func_ident[s.path][len('layer_'):].upper()}", f"{s.flops}.0", "")
+                              for s in self.computing])
+        c, f, h, w = self.input_shape
+        blob = self.format == "blob"
+        sizes = [("NET_INPUT_C", c, "clip channels"), ("NET_INPUT_F", f, "frames"), ("NET_INPUT_H", h, "height"),
+                 ("NET_INPUT_W", w, "width"),
+                 ("NET_INPUT_SIZE", int(np.prod(self.input_shape)), "floats in one input clip"),
+                 ("NET_OUTPUT_SIZE", self.steps[-1].out_size, "logits per clip"),
+                 ("NET_SCRATCH_FLOATS", self.scratch, "scratch floats net_forward needs"),
+                 ("NET_PARAM_FLOATS", self.param_floats, "floats of all parameters"),
+                 ("NET_NUM_LAYERS", len(self.computing), "layers that compute (dropout and flatten do not)"),
+                 ("NET_TOTAL_FLOPS", f"{self.total_flops}.0", "FLOPs of one forward pass")]
+        if blob:
+            sizes.append(("NET_WEIGHTS_BLOB", 1, "parameters come from a file: call net_load_weights first"))
+        return tpl.NET_H.substitute(
+            title=self.title, input_dims=_dims(self.input_shape), layer_table="\n".join(rows),
+            size_macros=_macro_block(sizes), flops_macros=flops, load_prototype=tpl.LOAD_PROTOTYPE if blob else "")
+
+    @property
+    def total_flops(self) -> int:
+        return sum(s.flops for s in self.steps)
+
+    # -- net.c -------------------------------------------------------------------------------
+    def _parameters_section(self) -> str:
+        if self.format == "array":
+            return tpl.ARRAY_PARAMETERS
+        offset, pointers = 0, []
+        for name, data in self.params:
+            pointers.append(tpl.BLOB_POINTER.substitute(ident=self.param_ident[name], offset=offset, name=name,
+                                                        shape=tuple(data.shape)))
+            offset += int(data.size)
+        return tpl.BLOB_PARAMETERS.substitute(pointers="".join(pointers))
+
+    def _dispatch(self) -> str:
+        lines, index = [], 0
+        for step, place in zip(self.steps, self.placements):
+            if place is None:
+                lines.append(f"    /* {step.path}: {step.layer_type}, the identity at inference */")
+                continue
+            func = self.func_ident[step.path]
+            src, dst = _buffer(place.src, step.in_size), _buffer(place.dst, step.out_size)
+            lines += [f"    case {index}:  /* {step.path}: {step.layer_type}, "
+                      f"{_dims(step.in_shape)} -> {_dims(step.out_shape)} */",
+                      f"        {func}({src}, {dst});", "        break;"]
+            index += 1
+        return "\n".join(lines)
+
+    def net_c(self) -> str:
+        records = ",\n".join(f'    {{"{s.path}", "{s.layer_type}", {s.flops}.0}}' for s in self.computing)
+        includes = "#include <stdio.h>\n#include <string.h>" if self.format == "blob" else ""
+        helpers = tpl.WINDOW_HELPERS if any(s.kind == "conv3d" for s in self.computing) else ""
+        return tpl.NET_C.substitute(
+            title=self.title, includes=includes, parameters=self._parameters_section(), helpers=helpers,
+            layer_functions="".join(self.layer_function(s) for s in self.computing),
+            layer_records=records, dispatch=self._dispatch())
+
+    # -- weights -----------------------------------------------------------------------------
+    def weights_h(self) -> str:
+        decls = "".join(f"extern const float {self.param_ident[name]}[{data.size}];  /* {name} {tuple(data.shape)} */\n"
+                        for name, data in self.params)
+        return tpl.WEIGHTS_H.substitute(title=self.title, declarations=decls)
+
+    def weights_c(self) -> str:
+        arrays = "".join(tpl.WEIGHT_ARRAY.substitute(name=name, shape=tuple(data.shape), ident=self.param_ident[name],
+                                                     size=data.size, values=_array_values(data))
+                         for name, data in self.params)
+        return tpl.WEIGHTS_C.substitute(title=self.title, arrays=arrays)
+
+    def weights_blob(self) -> bytes:
+        data = b"".join(np.asarray(d, dtype="<f4").tobytes() for _, d in self.params)
+        return BLOB_MAGIC + struct.pack("<If", self.param_floats, 1.0) + data
+
+    # -- main.c, Makefile --------------------------------------------------------------------
+    def main_c(self) -> str:
+        return tpl.MAIN_C.substitute(weights_usage=" [-w WEIGHTS.bin]" if self.format == "blob" else "")
+
+    def makefile(self) -> str:
+        if self.format == "array":
+            return tpl.MAKEFILE.substitute(sources="main.c net.c weights.c", headers="net.h weights.h")
+        return tpl.MAKEFILE.substitute(sources="main.c net.c", headers="net.h")
+
+    def files(self) -> dict:
+        """File name -> contents (str or bytes)."""
+        out = {"net.h": self.net_h(), "net.c": self.net_c(), "main.c": self.main_c(), "Makefile": self.makefile()}
+        if self.format == "array":
+            out["weights.h"] = self.weights_h()
+            out["weights.c"] = self.weights_c()
+        else:
+            out["weights.bin"] = self.weights_blob()
+        return out
+
+
+def export_c(net, outdir, input_shape=None, weights_format="array") -> ExportResult:
+    """Write a standalone C99 implementation of ``net`` (inference, float32, batch 1) into ``outdir``.
+
+    ``input_shape`` is the per-sample (C, F, H, W) clip shape, by default ``net.input_shape``.
+    ``weights_format`` "array" compiles the parameters in (weights.h/weights.c, one ``const float``
+    array per PyTorch parameter); "blob" writes weights.bin, read at run time by ``net_load_weights``.
+    The layers implement eq. (1) (convolution), eqs. (8)/(10) (1x1x1 convolution), linear layers,
+    max pooling and ReLU; dropout and flatten are the identity at inference.
+    """
+    if input_shape is None:
+        input_shape = getattr(net, "input_shape", None)
+        if input_shape is None:
+            raise ValueError("the network records no input shape; pass input_shape=(C, F, H, W)")
+    gen = _Generator(net, input_shape, weights_format)
+    contents = gen.files()  # render everything before writing anything
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"output directory {outdir} exists and is not a directory")
+    written = []
+    for name, text in contents.items():
+        with atomic_path(outdir / name) as tmp:
+            if isinstance(text, bytes):
+                tmp.write_bytes(text)
+            else:
+                tmp.write_text(text, encoding="utf-8")
+        written.append(outdir / name)
+    return ExportResult(outdir, written, gen.steps, gen.scratch, gen.param_floats)
