@@ -1,0 +1,199 @@
+"""``tuckerref train | finetune | evaluate``: train the paper network, fine-tune a (compressed) network, score one.
+
+All three draw the same stratified train/test split from ``--seed`` and ``--test-fraction``;
+``finetune`` and ``evaluate`` take both from the weights file's metadata when not given, so a
+fine-tuned network never trains on the clips its original was tested on.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..data.store import ClipDataset
+from ..io import load_model, save_model
+from ..models import thetis_net
+from ..optim import OPTIMIZERS, make_optimizer
+from ..train import CHECKPOINT_NAME, Subset, evaluate, fit, kfold, seed_dropout, split_fingerprint, train_test_split
+
+DEFAULT_SEED, DEFAULT_TEST_FRACTION = 0, 0.1
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train the paper network on a clip data set (HDF5)")
+    p.add_argument("data", help="clip data set (tuckerref-clips HDF5)")
+    p.add_argument("out", help="output weights file (HDF5)")
+    _training_options(p, epochs=100)
+    p.add_argument("--kfold", type=int, metavar="K",
+                   help="K-fold cross-validation instead of one split: one fresh network per fold; prints each "
+                        "fold's test accuracy and their mean; OUT keeps the last fold's network")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("finetune", help="continue training a saved (e.g. compressed) network on its training split")
+    p.add_argument("weights", help="network to fine-tune (weights file with architecture spec)")
+    p.add_argument("data", help="clip data set (tuckerref-clips HDF5)")
+    p.add_argument("out", help="output weights file (HDF5)")
+    _training_options(p, epochs=100)
+    p.set_defaults(func=run_finetune)
+
+    p = sub.add_parser("evaluate", help="accuracy and confusion matrix of a saved network on a clip data set")
+    p.add_argument("weights", help="weights file with architecture spec")
+    p.add_argument("data", help="clip data set (tuckerref-clips HDF5)")
+    p.add_argument("--split", choices=("test", "all"), default="test", help="clips to score (default test)")
+    _split_options(p)
+    p.add_argument("--batch-size", type=int, default=20)
+    p.set_defaults(func=run_evaluate)
+
+
+def _split_options(p):
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"split, initialisation, shuffling and dropout seed (default: the weights file's, else {DEFAULT_SEED})")
+    p.add_argument("--test-fraction", type=float, default=None,
+                   help=f"held-out fraction per class (default: the weights file's, else {DEFAULT_TEST_FRACTION})")
+
+
+def _training_options(p, epochs):
+    p.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001, the paper's)")
+    p.add_argument("--momentum", type=float, default=0.7, help="SGD momentum (default 0.7)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="L2 weight decay (default 0.01)")
+    p.add_argument("--batch-size", type=int, default=20, help="mini-batch size (default 20)")
+    _split_options(p)
+    p.add_argument("--checkpoint-dir", help=f"write DIR/{CHECKPOINT_NAME} after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# -- shared steps ---------------------------------------------------------------------------------------
+def _split_settings(args, meta):
+    """(seed, test_fraction): explicit options, else the weights file's recorded split, else the defaults."""
+    recorded = meta.get("split", {}) if meta else {}
+    seed = args.seed if args.seed is not None else recorded.get("seed", DEFAULT_SEED)
+    frac = args.test_fraction if args.test_fraction is not None else recorded.get("test_fraction",
+                                                                                DEFAULT_TEST_FRACTION)
+    return int(seed), float(frac)
+
+
+def _split(ds, seed, frac):
+    train, test = train_test_split(len(ds), frac, seed, stratify=ds.labels)
+    info = {"seed": seed, "test_fraction": frac, "stratified": True, "n_train": int(train.size),
+            "n_test": int(test.size), "test_clips": split_fingerprint(ds, test)}
+    return train, test, info
+
+
+def _check_same_split(info, meta, weights):
+    recorded = (meta or {}).get("split")
+    if recorded and recorded.get("test_clips") and recorded["test_clips"] != info["test_clips"]:
+        print(f"warning: this test split differs from the one recorded in {weights} (other data, seed or "
+              f"test fraction); the network may have been trained on some of these test clips", file=sys.stderr)
+
+
+def _fit(args, net, ds, train, test, seed, checkpoint_dir=None, resume=None):
+    if args.resume and not args.checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir")
+    optimizer = make_optimizer(args.optimizer, net.parameters(), lr=args.lr, momentum=args.momentum,
+                               weight_decay=args.weight_decay)
+    return fit(net, Subset(ds, train), Subset(ds, test), epochs=args.epochs, optimizer=optimizer,
+               batch_size=args.batch_size, seed=seed, checkpoint_dir=checkpoint_dir or args.checkpoint_dir,
+               resume=args.resume if resume is None else resume, progress=False if args.no_progress else None,
+               log=print)
+
+
+def _settings(args):
+    return {"epochs": args.epochs, "optimizer": args.optimizer, "lr": args.lr, "batch_size": args.batch_size,
+            "weight_decay": args.weight_decay, **({"momentum": args.momentum} if args.optimizer == "sgd" else {})}
+
+
+def _save(args, net, ds, command, seed, split, history, extra=None):
+    train_acc = evaluate(net, Subset(ds, split.pop("_train")), args.batch_size)["accuracy"]
+    test_acc = history[-1]["test_acc"] if history else float("nan")
+    meta = {"command": command, "data": str(Path(args.data).resolve()), "seed": seed, "split": split,
+            "class_names": ds.class_names, "training": _settings(args),
+            "accuracy": {"train": train_acc, "test": test_acc}, "history": history, **(extra or {})}
+    save_model(args.out, net, meta=meta)
+    print(f"saved {args.out}: train accuracy {100 * train_acc:.1f}% ({split['n_train']} clips), "
+          f"test accuracy {100 * test_acc:.1f}% ({split['n_test']} clips)")
+
+
+# -- commands -----------------------------------------------------------------------------------------
+def run_train(args):
+    seed, frac = _split_settings(args, None)
+    with ClipDataset(args.data) as ds:
+        if args.kfold:
+            return _cross_validate(args, ds, seed)
+        train, test, split = _split(ds, seed, frac)
+        net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names))
+        print(f"training {net.num_parameters():,} parameters on {len(train)} clips of {ds.clip_shape}, "
+              f"testing on {len(test)}")
+        history = _fit(args, net, ds, train, test, seed)
+        _save(args, net, ds, "train", seed, {**split, "_train": train}, history)
+    return 0
+
+
+def _cross_validate(args, ds, seed):
+    folds = kfold(len(ds), args.kfold, seed, stratify=ds.labels)
+    accs = []
+    for f, (train, test) in enumerate(folds, start=1):
+        net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names))
+        ckpt = Path(args.checkpoint_dir) / f"fold{f}" if args.checkpoint_dir else None
+        resume = bool(args.resume and ckpt is not None and (ckpt / CHECKPOINT_NAME).exists())
+        print(f"fold {f}/{args.kfold}: {len(train)} training clips, {len(test)} test clips")
+        history = _fit(args, net, ds, train, test, seed, checkpoint_dir=ckpt, resume=resume)
+        accs.append(history[-1]["test_acc"] if history else float("nan"))
+    print("fold test accuracies: " + ", ".join(f"{100 * a:.1f}%" for a in accs) +
+          f"; mean {100 * np.mean(accs):.1f}% +- {100 * np.std(accs):.1f}")
+    split = {"seed": seed, "kfold": args.kfold, "fold": args.kfold, "stratified": True,
+             "n_train": int(train.size), "n_test": int(test.size), "test_clips": split_fingerprint(ds, test)}
+    _save(args, net, ds, "train", seed, {**split, "_train": train},
+          history, {"kfold_test_accuracy": accs, "kfold_mean_test_accuracy": float(np.mean(accs))})
+    return 0
+
+
+def run_finetune(args):
+    net, meta = load_model(args.weights)
+    seed, frac = _split_settings(args, meta)
+    with ClipDataset(args.data) as ds:
+        if getattr(net, "input_shape", None) is None:
+            net.input_shape = ds.clip_shape
+        train, test, split = _split(ds, seed, frac)
+        _check_same_split(split, meta, args.weights)
+        seed_dropout(net, seed)
+        before = evaluate(net, Subset(ds, test), args.batch_size)["accuracy"]
+        print(f"fine-tuning {args.weights} ({net.num_parameters():,} parameters, test accuracy "
+              f"{100 * before:.1f}% before) on {len(train)} clips")
+        history = _fit(args, net, ds, train, test, seed)
+        _save(args, net, ds, "finetune", seed, {**split, "_train": train}, history,
+              {"source_weights": str(Path(args.weights).resolve()), "test_accuracy_before": before})
+    return 0
+
+
+def run_evaluate(args):
+    net, meta = load_model(args.weights)
+    seed, frac = _split_settings(args, meta)
+    with ClipDataset(args.data) as ds:
+        if getattr(net, "input_shape", None) is not None and tuple(net.input_shape) != ds.clip_shape:
+            raise ValueError(f"{args.data} has clips of shape {ds.clip_shape}, {args.weights} expects "
+                             f"{tuple(net.input_shape)}")
+        if args.split == "test":
+            _, idx, split = _split(ds, seed, frac)
+            _check_same_split(split, meta, args.weights)
+            what = f"test split (seed {seed}, test fraction {frac})"
+        else:
+            idx, what = np.arange(len(ds)), "all clips"
+        ev = evaluate(net, Subset(ds, idx), args.batch_size)
+        names = ds.class_names
+    correct = int(np.trace(ev["confusion"]))
+    print(f"{args.weights} on {args.data}, {what}: {ev['n']} clips")
+    print(f"accuracy {100 * ev['accuracy']:.1f}% ({correct}/{ev['n']}), mean cross-entropy {ev['loss']:.4f}")
+    print(_format_confusion(ev["confusion"], names))
+    return 0
+
+
+def _format_confusion(cm, class_names):
+    names = list(class_names) + [f"class{i}" for i in range(len(class_names), cm.shape[0])]
+    width = max(8, *(len(n) for n in names)) + 2
+    lines = ["confusion matrix (rows: true class, columns: predicted):", " " * width + "".join(f"{n:>{width}}" for n in names)]
+    lines += [f"{names[i]:>{width}}" + "".join(f"{v:>{width}}" for v in row) for i, row in enumerate(cm)]
+    return "\n".join(lines)
