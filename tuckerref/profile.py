@@ -1,0 +1,238 @@
+"""Per-layer timing of a network: each layer and sub-layer on the real input it sees in the network.
+
+The network is run once in inference mode and the input of every layer (recursively, into nested
+Sequentials) is captured; then each layer is timed on its own captured input over ``warmup``
+untimed and ``repeats`` timed calls, in wall time (``time.perf_counter``) and process CPU time
+(``time.process_time``, summed over all threads, so it exceeds wall time when several threads
+work). A composite layer (a Sequential, e.g. a Tucker-2 replacement) is timed as a whole *and*
+through its sub-layers. The whole forward pass is timed the same way.
+
+Threads: ``threads=k`` sets Numba's thread count for the measurement (restored afterwards);
+``threads=1`` is the "embedded" setting.
+
+Extension point: :data:`PROFILERS` maps a backend name to a function with the signature of
+:func:`profile_network` returning a :class:`NetworkProfile` whose layer names are the network's
+dotted child names ("c1", "c1.0", ...). ``tuckerref table2 --backend`` offers its keys; another
+backend (e.g. exported C code) adds an entry ``PROFILERS["c"] = its_profile_function``.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from .nn import Module, Sequential
+
+
+@dataclass
+class Stats:
+    """Median, mean and standard deviation (population) of a list of durations in seconds."""
+
+    samples: list
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.samples))
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.samples))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.samples))
+
+    def as_dict(self) -> dict:
+        return {"median": self.median, "mean": self.mean, "std": self.std, "samples": list(self.samples)}
+
+
+@dataclass
+class LayerTiming:
+    """Wall and CPU time of one layer; ``children`` hold its sub-layers' timings when it is a Sequential."""
+
+    name: str
+    kind: str
+    wall: Stats
+    cpu: Stats
+    children: list = field(default_factory=list)
+
+    def clock(self, which: str) -> Stats:
+        if which not in ("wall", "cpu"):
+            raise ValueError(f"clock must be 'wall' or 'cpu', got {which!r}")
+        return self.wall if which == "wall" else self.cpu
+
+    def walk(self):
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "wall": self.wall.as_dict(), "cpu": self.cpu.as_dict(),
+                "children": [c.as_dict() for c in self.children]}
+
+
+@dataclass
+class NetworkProfile:
+    """Timings of every top-level layer (``layers``) and of the whole forward pass (``total``)."""
+
+    layers: list
+    total: LayerTiming
+    input_shape: tuple
+    repeats: int
+    warmup: int
+    threads: int
+    backend: str = "numba"
+
+    def __getitem__(self, name: str) -> LayerTiming:
+        """Timing by dotted name ("c1", "c1.0", ...)."""
+        for layer in self.layers:
+            for rec in layer.walk():
+                if rec.name == name:
+                    return rec
+        raise KeyError(f"no timed layer named {name!r} (top-level layers: {[t.name for t in self.layers]})")
+
+    def names(self) -> list:
+        return [rec.name for layer in self.layers for rec in layer.walk()]
+
+    def as_dict(self) -> dict:
+        return {"backend": self.backend, "input_shape": list(self.input_shape), "repeats": self.repeats,
+                "warmup": self.warmup, "threads": self.threads, "total": self.total.as_dict(),
+                "layers": [t.as_dict() for t in self.layers]}
+
+
+# -- argument checks ----------------------------------------------------------------------------
+def check_threads(threads) -> int:
+    """Validate a thread count against Numba's maximum; ``None`` means the current setting."""
+    if threads is None:
+        return numba.get_num_threads()
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(threads, bool) or int(threads) != threads or not 1 <= int(threads) <= limit:
+        raise ValueError(f"threads must be an integer in 1..{limit} (NUMBA_NUM_THREADS), got {threads!r}")
+    return int(threads)
+
+
+def check_repeats(repeats, warmup) -> tuple[int, int]:
+    if isinstance(repeats, bool) or int(repeats) != repeats or int(repeats) < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if isinstance(warmup, bool) or int(warmup) != warmup or int(warmup) < 0:
+        raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+    return int(repeats), int(warmup)
+
+
+def check_input(net: Module, x) -> np.ndarray:
+    """``x`` must be a float batch whose per-sample shape the network accepts (and records, if it does)."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        raise ValueError(f"input must be a float numpy array, got {type(x).__name__} "
+                         f"{getattr(x, 'dtype', '')}".rstrip())
+    expected = getattr(net, "input_shape", None)
+    if x.ndim < 2:
+        raise ValueError(f"input must be a batch (N, ...), got shape {x.shape}")
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        raise ValueError(f"input shape {x.shape} does not match the network's input shape (N,) + {tuple(expected)}")
+    try:
+        net.output_shape(x.shape[1:])
+    except ValueError as exc:
+        raise ValueError(f"input shape {x.shape} does not fit the network: {exc}") from None
+    return np.ascontiguousarray(x)
+
+
+@contextmanager
+def numba_threads(threads: int):
+    """Run the block with Numba's thread count set to ``threads``, restoring the previous count."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+# -- capture and timing -------------------------------------------------------------------------
+def _first_leaf(m: Module) -> Module:
+    while isinstance(m, Sequential) and len(m):
+        m = m[0]
+    return m
+
+
+def _mutates_input(m: Module) -> bool:
+    """True when a forward call overwrites its input (an in-place ReLU first in line)."""
+    return bool(getattr(_first_leaf(m), "inplace", False))
+
+
+def capture_inputs(net: Sequential, x: np.ndarray) -> dict:
+    """Run ``net`` once on ``x``; return {dotted name: copy of the input that (sub-)layer received}."""
+    inputs = {}
+    _capture(net, x, "", inputs)
+    return inputs
+
+
+def _capture(seq: Sequential, x: np.ndarray, prefix: str, inputs: dict) -> np.ndarray:
+    for name, child in seq.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        inputs[full] = x.copy()
+        x = _capture(child, x, full, inputs) if isinstance(child, Sequential) else child.forward(x)
+    return x
+
+
+def time_call(fn, x: np.ndarray, repeats: int, warmup: int, fresh_input: bool = False) -> tuple[Stats, Stats]:
+    """(wall, cpu) Stats of ``fn(x)``; with ``fresh_input`` each call gets an untimed copy of ``x``."""
+    for _ in range(warmup):
+        fn(x.copy() if fresh_input else x)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        arg = x.copy() if fresh_input else x
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn(arg)
+        w1, c1 = time.perf_counter(), time.process_time()
+        wall.append(w1 - w0)
+        cpu.append(c1 - c0)
+    return Stats(wall), Stats(cpu)
+
+
+def _time_tree(module: Module, name: str, inputs: dict, repeats: int, warmup: int) -> LayerTiming:
+    wall, cpu = time_call(module.forward, inputs[name], repeats, warmup, _mutates_input(module))
+    children = []
+    if isinstance(module, Sequential):
+        children = [_time_tree(child, f"{name}.{child_name}", inputs, repeats, warmup)
+                    for child_name, child in module.named_children()]
+    return LayerTiming(name=name, kind=type(module).__name__, wall=wall, cpu=cpu, children=children)
+
+
+def profile_network(net: Sequential, x: np.ndarray, *, repeats: int = 10, warmup: int = 1,
+                    threads: int | None = None) -> NetworkProfile:
+    """Time every layer and sub-layer of ``net`` on the input it sees, and the whole forward pass.
+
+    The network is put in inference mode for the measurement (dropout is the identity) and its
+    previous training mode is restored afterwards.
+    """
+    if not isinstance(net, Sequential):
+        raise ValueError(f"profile_network expects a Sequential network, got {type(net).__name__}")
+    repeats, warmup = check_repeats(repeats, warmup)
+    threads = check_threads(threads)
+    x = check_input(net, x)
+    was_training = net.training
+    net.eval()
+    try:
+        with numba_threads(threads):
+            inputs = capture_inputs(net, x)
+            layers = [_time_tree(child, name, inputs, repeats, warmup) for name, child in net.named_children()]
+            wall, cpu = time_call(net.forward, x, repeats, warmup, _mutates_input(net))
+    finally:
+        net.train(was_training)
+    total = LayerTiming(name="total", kind="Sequential", wall=wall, cpu=cpu)
+    return NetworkProfile(layers=layers, total=total, input_shape=tuple(x.shape), repeats=repeats,
+                          warmup=warmup, threads=threads)
+
+
+#: Backend name -> profiling function (signature of :func:`profile_network`); see the module docstring.
+PROFILERS = {"numba": profile_network}
+
+
+def get_profiler(backend: str):
+    try:
+        return PROFILERS[backend]
+    except KeyError:
+        raise ValueError(f"unknown timing backend {backend!r} (available: {sorted(PROFILERS)})") from None
