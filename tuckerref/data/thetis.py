@@ -28,7 +28,7 @@ from .store import DatasetWriter
 
 RGB_DIR, DEPTH_DIR = "VIDEO_RGB", "VIDEO_Depth"
 DEFAULT_SHOTS = ("forehand_flat", "backhand")  # label = position: forehand_flat 0, backhand 1
-LUMA_601 = (0.299, 0.587, 0.114)
+LUMA_601 = (299, 587, 114)  # BT.601 luma weights in thousandths: Y = 0.299 R + 0.587 G + 0.114 B
 
 # Reasons a clip is not made (the report's vocabulary).
 IN_SKIP_LIST = "in the skip list"
@@ -208,9 +208,13 @@ def nearest_indices(size_in, size_out):
 
 
 def luma601(rgb):
-    """ITU-R BT.601 luma of uint8 RGB (..., 3): ``round(0.299 R + 0.587 G + 0.114 B)`` as uint8."""
+    """ITU-R BT.601 luma of uint8 RGB (..., 3): ``0.299 R + 0.587 G + 0.114 B`` rounded half up, as uint8.
+
+    Computed exactly in integers: ``(299 R + 587 G + 114 B + 500) // 1000``.
+    """
+    rgb = rgb.astype(np.int32)
     y = rgb[..., 0] * LUMA_601[0] + rgb[..., 1] * LUMA_601[1] + rgb[..., 2] * LUMA_601[2]
-    return np.floor(y + 0.5).astype(np.uint8)
+    return ((y + 500) // 1000).astype(np.uint8)
 
 
 @dataclass
@@ -307,6 +311,10 @@ def plan_clips(root, annotations, *, shots=DEFAULT_SHOTS, skip=()):
     pairs = find_videos(root, shots)
     existing = {p.name for pair in pairs.values() for p in (pair.rgb, pair.depth) if p is not None}
     skip_keys = {pair_key(name) for name in skip}
+    unknown = sorted(name for name in skip if pair_key(name) not in pairs)
+    if unknown:
+        raise ValueError(f"skip-list entries {unknown} match no RGB or depth file under {Path(root)} "
+                         f"for shots {', '.join(shots)}")
     skipped, chosen = [], {}
     rows = [row for path in annotations for row in read_annotations(path)]
     for row in rows:
