@@ -1,0 +1,211 @@
+"""``tuckerref table2``: the paper's Table 2 for the original and the compressed network, with measured times.
+
+For each layer with parameters (c1, c2, l1, l2, l_out): method, S/R_in, T/R_out, weights, FLOPs
+(paper convention, NOTES.md section 5) and time, each with its sub-layer breakdown, then the
+improvement factors: storage (weights), theoretical speed-up (FLOPs ratio) and observed speed-up
+(time ratio). Parameter-free layers (ReLU, pooling, dropout, flatten) are summed in an "other" row;
+the total time is the whole forward pass. Prints the table and writes ``table2.md`` and
+``table2.json`` (atomically) to ``--out``.
+
+Timing backends: ``--backend`` offers the keys of :data:`tuckerref.profile.PROFILERS`; a backend is
+a function ``(net, x, *, repeats, warmup, threads) -> NetworkProfile`` whose layer names are the
+network's dotted child names. :func:`build_table` takes such a function, so other backends (exported
+C code, PyTorch in ``bench/vs_torch.py``) produce the same table from the same networks and input.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..flops import count_network
+from ..models import PAPER_INPUT_SHAPE, thetis_net
+from ..nn import Conv3d, Linear, Sequential
+from ..profile import PROFILERS, check_repeats, check_threads, get_profiler
+from ..report import compact, markdown_table, milliseconds, ratio, write_json, write_text
+
+
+def _io(m):
+    """(inputs, outputs) of a Conv3d (channels) or Linear (features)."""
+    if isinstance(m, Conv3d):
+        return m.in_channels, m.out_channels
+    if isinstance(m, Linear):
+        return m.in_features, m.out_features
+    raise ValueError(f"cannot describe layer {m!r}: expected Conv3d, Linear or a Sequential of them")
+
+
+def describe(original, compressed, volume) -> tuple:
+    """(method, S, T, R_in, R_out) of a layer and its replacement; R_in is "-" for Tucker-1."""
+    S, T = _io(original)
+    if isinstance(original, Linear) and len(volume) == 4:
+        S = volume[0]  # l1 reads the flattened C x F x H x W volume: its S is the channel count, as in the paper
+    if not isinstance(compressed, Sequential):
+        return "none", S, T, S, T
+    subs = list(compressed.children())
+    if len(subs) == 3:
+        return "Tucker-2", S, T, _io(subs[0])[1], _io(subs[1])[1]
+    if len(subs) == 2:
+        return "Tucker-1", S, T, "-", _io(subs[0])[1]
+    raise ValueError(f"unrecognised replacement of {original!r}: a Sequential of {len(subs)} layers")
+
+
+def parameter_layers(net: Sequential) -> list:
+    names = [name for name, m in net.named_children() if m.num_parameters()]
+    for name in names:
+        if isinstance(net[name], Sequential):
+            raise ValueError(f"layer {name!r} is already decomposed; table2 needs the original (uncompressed) network")
+    return names
+
+
+def _unflattened_input(count, name) -> tuple:
+    """Per-sample input shape of layer ``name``, taken before the flatten that directly precedes it (if any)."""
+    previous = None
+    for layer in count.layers:
+        if layer.name == name:
+            return previous.input_shape if previous is not None and previous.kind == "Flatten" else layer.input_shape
+        previous = layer
+    raise ValueError(f"no layer named {name!r}")
+
+
+def _timing(t, clock):
+    s = t.clock(clock)
+    return {"median_s": s.median, "mean_s": s.mean, "std_s": s.std}
+
+
+def build_table(original: Sequential, compressed: Sequential, x: np.ndarray, profiler, *, repeats=5, warmup=1,
+                threads=None, clock="wall") -> dict:
+    """Counts and times of both networks on the batch ``x``, arranged as the paper's Table 2 (JSON-able dict)."""
+    input_shape = tuple(x.shape[1:])
+    names = parameter_layers(original)
+    missing = [n for n in names if n not in compressed.names()]
+    if missing:
+        raise ValueError(f"the compressed network lacks layers {missing} of the original")
+    counts = {"original": count_network(original, input_shape), "compressed": count_network(compressed, input_shape)}
+    profiles = {"original": profiler(original, x, repeats=repeats, warmup=warmup, threads=threads),
+                "compressed": profiler(compressed, x, repeats=repeats, warmup=warmup, threads=threads)}
+    rows = []
+    for name in names:
+        method, S, T, r_in, r_out = describe(original[name], compressed[name], _unflattened_input(counts["original"], name))
+        row = {"layer": name, "method": method, "S": S, "T": T, "R_in": r_in, "R_out": r_out}
+        for which in ("original", "compressed"):
+            c, t = counts[which][name], profiles[which][name]
+            row[which] = {"params": c.params, "flops": c.flops, "macs": c.macs, "time": _timing(t, clock),
+                          "sub": [{"name": sc.name, "params": sc.params, "flops": sc.flops,
+                                   "time": _timing(st, clock)} for sc, st in zip(c.children, t.children)]}
+        rows.append(row)
+    other, total = {}, {}
+    for which in ("original", "compressed"):
+        others = [t for t in profiles[which].layers if t.name not in names]
+        other[which] = {"layers": [t.name for t in others], "time_s": sum(t.clock(clock).median for t in others)}
+        total[which] = {"params": counts[which].params, "flops": counts[which].flops, "macs": counts[which].macs,
+                        "time": _timing(profiles[which].total, clock)}
+    for r in rows + [total]:
+        o, c = r["original"], r["compressed"]
+        r["improvement"] = {"weights": o["params"] / c["params"], "theoretical_speedup": o["flops"] / c["flops"],
+                            "observed_speedup": o["time"]["median_s"] / c["time"]["median_s"]}
+    return {"input_shape": list(input_shape), "batch": int(x.shape[0]), "clock": clock,
+            "backend": profiles["original"].backend, "repeats": profiles["original"].repeats,
+            "warmup": profiles["original"].warmup, "threads": profiles["original"].threads,
+            "rows": rows, "other": other, "total": total,
+            "counts": {k: v.as_dict() for k, v in counts.items()},
+            "profiles": {k: v.as_dict() for k, v in profiles.items()}}
+
+
+def _breakdown(parts: list) -> str:
+    return f" ({' + '.join(parts)})" if len(parts) > 1 else ""
+
+
+def render(table: dict) -> str:
+    """Markdown rendering in the paper's layout (original row, compressed row, improvement row per layer)."""
+    head = ["layer", "method", "S/R_in", "T/R_out", "weights", "FLOPs", f"{table['clock']} time ms (median ± std)"]
+    body = []
+    for r in table["rows"]:
+        o, c, imp = r["original"], r["compressed"], r["improvement"]
+        t = lambda d: f"{milliseconds(d['time']['median_s'])} ± {milliseconds(d['time']['std_s'])}"  # noqa: E731
+        body.append([r["layer"], "original", r["S"], r["T"], f"{o['params']:,}", compact(o["flops"]), t(o)])
+        body.append(["", r["method"], r["R_in"], r["R_out"],
+                     f"{c['params']:,}" + _breakdown([f"{s['params']:,}" for s in c["sub"]]),
+                     compact(c["flops"]) + _breakdown([compact(s["flops"]) for s in c["sub"]]),
+                     t(c) + _breakdown([milliseconds(s["time"]["median_s"]) for s in c["sub"]])])
+        body.append(["", "improvement", "", "", f"x{imp['weights']:.2f}", f"x{imp['theoretical_speedup']:.2f}",
+                     f"x{imp['observed_speedup']:.2f}"])
+    oth = table["other"]
+    body.append(["other", ", ".join(oth["original"]["layers"]) if len(oth["original"]["layers"]) < 6
+                 else f"{len(oth['original']['layers'])} parameter-free layers", "", "", "0", "0",
+                 f"{milliseconds(oth['original']['time_s'])} -> {milliseconds(oth['compressed']['time_s'])} (sum)"])
+    tot = table["total"]
+    for which in ("original", "compressed"):
+        d = tot[which]
+        body.append(["total" if which == "original" else "", which, "", "", f"{d['params']:,}", compact(d["flops"]),
+                     f"{milliseconds(d['time']['median_s'])} ± {milliseconds(d['time']['std_s'])}"])
+    imp = tot["improvement"]
+    body.append(["", "improvement", "", "", f"x{imp['weights']:.2f}", f"x{imp['theoretical_speedup']:.2f}",
+                 f"x{imp['observed_speedup']:.2f}"])
+    speed_head = ["layer", "theoretical speed-up (FLOPs)", "observed speed-up (time)"]
+    speed = [[r["layer"], ratio(r["original"]["flops"], r["compressed"]["flops"]),
+              ratio(r["original"]["time"]["median_s"], r["compressed"]["time"]["median_s"])]
+             for r in table["rows"] + [dict(tot, layer="total")]]
+    title = (f"Table 2, input {tuple(table['input_shape'])} batch {table['batch']}, backend {table['backend']}, "
+             f"{table['threads']} thread(s), {table['clock']} time over {table['repeats']} repeats "
+             f"(warm-up {table['warmup']}); sub-layer breakdowns in brackets")
+    return "\n\n".join([title, markdown_table(head, body), markdown_table(speed_head, speed)])
+
+
+def register(sub):
+    p = sub.add_parser("table2", help="the paper's Table 2: weights, FLOPs and measured time, original vs compressed")
+    p.add_argument("--weights", default=None, help="original network saved by save_model (default: random, --seed)")
+    p.add_argument("--plan", choices=("table2", "algorithm1"), default="table2")
+    p.add_argument("--ranks", choices=("paper", "vbmf"), default="paper")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="Numba threads (1 = embedded setting); default all")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall (perf_counter) or process CPU time (process_time, as the paper) for the table")
+    p.add_argument("--backend", choices=sorted(PROFILERS), default="numba", help="what is timed")
+    p.add_argument("--input-shape", type=int, nargs=4, default=None, metavar=("C", "F", "H", "W"),
+                   help=f"clip shape (default: the weights file's, else {PAPER_INPUT_SHAPE})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/table2", help="output folder (default runs/table2)")
+    p.set_defaults(func=run)
+
+
+def load_networks(args):
+    """(original, compressed, input shape) from the parsed arguments."""
+    if args.weights:
+        from ..io import load_model
+        net, meta = load_model(args.weights)
+        shape = tuple(args.input_shape or meta.get("input_shape") or PAPER_INPUT_SHAPE)
+    else:
+        shape = tuple(args.input_shape or PAPER_INPUT_SHAPE)
+        net = thetis_net(shape, seed=args.seed)
+    net.input_shape = shape
+    parameter_layers(net)
+    try:
+        from ..compress import compress_network
+    except ModuleNotFoundError as exc:
+        if exc.name != "tuckerref.compress":
+            raise
+        raise ValueError("tuckerref.compress is not available in this checkout; table2 needs compress_network") from None
+    compressed = compress_network(net, plan=args.plan, ranks=args.ranks)
+    compressed.input_shape = shape
+    return net.eval(), compressed.eval(), shape
+
+
+def write_outputs(out_dir, table: dict, text: str, stem="table2") -> list:
+    out_dir = Path(out_dir)
+    return [write_text(out_dir / f"{stem}.md", text), write_json(out_dir / f"{stem}.json", table)]
+
+
+def run(args):
+    check_repeats(args.repeats, args.warmup)
+    check_threads(args.threads)
+    original, compressed, shape = load_networks(args)
+    x = np.random.default_rng(args.seed).random((1,) + shape, dtype=np.float32)
+    table = build_table(original, compressed, x, get_profiler(args.backend), repeats=args.repeats,
+                        warmup=args.warmup, threads=args.threads, clock=args.clock)
+    table.update(plan=args.plan, ranks=args.ranks, weights=args.weights)
+    text = render(table)
+    print(text)
+    for path in write_outputs(args.out, table, text):
+        print(f"wrote {path}")
+    return 0
