@@ -5,7 +5,7 @@ the parameters (weights.c arrays or a weights.bin blob), main.c and a Makefile. 
 :mod:`tuckerref.export.plan` for the execution plan and buffer layout and
 :mod:`tuckerref.export.templates` for the C code itself.
 """
-from .plan import Step, layer_flops, place_buffers, plan_network
+from .plan import Step, place_buffers, plan_network
 from .writer import WEIGHTS_FORMATS, ExportResult, export_c
 
-__all__ = ["export_c", "ExportResult", "WEIGHTS_FORMATS", "plan_network", "place_buffers", "Step", "layer_flops"]
+__all__ = ["export_c", "ExportResult", "WEIGHTS_FORMATS", "plan_network", "place_buffers", "Step"]

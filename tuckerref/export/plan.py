@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..flops import count_layer
 from ..nn import Conv3d, Dropout, Flatten, Linear, MaxPool3d, Module, ReLU, Sequential
 
 #: Step kinds that generate a C function, and the identity kind that does not.
@@ -39,7 +40,7 @@ class Step:
     module: Module | None
     in_shape: tuple      # per-sample input shape
     out_shape: tuple     # per-sample output shape
-    flops: int           # authors' counting convention (NOTES.md section 5)
+    flops: int           # authors' counting convention (tuckerref.flops, NOTES.md section 5)
     params: list = field(default_factory=list)  # [(PyTorch name, float32 array)]
 
     @property
@@ -61,24 +62,6 @@ class Placement:
 
     src: str
     dst: str
-
-
-def layer_flops(module: Module, in_shape, out_shape) -> int:
-    """FLOPs of one layer in the authors' convention (NOTES.md section 5).
-
-    Convolution: T * I' * (2 * S * Lambda - 1), plus I' once with a bias; linear:
-    (2 * in - 1) * out, plus out with a bias; pooling, ReLU and reshapes count zero.
-    TODO: delegate to ``tuckerref.flops`` once it lands, so that the convention lives in one place.
-    """
-    if isinstance(module, Conv3d):
-        positions = int(np.prod(out_shape[1:]))
-        taps = module.in_channels * int(np.prod(module.kernel_size))
-        flops = module.out_channels * positions * (2 * taps - 1)
-        return flops + (positions if module.bias is not None else 0)
-    if isinstance(module, Linear):
-        flops = (2 * module.in_features - 1) * module.out_features
-        return flops + (module.out_features if module.bias is not None else 0)
-    return 0
 
 
 def _kind(module: Module, path: str) -> str:
@@ -118,17 +101,15 @@ def plan_network(net: Module, input_shape) -> list[Step]:
     steps = []
     for path, module in _leaves(net):
         kind = _kind(module, path)
-        try:
-            out_shape = tuple(int(v) for v in module.output_shape(shape))
-        except ValueError as exc:
-            raise ValueError(f"layer {path!r} cannot take input shape {shape}: {exc}") from None
+        count = count_layer(module, shape, path)  # raises ValueError naming the layer for a bad shape
+        out_shape = tuple(int(v) for v in count.output_shape)
         params = []
         for name, p in module.named_parameters(path):
             data = np.ascontiguousarray(p.data, dtype=np.float32)
             if not np.isfinite(data).all():
                 raise ValueError(f"parameter {name!r} holds non-finite values; cannot export it")
             params.append((name, data))
-        steps.append(Step(path, kind, module, shape, out_shape, layer_flops(module, shape, out_shape), params))
+        steps.append(Step(path, kind, module, shape, out_shape, count.flops, params))
         shape = out_shape
     if not any(s.kind != IDENTITY for s in steps):
         # A network of identities still has to move its input into the logits.

@@ -1,0 +1,30 @@
+"""``tuckerref export-c``: write a standalone C99 implementation of a saved network."""
+from __future__ import annotations
+
+from ..export import WEIGHTS_FORMATS, export_c
+from ..io import load_model
+
+
+def register(sub):
+    p = sub.add_parser("export-c", help="write net.h, net.c, weights, main.c and a Makefile for a saved network")
+    p.add_argument("weights", metavar="WEIGHTS.h5", help="network saved by save_model (e.g. by train or compress)")
+    p.add_argument("outdir", metavar="OUTDIR", help="directory to write the C sources into")
+    p.add_argument("--input-shape", type=int, nargs=4, default=None, metavar=("C", "F", "H", "W"),
+                   help="clip shape to generate for (default: the shape recorded in WEIGHTS.h5)")
+    p.add_argument("--weights-format", choices=WEIGHTS_FORMATS, default="array",
+                   help="array: parameters compiled in (weights.c); blob: weights.bin read at run time")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    net, meta = load_model(args.weights)
+    input_shape = tuple(args.input_shape) if args.input_shape else getattr(net, "input_shape", None)
+    if input_shape is None:
+        raise ValueError(f"{args.weights} records no input shape; pass --input-shape C F H W")
+    result = export_c(net, args.outdir, input_shape=input_shape, weights_format=args.weights_format)
+    print(f"wrote {', '.join(f.name for f in result.files)} to {result.outdir}")
+    print(f"{len([s for s in result.steps if s.kind != 'identity'])} computing layers, "
+          f"{result.param_floats:,} parameters, scratch {result.scratch_floats:,} floats, "
+          f"input {' x '.join(map(str, input_shape))}")
+    print(f"build: make -C {result.outdir}    run: {result.outdir}/net [-t N] INPUT.f32 LOGITS.f32")
+    return 0
