@@ -242,9 +242,15 @@ static void $func(const float *restrict x, float *restrict y)
                                 continue;
                             xrow = x + ((s * D + f) * H + h) * W;
                             k = weight + (((t * S + s) * KD + i) * KH + j) * KW;
-                            for (l = 0; l < KW; ++l)
-                                for (ow = lo[l]; ow < hi[l]; ++ow)
-                                    yrow[ow] += k[l] * xrow[ow * SW + l - PW];
+                            for (l = 0; l < KW; ++l) {
+                                /* columns lo..hi-1, whose taps start at xrow[lo*SW + l - PW] */
+                                const float kl = k[l];
+                                const int n = hi[l] - lo[l];
+                                float *const yl = yrow + lo[l];
+                                const float *const xl = xrow + (lo[l] * SW + l - PW);
+                                for (ow = 0; ow < n; ++ow)
+                                    yl[ow] += kl * xl[ow * SW];
+                            }
                         }
                     }
             }
