@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 # Subcommand modules, in the order their subcommands appear in ``tuckerref data --help``.
-SUBCOMMAND_MODULES = ["data_thetis"]
+SUBCOMMAND_MODULES = ["data_thetis", "data_synth"]
 
 
 def register(sub):

@@ -131,6 +131,11 @@ def _check_index(name, value):
     return int(value)
 
 
+def _check_fraction(left_handed_fraction):
+    if not 0.0 <= left_handed_fraction <= 1.0:
+        raise ValueError(f"left_handed_fraction must be in [0, 1], got {left_handed_fraction!r}")
+
+
 def clip_label(index, seed=0, balance=True):
     """Label of clip ``index``: 0 forehand, 1 backhand.
 
@@ -160,8 +165,7 @@ def sample_scene(index, label, seed=0, shape=DEFAULT_SHAPE, left_handed_fraction
     index, seed = _check_index("index", index), _check_index("seed", seed)
     if label not in (FOREHAND, BACKHAND):
         raise ValueError(f"label must be 0 (forehand) or 1 (backhand), got {label!r}")
-    if not 0.0 <= left_handed_fraction <= 1.0:
-        raise ValueError(f"left_handed_fraction must be in [0, 1], got {left_handed_fraction!r}")
+    _check_fraction(left_handed_fraction)
     n_frames, height, width = _check_shape(shape)
     rng = np.random.default_rng([seed, index, _SCENE_STREAM])
     left = bool(rng.random() < left_handed_fraction)
@@ -177,7 +181,7 @@ def sample_scene(index, label, seed=0, shape=DEFAULT_SHAPE, left_handed_fraction
     u_from, u_to = (u_low, u_high) if label == FOREHAND else (u_high, u_low)
     skin = _SKIN_TONES[rng.integers(len(_SKIN_TONES))] * rng.uniform(0.92, 1.05)
     hair = _HAIR[rng.integers(len(_HAIR))] * rng.uniform(0.85, 1.15)
-    racket = colorsys.hsv_to_rgb(rng.uniform(0.0, 0.06), rng.uniform(0.85, 1.0), rng.uniform(0.85, 1.0))
+    racket = colorsys.hsv_to_rgb(rng.uniform(0.0, 0.05), rng.uniform(0.9, 1.0), rng.uniform(0.85, 1.0))
     body_depth = rng.uniform(2.2, 3.4)
     return Scene(
         label=int(label), left_handed=left,
@@ -404,6 +408,7 @@ def synthesize(path, n=327, seed=0, shape=DEFAULT_SHAPE, *, balance=True,
 
     n, seed = _check_index("n", n), _check_index("seed", seed)
     shape = _check_shape(shape)
+    _check_fraction(left_handed_fraction)
     attrs = {"generator": "tuckerref.data.synthetic", "seed": seed, "balance": bool(balance),
              "left_handed_fraction": float(left_handed_fraction)}
     source = f"synthetic THETIS-like clips (tuckerref.data.synthetic, seed {seed})"
