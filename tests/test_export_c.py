@@ -1,6 +1,7 @@
 """C99 export (tuckerref.export): the generated C, compiled with cc -O2 -std=c99 -Wall -Werror, computes
 the engine's logits (eq. (1) convolutions, eqs. (8)/(10) 1x1x1 convolutions, pooling, linear layers)."""
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -10,30 +11,20 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tuckerref.export import export_c, place_buffers, plan_network
+from tuckerref.export import compile_c, export_c, place_buffers, plan_network, profile_c, run_c
 from tuckerref.io import save_model
 from tuckerref.models import feature_volume, thetis_net
 from tuckerref.nn import Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, Module, ReLU, Sequential
 
-CC = shutil.which("cc")
+CC = shutil.which(os.environ.get("CC", "cc"))
 needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc) found")
 CFLAGS = ["-O2", "-std=c99", "-Wall", "-Werror"]
 SMALL = (4, 8, 36, 48)  # the smallest paper-like clip the paper network accepts, roughly
 
 
-def build(outdir, weights_format="array"):
-    sources = ["main.c", "net.c"] + (["weights.c"] if weights_format == "array" else [])
-    subprocess.run([CC, *CFLAGS, "-o", "net", *sources, "-lm"], cwd=outdir, check=True, capture_output=True)
-    return outdir / "net"
-
-
-def run_c(binary, clips, extra=()):
-    """Logits of every clip from the compiled network (clips: (N, C, F, H, W))."""
-    inp, out = binary.parent / "clips.f32", binary.parent / "logits.f32"
-    np.ascontiguousarray(clips, dtype=np.float32).tofile(inp)
-    proc = subprocess.run([str(binary), *extra, str(inp), str(out)], cwd=binary.parent, capture_output=True,
-                          text=True, check=True)
-    return np.fromfile(out, dtype=np.float32).reshape(len(clips), -1), proc.stdout
+def build(outdir):
+    """The acceptance build: cc -O2 -std=c99 -Wall -Werror (compile_c fails on any warning)."""
+    return compile_c(outdir, CFLAGS)
 
 
 def assert_logits_match(c_logits, ref, rtol=1e-4):
@@ -47,7 +38,7 @@ def assert_logits_match(c_logits, ref, rtol=1e-4):
 def export_build_compare(net, input_shape, tmp_path, n_clips=2, seed=0, weights_format="array"):
     net.eval()
     export_c(net, tmp_path, input_shape=input_shape, weights_format=weights_format)
-    binary = build(tmp_path, weights_format)
+    binary = build(tmp_path)
     clips = np.random.default_rng(seed).standard_normal((n_clips,) + tuple(input_shape)).astype(np.float32)
     logits, _ = run_c(binary, clips)
     assert_logits_match(logits, net(clips))
@@ -92,11 +83,11 @@ def test_eq1_paper_network_in_c_matches_engine_float32_and_float64(tmp_path):
     reference64 = net.astype(np.float64)(clips.astype(np.float64))
     assert_logits_match(logits, reference64)
     assert not np.allclose(logits[0], logits[1])  # distinct clips give distinct logits
-    # -t N prints one timing row per computing layer plus the total, and leaves the logits alone
-    timed, report = run_c(binary, clips, extra=("-t", "1"))
+    # -t N times every computing layer N times and leaves the logits alone
+    timed, timings = run_c(binary, clips, repeats=2, warmup=0)
     np.testing.assert_array_equal(timed, logits)
-    rows = [line.split()[1] for line in report.splitlines()[1:] if line.split()[0].isdigit()]
-    assert rows == [s.path for s in plan_network(net, SMALL) if s.kind != "identity"]
+    assert [name for name, _, _ in timings] == [s.path for s in plan_network(net, SMALL) if s.kind != "identity"]
+    assert all(len(cpu) == len(wall) == 2 and min(cpu + wall) >= 0 for _, cpu, wall in timings)
 
 
 @needs_cc
@@ -143,6 +134,26 @@ def test_padded_pool_counts_minus_infinity_and_strided_padded_1x1x1_conv(tmp_pat
     clips = -np.abs(np.random.default_rng(0).standard_normal((2,) + shape)).astype(np.float32)
     logits, _ = run_c(build(tmp_path), clips)
     assert_logits_match(logits, net(clips))
+
+
+@needs_cc
+def test_c_backend_times_every_layer_and_sub_layer_for_table2():
+    from tuckerref.commands.table2 import build_table
+    from tuckerref.profile import PROFILERS
+
+    original = thetis_net(SMALL, seed=0).eval()
+    compressed = hand_compressed(original, {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1}).eval()
+    x = np.random.default_rng(0).random((1,) + SMALL, dtype=np.float32)
+    profile = profile_c(compressed, x, repeats=2, warmup=0)
+    assert profile.names() == [name for name, _ in compressed.named_modules() if name]
+    c1 = profile["c1"]
+    np.testing.assert_allclose(c1.cpu.samples, np.sum([c.cpu.samples for c in c1.children], axis=0))
+    assert profile["drop1"].cpu.samples == [0.0, 0.0] and profile.threads == 1
+    with pytest.raises(ValueError, match="single-threaded"):
+        profile_c(compressed, x, threads=2)
+    table = build_table(original, compressed, x, PROFILERS["c"], repeats=1, warmup=0, clock="cpu")
+    assert table["backend"] == "c" and [r["layer"] for r in table["rows"]] == ["c1", "c2", "l1", "l2", "l_out"]
+    assert round(table["total"]["improvement"]["theoretical_speedup"], 1) > 1
 
 
 def _triple(draw, lo, hi):

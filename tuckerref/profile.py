@@ -227,8 +227,14 @@ def profile_network(net: Sequential, x: np.ndarray, *, repeats: int = 10, warmup
                           warmup=warmup, threads=threads)
 
 
+def _profile_exported_c(net, x, **kwargs):
+    """The "c" backend: ``net`` exported to C99, compiled with cc and timed single-threaded."""
+    from .export.timing import profile_c  # imported on use: it needs a C compiler only then
+    return profile_c(net, x, **kwargs)
+
+
 #: Backend name -> profiling function (signature of :func:`profile_network`); see the module docstring.
-PROFILERS = {"numba": profile_network}
+PROFILERS = {"numba": profile_network, "c": _profile_exported_c}
 
 
 def get_profiler(backend: str):

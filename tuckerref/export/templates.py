@@ -417,12 +417,13 @@ $values
 MAIN_C = Template("""\
 /* main.c: runs the exported network on clips from a raw float32 file and writes the logits.
  *
- *   ./net [-t N]$weights_usage INPUT.f32 LOGITS.f32
+ *   ./net [-t N] [-W N] [-o TIMES.csv]$weights_usage INPUT.f32 LOGITS.f32
  *
  * INPUT.f32 holds one or more clips of NET_INPUT_SIZE float32 values each (C x F x H x W,
  * native byte order); LOGITS.f32 receives NET_OUTPUT_SIZE float32 logits per clip.
- * -t N times every layer during N more forward passes of the first clip and prints the mean
- * milliseconds per pass of each layer (process CPU time, like Python's time.process_time).
+ * -t N times every layer during N forward passes of the first clip, after -W untimed warm-up
+ * passes (default 1), and prints each layer's mean milliseconds per pass in process CPU time
+ * (like Python's time.process_time) and wall time; -o writes every sample to a CSV file.
  */
 #define _POSIX_C_SOURCE 199309L
 #include <stdio.h>
@@ -443,55 +444,115 @@ static double cpu_ms(void)
     return 1e3 * (double)clock() / CLOCKS_PER_SEC;
 }
 
+/* Milliseconds of wall time from an arbitrary origin. */
+static double wall_ms(void)
+{
+#ifdef CLOCK_MONOTONIC
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0)
+        return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+#endif
+    return cpu_ms();
+}
+
 static int usage(const char *prog)
 {
-    fprintf(stderr, "usage: %s [-t N]$weights_usage INPUT.f32 LOGITS.f32\\n", prog);
+    fprintf(stderr, "usage: %s [-t N] [-W N] [-o TIMES.csv]$weights_usage INPUT.f32 LOGITS.f32\\n", prog);
     return 2;
 }
 
-/* Mean CPU milliseconds of each layer over `repeats` forward passes of `clip`. */
-static void time_layers(const float *clip, float *logits, float *scratch, int repeats)
+/* Times each layer over `repeats` passes of `clip` after `warmup` untimed passes: prints the mean
+ * CPU and wall milliseconds per layer and, if `csv_path` is set, writes every sample there. */
+static int time_layers(const float *clip, float *logits, float *scratch, int warmup, int repeats,
+                       const char *csv_path)
 {
-    double ms[NET_NUM_LAYERS] = {0.0};
-    double total = 0.0;
+    double *cpu = calloc((size_t)repeats * NET_NUM_LAYERS, sizeof(double));
+    double *wall = calloc((size_t)repeats * NET_NUM_LAYERS, sizeof(double));
+    double cpu_total = 0.0, wall_total = 0.0;
     int r, layer;
+    FILE *csv = NULL;
 
-    net_forward(clip, logits, scratch);  /* warm-up */
+    if (cpu == NULL || wall == NULL) {
+        fprintf(stderr, "time_layers: out of memory\\n");
+        return 1;
+    }
+    for (r = 0; r < warmup; ++r)
+        net_forward(clip, logits, scratch);
     for (r = 0; r < repeats; ++r)
         for (layer = 0; layer < NET_NUM_LAYERS; ++layer) {
-            const double t0 = cpu_ms();
+            const double c0 = cpu_ms(), w0 = wall_ms();
             net_run_layer(layer, clip, logits, scratch);
-            ms[layer] += cpu_ms() - t0;
+            wall[r * NET_NUM_LAYERS + layer] = wall_ms() - w0;
+            cpu[r * NET_NUM_LAYERS + layer] = cpu_ms() - c0;
         }
-    printf("%5s  %-24s %-10s %14s %16s %10s\\n", "layer", "name", "type", "ms/pass", "MFLOP", "GFLOP/s");
+
+    printf("%5s  %-24s %-10s %12s %12s %16s %9s\\n", "layer", "name", "type", "cpu ms", "wall ms", "MFLOP",
+           "GFLOP/s");
     for (layer = 0; layer < NET_NUM_LAYERS; ++layer) {
-        const double mean = ms[layer] / repeats;
+        double c = 0.0, w = 0.0;
         const double mflop = net_layer_flops(layer) * 1e-6;
-        total += mean;
-        printf("%5d  %-24s %-10s %14.4f %16.4f %10.3f\\n", layer, net_layer_name(layer), net_layer_type(layer),
-               mean, mflop, mean > 0.0 ? mflop / mean : 0.0);
+        for (r = 0; r < repeats; ++r) {
+            c += cpu[r * NET_NUM_LAYERS + layer] / repeats;
+            w += wall[r * NET_NUM_LAYERS + layer] / repeats;
+        }
+        cpu_total += c;
+        wall_total += w;
+        printf("%5d  %-24s %-10s %12.4f %12.4f %16.4f %9.3f\\n", layer, net_layer_name(layer),
+               net_layer_type(layer), c, w, mflop, c > 0.0 ? mflop / c : 0.0);
     }
-    printf("%5s  %-24s %-10s %14.4f %16.4f %10.3f\\n", "total", "", "", total, NET_TOTAL_FLOPS * 1e-6,
-           total > 0.0 ? NET_TOTAL_FLOPS * 1e-6 / total : 0.0);
+    printf("%5s  %-24s %-10s %12.4f %12.4f %16.4f %9.3f\\n", "total", "", "", cpu_total, wall_total,
+           NET_TOTAL_FLOPS * 1e-6, cpu_total > 0.0 ? NET_TOTAL_FLOPS * 1e-6 / cpu_total : 0.0);
+
+    if (csv_path != NULL) {
+        csv = fopen(csv_path, "w");
+        if (csv == NULL) {
+            fprintf(stderr, "time_layers: cannot write %s\\n", csv_path);
+            return 1;
+        }
+        fprintf(csv, "pass,layer,name,cpu_ms,wall_ms\\n");
+        for (r = 0; r < repeats; ++r)
+            for (layer = 0; layer < NET_NUM_LAYERS; ++layer)
+                fprintf(csv, "%d,%d,%s,%.6f,%.6f\\n", r, layer, net_layer_name(layer),
+                        cpu[r * NET_NUM_LAYERS + layer], wall[r * NET_NUM_LAYERS + layer]);
+        if (fclose(csv) != 0) {
+            fprintf(stderr, "time_layers: cannot write %s\\n", csv_path);
+            return 1;
+        }
+    }
+    free(cpu);
+    free(wall);
+    return 0;
+}
+
+/* The value of option argv[*a] (advancing *a), or NULL when it is missing. */
+static const char *option_value(int argc, char **argv, int *a)
+{
+    return *a + 1 < argc ? argv[++*a] : NULL;
 }
 
 int main(int argc, char **argv)
 {
-    const char *in_path = NULL, *out_path = NULL;
+    const char *in_path = NULL, *out_path = NULL, *csv_path = NULL, *value;
     const char *weights_path = "weights.bin";
-    int repeats = 0, a;
+    int repeats = 0, warmup = 1, a;
     long bytes;
     size_t clips, c;
     float *input, *logits, *scratch;
     FILE *f;
 
     for (a = 1; a < argc; ++a) {
-        if (strcmp(argv[a], "-t") == 0 && a + 1 < argc) {
-            repeats = atoi(argv[++a]);
-            if (repeats < 1)
+        if (strcmp(argv[a], "-t") == 0) {
+            if ((value = option_value(argc, argv, &a)) == NULL || (repeats = atoi(value)) < 1)
                 return usage(argv[0]);
-        } else if (strcmp(argv[a], "-w") == 0 && a + 1 < argc) {
-            weights_path = argv[++a];
+        } else if (strcmp(argv[a], "-W") == 0) {
+            if ((value = option_value(argc, argv, &a)) == NULL || (warmup = atoi(value)) < 0)
+                return usage(argv[0]);
+        } else if (strcmp(argv[a], "-o") == 0) {
+            if ((csv_path = option_value(argc, argv, &a)) == NULL)
+                return usage(argv[0]);
+        } else if (strcmp(argv[a], "-w") == 0) {
+            if ((weights_path = option_value(argc, argv, &a)) == NULL)
+                return usage(argv[0]);
         } else if (in_path == NULL) {
             in_path = argv[a];
         } else if (out_path == NULL) {
@@ -543,8 +604,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: cannot write %s\\n", argv[0], out_path);
         return 1;
     }
-    if (repeats > 0)
-        time_layers(input, logits, scratch, repeats);
+    if (repeats > 0 && time_layers(input, logits, scratch, warmup, repeats, csv_path) != 0)
+        return 1;
     free(input);
     free(logits);
     free(scratch);
