@@ -180,6 +180,17 @@ def test_train_finetune_evaluate_commands_share_the_split(tmp_path, capsys, main
     assert main(["evaluate", str(tuned), str(data)]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "confusion" in out and "6 clips" in out
+    assert main(["evaluate", str(tuned), str(data), "--seed", "6"]) == 0
+    assert "differs from the one recorded" in capsys.readouterr().err
+
+
+def test_train_kfold_command_records_every_fold(tmp_path, main):
+    data, out = tmp_path / "clips.h5", tmp_path / "cv.h5"
+    _write_clips(data, n=12, shape=(4, 8, 32, 32))
+    assert main(["train", str(data), str(out), "--kfold", "3", "--epochs", "1", "--batch-size", "4",
+                 "--no-progress"]) == 0
+    _, meta = load_model(out)
+    assert len(meta["kfold_test_accuracy"]) == 3 and meta["split"]["n_test"] == 4
 
 
 def test_commands_report_missing_or_corrupt_files(tmp_path, capsys, main):

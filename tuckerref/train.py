@@ -34,6 +34,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .data.store import ClipDataset
 from .io import atomic_path, load_weights, open_h5, save_model
 from .kernels import softmax_cross_entropy
 from .optim import OPTIMIZERS, make_optimizer
@@ -90,10 +91,10 @@ class Subset:
     def __len__(self):
         return int(self.indices.size)
 
-    def __getattr__(self, name):  # clip_shape, dtype, names, class_names, path ... of the parent
-        if name in ("dataset", "indices", "labels"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+    def __getattr__(self, name):  # properties shared by every item: those of the parent
+        if name in ("clip_shape", "dtype", "class_names", "channel_order"):
+            return getattr(self.dataset, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def batch(self, indices):
         return self.dataset.batch(self.indices[np.asarray(indices, dtype=np.int64)])
@@ -108,7 +109,6 @@ def clip_shape_of(dataset):
 
 
 def _stores_integers(dataset):
-    from .data.store import ClipDataset  # uint8 clips by format
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
     return isinstance(base, ClipDataset) or np.issubdtype(getattr(base, "dtype", np.float32), np.integer)
 

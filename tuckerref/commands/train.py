@@ -106,8 +106,9 @@ def _settings(args):
             "weight_decay": args.weight_decay, **({"momentum": args.momentum} if args.optimizer == "sgd" else {})}
 
 
-def _save(args, net, ds, command, seed, split, history, extra=None):
-    train_acc = evaluate(net, Subset(ds, split.pop("_train")), args.batch_size)["accuracy"]
+def _save(args, net, ds, command, seed, split, train, history, extra=None):
+    """Write OUT with meta: command, data file, seed, split, settings, accuracies and history."""
+    train_acc = evaluate(net, Subset(ds, train), args.batch_size)["accuracy"]
     test_acc = history[-1]["test_acc"] if history else float("nan")
     meta = {"command": command, "data": str(Path(args.data).resolve()), "seed": seed, "split": split,
             "class_names": ds.class_names, "training": _settings(args),
@@ -128,7 +129,7 @@ def run_train(args):
         print(f"training {net.num_parameters():,} parameters on {len(train)} clips of {ds.clip_shape}, "
               f"testing on {len(test)}")
         history = _fit(args, net, ds, train, test, seed)
-        _save(args, net, ds, "train", seed, {**split, "_train": train}, history)
+        _save(args, net, ds, "train", seed, split, train, history)
     return 0
 
 
@@ -146,8 +147,8 @@ def _cross_validate(args, ds, seed):
           f"; mean {100 * np.mean(accs):.1f}% +- {100 * np.std(accs):.1f}")
     split = {"seed": seed, "kfold": args.kfold, "fold": args.kfold, "stratified": True,
              "n_train": int(train.size), "n_test": int(test.size), "test_clips": split_fingerprint(ds, test)}
-    _save(args, net, ds, "train", seed, {**split, "_train": train},
-          history, {"kfold_test_accuracy": accs, "kfold_mean_test_accuracy": float(np.mean(accs))})
+    _save(args, net, ds, "train", seed, split, train, history,
+          {"kfold_test_accuracy": accs, "kfold_mean_test_accuracy": float(np.mean(accs))})
     return 0
 
 
@@ -164,7 +165,7 @@ def run_finetune(args):
         print(f"fine-tuning {args.weights} ({net.num_parameters():,} parameters, test accuracy "
               f"{100 * before:.1f}% before) on {len(train)} clips")
         history = _fit(args, net, ds, train, test, seed)
-        _save(args, net, ds, "finetune", seed, {**split, "_train": train}, history,
+        _save(args, net, ds, "finetune", seed, split, train, history,
               {"source_weights": str(Path(args.weights).resolve()), "test_accuracy_before": before})
     return 0
 
