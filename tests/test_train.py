@@ -53,7 +53,17 @@ def test_resume_after_interruption_is_bit_identical_to_uninterrupted_run(tmp_pat
     ds = separable_data(30)
     train, test = Subset(ds, np.arange(24)), Subset(ds, np.arange(24, 30))
 
-    def run(epochs, ckpt, resume=False):
+    class Interrupting(Subset):
+        """Raises KeyboardInterrupt at its 13th batch: in the middle of epoch 3 (5 batches per epoch)."""
+        calls = 0
+
+        def batch(self, indices):
+            type(self).calls += 1
+            if self.calls == 13:
+                raise KeyboardInterrupt
+            return super().batch(indices)
+
+    def run(epochs, ckpt, resume=False, train=train):
         net = tiny_net(1)
         opt = (SGD(net.parameters(), lr=0.01, momentum=0.7, weight_decay=0.01) if kind == "sgd"
                else Adam(net.parameters(), lr=0.01, weight_decay=0.01))
@@ -62,7 +72,8 @@ def test_resume_after_interruption_is_bit_identical_to_uninterrupted_run(tmp_pat
         return net, hist
 
     full, full_hist = run(4, tmp_path / "a")
-    run(2, tmp_path / "b")  # "interrupted" after epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        run(4, tmp_path / "b", train=Interrupting(ds, np.arange(24)))
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["epoch"] == 2
     resumed, hist = run(4, tmp_path / "b", resume=True)
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
