@@ -182,8 +182,11 @@ def test_train_finetune_evaluate_commands_share_the_split(tmp_path, capsys, main
                  "--test-fraction", "0.25", "--no-progress"]) == 0
     _, meta = load_model(orig)
     assert meta["command"] == "train" and meta["split"]["n_test"] == 6 and meta["seed"] == 5
+    derived = tmp_path / "derived.h5"  # e.g. a compressed network: the original's meta is nested
+    net, _ = load_model(orig)
+    save_model(derived, net, meta={"source_meta": meta})
     tuned = tmp_path / "tuned.h5"
-    assert main(["finetune", str(orig), str(data), str(tuned), "--epochs", "1", "--batch-size", "4",
+    assert main(["finetune", str(derived), str(data), str(tuned), "--epochs", "1", "--batch-size", "4",
                  "--no-progress"]) == 0
     _, tmeta = load_model(tuned)
     assert tmeta["split"] == meta["split"] and tmeta["seed"] == 5  # split taken from the weights file

@@ -67,9 +67,19 @@ def _training_options(p, epochs):
 
 
 # -- shared steps ---------------------------------------------------------------------------------------
+def _recorded_split(meta):
+    """The split recorded in a weights file's meta, or in the meta of the file it was made from
+    (``source_meta``, e.g. a compressed network's); ``{}`` when none is recorded."""
+    while meta:
+        if meta.get("split"):
+            return meta["split"]
+        meta = meta.get("source_meta")
+    return {}
+
+
 def _split_settings(args, meta):
     """(seed, test_fraction): explicit options, else the weights file's recorded split, else the defaults."""
-    recorded = meta.get("split", {}) if meta else {}
+    recorded = _recorded_split(meta)
     seed = args.seed if args.seed is not None else recorded.get("seed", DEFAULT_SEED)
     frac = args.test_fraction if args.test_fraction is not None else recorded.get("test_fraction",
                                                                                 DEFAULT_TEST_FRACTION)
@@ -84,8 +94,8 @@ def _split(ds, seed, frac):
 
 
 def _check_same_split(info, meta, weights):
-    recorded = (meta or {}).get("split")
-    if recorded and recorded.get("test_clips") and recorded["test_clips"] != info["test_clips"]:
+    recorded = _recorded_split(meta)
+    if recorded.get("test_clips") and recorded["test_clips"] != info["test_clips"]:
         print(f"warning: this test split differs from the one recorded in {weights} (other data, seed or "
               f"test fraction); the network may have been trained on some of these test clips", file=sys.stderr)
 
