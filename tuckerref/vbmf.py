@@ -124,12 +124,16 @@ def evb_x_threshold(alpha: float) -> float:
 
 
 def _evb_twice_free_energy_over_M(log_sigma2, s, total, L, M, x_evb):
-    """2F/M - L log(2 pi) = L log sigma^2 + ||Y||^2 / (M sigma^2) + sum_{x_h > x_EVB} Psi(tau(x_h))."""
-    sigma2 = np.exp(log_sigma2)
+    """2F/M - L log(2 pi) = L log sigma^2 + ||Y||^2 / (M sigma^2) + sum_{x_h > x_EVB} Psi(tau(x_h)).
+
+    ``log_sigma2`` may be an array (one value per entry)."""
+    u = np.asarray(log_sigma2, dtype=np.float64)
+    sigma2 = np.exp(u)[..., None]
     alpha = L / M
     x = s * s / (M * sigma2)
-    kept = x[x > x_evb]
-    return L * log_sigma2 + total / (M * sigma2) + float(np.sum(psi(tau_of_x(kept, alpha), alpha)))
+    kept = x > x_evb
+    share = np.where(kept, psi(tau_of_x(np.where(kept, x, x_evb), alpha), alpha), 0.0)
+    return L * u + total / (M * sigma2[..., 0]) + np.sum(share, axis=-1)
 
 
 def _minimise_log_sigma2(objective, lower, upper):
@@ -138,10 +142,11 @@ def _minimise_log_sigma2(objective, lower, upper):
     if not upper > lower * (1.0 + 1e-12):
         return upper
     grid = np.linspace(np.log(lower), np.log(upper), _GRID_POINTS)
-    values = np.array([objective(u) for u in grid])
+    values = np.asarray(objective(grid), dtype=np.float64)
     i = int(np.argmin(values))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, _GRID_POINTS - 1)]
-    res = minimize_scalar(objective, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12})
+    res = minimize_scalar(lambda u: float(objective(u)), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-12})
     best = res.x if res.fun <= values[i] else grid[i]
     return float(np.exp(best))
 
@@ -191,7 +196,7 @@ def evbmf(Y, sigma2=None, H=None) -> VBMFResult:
     g = s[keep]
     r = (L + M) * sigma2 / g ** 2
     shrunk = 0.5 * g * (1.0 - r + np.sqrt(np.maximum((1.0 - r) ** 2 - 4.0 * L * M * sigma2 ** 2 / g ** 4, 0.0)))
-    free_energy = 0.5 * M * (objective(np.log(sigma2)) + L * np.log(2 * np.pi))
+    free_energy = 0.5 * M * (float(objective(np.log(sigma2))) + L * np.log(2 * np.pi))
     return _result(Uy, s, Vty, keep, shrunk, transposed, sigma2, threshold, free_energy)
 
 
@@ -215,15 +220,20 @@ def vb_posterior(gamma, L: int, M: int, sigma2: float, cacb: float):
     b_h ~ N(mu_b u_h, var_b I_L). Kept components (gamma > gamma_VB): mu_a mu_b = gamma_breve,
     delta = mu_a / mu_b = (c / sigma^2)(gamma - gamma_breve - L sigma^2 / gamma), var_a = sigma^2 delta / gamma,
     var_b = sigma^2 / (delta gamma). Pruned ones: mu = 0, var_a = c (1 - L zeta / sigma^2),
-    var_b = c (1 - M zeta / sigma^2), zeta = sigma^2/(2LM) (L + M + sigma^2/c^2 - sqrt((L + M + sigma^2/c^2)^2 - 4LM)).
+    var_b = c (1 - M zeta / sigma^2), zeta = sigma^2/(2LM) (L + M + sigma^2/c^2 - sqrt((L + M + sigma^2/c^2)^2 - 4LM))
+    (evaluated in a cancellation-free form).
     """
     g = np.asarray(gamma, dtype=np.float64)
     keep = g > vb_threshold(L, M, sigma2, cacb)
-    q = L + M + sigma2 / cacb ** 2
-    zeta = sigma2 / (2.0 * L * M) * (q - np.sqrt(q * q - 4.0 * L * M))
+    # Pruned variances without cancellation: with e = sigma^2/c^2, q = L + M + e, r = sqrt(q^2 - 4LM),
+    # L zeta/sigma^2 = 2L/(q + r), so 1 - L zeta/sigma^2 = (M - L + e + r)/(q + r) and
+    # 1 - M zeta/sigma^2 = (e + (2(L + M) e + e^2)/(r + M - L))/(q + r)   (M >= L).
+    e = sigma2 / cacb ** 2
+    q = L + M + e
+    r = np.sqrt(q * q - 4.0 * L * M)
     mu_a, mu_b = np.zeros_like(g), np.zeros_like(g)
-    var_a = np.full_like(g, cacb * (1.0 - L * zeta / sigma2))
-    var_b = np.full_like(g, cacb * (1.0 - M * zeta / sigma2))
+    var_a = np.full_like(g, cacb * (M - L + e + r) / (q + r))
+    var_b = np.full_like(g, cacb * (e + (2.0 * (L + M) * e + e * e) / (r + M - L)) / (q + r))
     gk = g[keep]
     d = vb_shrinkage(gk, L, M, sigma2, cacb)
     delta = cacb / sigma2 * (gk - d - L * sigma2 / gk)
@@ -260,7 +270,7 @@ def vbmf(Y, cacb, sigma2=None, H=None) -> VBMFResult:
     Uy, s_full, Vty = np.linalg.svd(Y, full_matrices=False)
     total = float(np.sum(Y * Y))
     s = s_full[:H]
-    objective = lambda u: _vb_free_energy(u, s, total, L, M, cacb)  # noqa: E731
+    objective = np.vectorize(lambda u: _vb_free_energy(u, s, total, L, M, cacb))
     if sigma2 is None:
         if total == 0.0:
             raise ValueError("cannot estimate the noise variance of a zero matrix; pass sigma2")
@@ -269,7 +279,7 @@ def vbmf(Y, cacb, sigma2=None, H=None) -> VBMFResult:
     threshold = vb_threshold(L, M, sigma2, cacb)
     keep = s > threshold
     shrunk = vb_shrinkage(s[keep], L, M, sigma2, cacb)
-    return _result(Uy, s, Vty, keep, shrunk, transposed, sigma2, threshold, objective(np.log(sigma2)))
+    return _result(Uy, s, Vty, keep, shrunk, transposed, sigma2, threshold, float(objective(np.log(sigma2))))
 
 
 def estimate_ranks(kernel, modes) -> tuple:
