@@ -60,7 +60,9 @@ def save_weights(path, state_dict, meta=None, spec=None):
                 f.attrs["spec"] = json.dumps(spec)
             f.attrs["names"] = json.dumps(list(state_dict))
             for name, value in state_dict.items():
-                f.create_dataset(name.replace("/", "_"), data=np.asarray(value))
+                if "/" in name:
+                    raise ValueError(f"parameter name {name!r} contains '/', which HDF5 reads as a group path")
+                f.create_dataset(name, data=np.asarray(value))
     return Path(path)
 
 

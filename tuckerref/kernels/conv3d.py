@@ -16,6 +16,15 @@ Backward:
     dL/db(t) = sum_{n, f', h', w'} G(n, t, f', h', w')
 
 The input gradient reuses the forward kernel, so it is as fast and as exact.
+
+Two loop structures implement the same sums:
+
+* *plane kernels* (unit stride in H and W, the common case): each padded input plane
+  Xp(n, s, f, :, :) is read as one flat run of Hp*Wp values, and the output is computed on
+  the padded-width grid (Ho x Wp) so that output rows are contiguous too; the Wp - Wo extra
+  columns are discarded (forward) or carry a zero gradient (weight gradient). Inner loops then
+  run over thousands of contiguous positions instead of one short row, whatever the width.
+* *row kernels* (any stride): one output row at a time.
 """
 from __future__ import annotations
 
@@ -88,6 +97,82 @@ def _direct_grad_weight(xp, g, gw, sd, sh, sw, kw):
     _direct_grad_weight_impl(xp, g, gw, sd, sh, sw, kw)
 
 
+# Positions of the padded-width output grid per task of the plane kernels (4 KiB of float32).
+_PLANE_BLOCK = 1024
+# Kernel-width taps accumulated together by the plane weight-gradient kernel.
+_GW_TAPS = 4
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _plane_forward_impl(xq, w, out, sd, wp, kw):
+    """out[n, t, f', q] += sum_{s,i,j,l} w[t,s,i,j,l] * xq[n, s, f'*sd + i, q + j*wp + l].
+
+    xq: padded input with planes flattened, (N, S, Fp, rows*wp); out: (N, T, Fo, Ho*wp).
+    """
+    N, S = xq.shape[0], xq.shape[1]
+    T, kD, kH = w.shape[0], w.shape[2], w.shape[3]
+    Fo, Q = out.shape[2], out.shape[3]
+    nqb = (Q + _PLANE_BLOCK - 1) // _PLANE_BLOCK
+    for task in prange(N * Fo * nqb):
+        n = task // (Fo * nqb)
+        fo = (task // nqb) % Fo
+        q0 = (task % nqb) * _PLANE_BLOCK
+        nq = min(Q - q0, _PLANE_BLOCK)
+        for s in range(S):
+            for i in range(kD):
+                plane = xq[n, s, fo * sd + i]
+                for j in range(kH):
+                    xs = plane[q0 + j * wp:q0 + j * wp + nq + kw - 1]
+                    for t in range(T):
+                        acc = out[n, t, fo, q0:q0 + nq]
+                        wrow = w[t, s, i, j]
+                        for q in range(nq):
+                            a = acc[q]
+                            for l in range(kw):
+                                a += wrow[l] * xs[q + l]
+                            acc[q] = a
+
+
+@njit(cache=True)
+def _plane_forward(xq, w, out, sd, wp, kw):
+    """Plane-kernel forward; the kernel width kw is specialised as a compile-time constant."""
+    literally(kw)
+    _plane_forward_impl(xq, w, out, sd, wp, kw)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _plane_grad_weight(xq, gq, gw, sd, wp):
+    """gw[t,s,i,j,l] += sum_{n,f',q} gq[n,t,f',q] * xq[n,s,f'*sd+i, q + j*wp + l].
+
+    gq is the output gradient on the padded-width grid, zero in the columns >= Wo; gw's last
+    axis is the kernel width rounded up to a multiple of _GW_TAPS (the extra taps are discarded).
+    Each task owns one (t, s, i) slice of gw, so the reduction needs no atomics.
+    """
+    N, S = xq.shape[0], xq.shape[1]
+    T, kD, kH, kwr = gw.shape[0], gw.shape[2], gw.shape[3], gw.shape[4]
+    Fo, Q = gq.shape[2], gq.shape[3]
+    for task in prange(T * S * kD):
+        t = task // (S * kD)
+        s = (task // kD) % S
+        i = task % kD
+        for j in range(kH):
+            g_out = gw[t, s, i, j]
+            for l0 in range(0, kwr, _GW_TAPS):
+                a0, a1, a2, a3 = g_out[l0], g_out[l0 + 1], g_out[l0 + 2], g_out[l0 + 3]
+                off = j * wp + l0
+                for n in range(N):
+                    for fo in range(Fo):
+                        xs = xq[n, s, fo * sd + i, off:off + Q + _GW_TAPS - 1]
+                        gs = gq[n, t, fo]
+                        for q in range(Q):
+                            gv = gs[q]
+                            a0 += gv * xs[q]
+                            a1 += gv * xs[q + 1]
+                            a2 += gv * xs[q + 2]
+                            a3 += gv * xs[q + 3]
+                g_out[l0], g_out[l0 + 1], g_out[l0 + 2], g_out[l0 + 3] = a0, a1, a2, a3
+
+
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
@@ -130,6 +215,25 @@ def _pad(x, padding):
     return np.pad(x, ((0, 0), (0, 0), (pd, pd), (ph, ph), (pw, pw)))
 
 
+def _pad_planes(x, padding, tail):
+    """Zero-pad x and flatten each (H, W) plane, leaving >= ``tail`` zeros after the last plane row.
+
+    Returns (xq of shape (N, S, Fp, rows*Wp), Wp). The tail lets the plane kernels read
+    ``tail`` positions past the padded plane without a bounds test in the inner loop.
+    """
+    N, S, D, H, W = x.shape
+    pd, ph, pw = padding
+    wp = W + 2 * pw
+    rows = H + 2 * ph + -(-tail // wp)
+    xq = np.zeros((N, S, D + 2 * pd, rows, wp), x.dtype)
+    xq[:, :, pd:pd + D, ph:ph + H, pw:pw + W] = x
+    return xq.reshape(N, S, D + 2 * pd, rows * wp), wp
+
+
+def _uses_planes(stride):
+    return stride[1] == 1 and stride[2] == 1
+
+
 def _is_pointwise(weight, stride, padding):
     return weight.shape[2:] == (1, 1, 1) and stride == (1, 1, 1) and padding == (0, 0, 0)
 
@@ -155,10 +259,23 @@ def _conv3d_unchecked(x, weight, bias, stride, padding, out_dims):
     out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
     if _is_pointwise(weight, stride, padding):
         pointwise_forward(x.reshape(N, x.shape[1], -1), weight.reshape(T, -1), out.reshape(N, T, -1))
+    elif _uses_planes(stride):
+        _forward_planes(x, weight, bias, padding, stride[0], out)
     else:
         sd, sh, sw = stride
         _direct_forward(_pad(x, padding), weight, out, sd, sh, sw, weight.shape[4])
     return out
+
+
+def _forward_planes(x, weight, bias, padding, sd, out):
+    """Plane-kernel forward into ``out`` (N, T, Fo, Ho, Wo), computed on the padded-width grid."""
+    N, T, Fo, Ho, Wo = out.shape
+    kw = weight.shape[4]
+    xq, wp = _pad_planes(x, padding, tail=kw - 1)
+    grid = np.empty((N, T, Fo, Ho * wp), x.dtype)
+    grid[...] = 0 if bias is None else bias.reshape(1, T, 1, 1)
+    _plane_forward(xq, weight, grid, sd, wp, kw)
+    out[...] = grid.reshape(N, T, Fo, Ho, wp)[..., :Wo]
 
 
 def conv3d_backward(x, weight, grad_out, stride=1, padding=0, *, need_grad_x=True, check_finite=True):
@@ -189,10 +306,25 @@ def conv3d_backward(x, weight, grad_out, stride=1, padding=0, *, need_grad_x=Tru
         return grad_x, grad_weight, grad_bias
 
     sd, sh, sw = stride
-    xp = _pad(x, padding)
-    _direct_grad_weight(xp, grad_out, grad_weight, sd, sh, sw, weight.shape[4])
+    if _uses_planes(stride):
+        _grad_weight_planes(x, grad_out, padding, sd, grad_weight)
+    else:
+        _direct_grad_weight(_pad(x, padding), grad_out, grad_weight, sd, sh, sw, weight.shape[4])
     grad_x = _input_gradient(x.shape, weight, grad_out, stride, padding) if need_grad_x else None
     return grad_x, grad_weight, grad_bias
+
+
+def _grad_weight_planes(x, grad_out, padding, sd, grad_weight):
+    """Plane-kernel weight gradient: G is laid on the padded-width grid with zero extra columns."""
+    N, T, Fo, Ho, Wo = grad_out.shape
+    kw = grad_weight.shape[4]
+    kwr = -(-kw // _GW_TAPS) * _GW_TAPS
+    xq, wp = _pad_planes(x, padding, tail=kwr - 1)
+    gq = np.zeros((N, T, Fo, Ho, wp), grad_out.dtype)
+    gq[..., :Wo] = grad_out
+    acc = np.zeros(grad_weight.shape[:4] + (kwr,), grad_weight.dtype)
+    _plane_grad_weight(xq, gq.reshape(N, T, Fo, Ho * wp), acc, sd, wp)
+    grad_weight += acc[..., :kw]
 
 
 def _input_gradient(x_shape, weight, grad_out, stride, padding):
@@ -203,11 +335,10 @@ def _input_gradient(x_shape, weight, grad_out, stride, padding):
         dil = np.zeros((N, T) + tuple((o - 1) * s + 1 for o, s in zip(grad_out.shape[2:], stride)), grad_out.dtype)
         dil[:, :, ::stride[0], ::stride[1], ::stride[2]] = grad_out
         grad_out = dil
-    full = _pad(grad_out, tuple(k - 1 for k in ksize))
     flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
-    span = tuple(full.shape[2 + d] - ksize[d] + 1 for d in range(3))
+    span = tuple(grad_out.shape[2 + d] + ksize[d] - 1 for d in range(3))
     grad_xp = np.zeros((N, weight.shape[1]) + span, grad_out.dtype)
-    _direct_forward(full, flipped, grad_xp, 1, 1, 1, ksize[2])
+    _forward_planes(grad_out, flipped, None, tuple(k - 1 for k in ksize), 1, grad_xp)
     # Inputs past the last window (floor mode) receive no gradient; then drop the padding.
     padded = tuple(x_shape[2 + d] + 2 * padding[d] for d in range(3))
     if span != padded:
