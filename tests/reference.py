@@ -1,0 +1,179 @@
+"""Independent float64 oracles for the kernel tests, written for clarity rather than speed.
+
+Nothing here calls tuckerref: each function restates the definition directly in NumPy
+(explicit zero or -inf padding, a loop over output positions, ``einsum`` over the window),
+so that an agreement between the engine and these functions is evidence, not tautology.
+Also here: central finite differences, and the Hypothesis strategy for convolution cases
+shared by the reference tests and the PyTorch oracle tests.
+"""
+from __future__ import annotations
+
+from itertools import product
+
+import numpy as np
+from hypothesis import strategies as st
+
+
+def triple(v) -> tuple[int, int, int]:
+    return (int(v),) * 3 if np.isscalar(v) else tuple(int(a) for a in v)
+
+
+def pad_input(x, padding, value=0.0) -> np.ndarray:
+    """Copy of x (N, C, D, H, W) in float64, padded on both sides of D, H, W with ``value``."""
+    x = np.asarray(x, np.float64)
+    p = triple(padding)
+    xp = np.full(x.shape[:2] + tuple(x.shape[2 + d] + 2 * p[d] for d in range(3)), value)
+    xp[:, :, p[0]:p[0] + x.shape[2], p[1]:p[1] + x.shape[3], p[2]:p[2] + x.shape[4]] = x
+    return xp
+
+
+def window_starts(padded_shape, kernel, stride):
+    """Per dimension, the first padded index of every window (floor output size)."""
+    return [range(0, padded_shape[d] - kernel[d] + 1, stride[d]) for d in range(3)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Operators
+# ----------------------------------------------------------------------------------------------
+
+def conv3d_ref(x, weight, bias=None, stride=1, padding=0) -> np.ndarray:
+    """Eq. (1): Y(n,t,f',h',w') = b(t) + sum_{s,i,j,l} K(t,s,i,j,l) Xp(n,s,f'sd+i,h'sh+j,w'sw+l)."""
+    w = np.asarray(weight, np.float64)
+    xp = pad_input(x, padding)
+    k, s = w.shape[2:], triple(stride)
+    starts = window_starts(xp.shape[2:], k, s)
+    y = np.zeros((xp.shape[0], w.shape[0]) + tuple(len(r) for r in starts))
+    for (a, f), (b, h), (c, v) in product(*(list(enumerate(r)) for r in starts)):
+        patch = xp[:, :, f:f + k[0], h:h + k[1], v:v + k[2]]
+        y[:, :, a, b, c] = np.einsum("nsijl,tsijl->nt", patch, w)
+    if bias is not None:
+        y += np.asarray(bias, np.float64)[None, :, None, None, None]
+    return y
+
+
+def max_pool3d_ref(x, kernel_size, stride=None, padding=0):
+    """Max over each window of the -inf padded input; returns (y, flat input index of the first maximum)."""
+    x = np.asarray(x, np.float64)
+    k = triple(kernel_size)
+    s = k if stride is None else triple(stride)
+    p = triple(padding)
+    xp = pad_input(x, p, value=-np.inf)
+    starts = window_starts(xp.shape[2:], k, s)
+    out_shape = x.shape[:2] + tuple(len(r) for r in starts)
+    y, winner = np.empty(out_shape), np.empty(out_shape, np.int64)
+    D, H, W = x.shape[2:]
+    for (a, f), (b, h), (c, v) in product(*(list(enumerate(r)) for r in starts)):
+        window = xp[:, :, f:f + k[0], h:h + k[1], v:v + k[2]].reshape(x.shape[:2] + (-1,))
+        first = np.argmax(window, axis=-1)  # first maximum in (i, j, l) scan order, NaN wins
+        y[:, :, a, b, c] = np.take_along_axis(window, first[..., None], -1)[..., 0]
+        i, j, l = np.unravel_index(first, k)
+        winner[:, :, a, b, c] = ((f + i - p[0]) * H + (h + j - p[1])) * W + (v + l - p[2])
+    return y, winner
+
+
+def max_pool3d_backward_ref(grad_out, winner, input_shape) -> np.ndarray:
+    """dL/dX(q) = sum of G over the outputs whose maximum sits at q."""
+    gx = np.zeros(tuple(input_shape[:2]) + (int(np.prod(input_shape[2:])),))
+    g = np.asarray(grad_out, np.float64).reshape(gx.shape[:2] + (-1,))
+    idx = np.asarray(winner).reshape(gx.shape[:2] + (-1,))
+    for n, c in product(range(gx.shape[0]), range(gx.shape[1])):
+        np.add.at(gx[n, c], idx[n, c], g[n, c])
+    return gx.reshape(input_shape)
+
+
+def linear_ref(x, weight, bias=None) -> np.ndarray:
+    """Y(n, o) = b(o) + sum_i W(o, i) X(n, i)."""
+    y = np.einsum("ni,oi->no", np.asarray(x, np.float64), np.asarray(weight, np.float64))
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def softmax_cross_entropy_ref(logits, labels):
+    """Mean of log(sum_k exp z_k) - z_y, and its gradient (softmax - onehot) / N, in float64."""
+    z = np.asarray(logits, np.float64)
+    m = z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]
+    n = np.arange(z.shape[0])
+    loss = float(np.mean(lse - z[n, labels]))
+    p = np.exp(z - lse[:, None])
+    onehot = np.zeros_like(z)
+    onehot[n, labels] = 1.0
+    return loss, (p - onehot) / z.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Finite differences
+# ----------------------------------------------------------------------------------------------
+
+def numerical_gradient(fun, x, eps=1e-6) -> np.ndarray:
+    """Central differences of the scalar ``fun`` at every entry of the float64 array ``x``.
+
+    ``x`` is perturbed in place and restored; ``fun`` must not keep a reference to it.
+    """
+    assert x.dtype == np.float64
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = fun(x)
+        flat[i] = old - eps
+        down = fun(x)
+        flat[i] = old
+        gflat[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def directional_derivative(fun, x, direction, eps=1e-6) -> float:
+    """(fun(x + eps v) - fun(x - eps v)) / (2 eps): checks a gradient g through <g, v>."""
+    return (fun(x + eps * direction) - fun(x - eps * direction)) / (2 * eps)
+
+
+def assert_gradient_along_random_directions(fun, x, grad, rng, directions=3, eps=1e-6, rtol=1e-6, name="x"):
+    """<grad, v> equals the central difference of ``fun`` along ``directions`` Gaussian directions v.
+
+    A wrong gradient fails for almost every v, so a few directions check the whole array
+    with two evaluations of ``fun`` each (for arrays too large to difference entry by entry).
+    """
+    assert grad.shape == x.shape, f"gradient w.r.t. {name} has shape {grad.shape}, expected {x.shape}"
+    for _ in range(directions):
+        v = rng.standard_normal(x.shape)
+        numeric = directional_derivative(fun, x, v, eps)
+        analytic = float(np.vdot(grad, v))
+        scale = max(abs(numeric), float(np.linalg.norm(grad) * np.linalg.norm(v)), 1e-12)
+        assert abs(analytic - numeric) <= rtol * scale, (
+            f"d/d{name} along a random direction: analytic {analytic!r}, central difference {numeric!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawn convolution cases
+# ----------------------------------------------------------------------------------------------
+
+#: Kernel widths and width strides are compile-time constants of the conv kernels: every new
+#: (width, width stride, dtype) compiles a specialisation, so the tests draw them from small sets.
+KERNEL_WIDTHS = (1, 3)
+WIDTH_STRIDES = (1, 2)
+
+
+@st.composite
+def conv_cases(draw, max_batch=2, max_channels=3):
+    """A valid conv3d case: sizes, kernel, stride, padding (kernel may exceed the unpadded input)."""
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.sampled_from(KERNEL_WIDTHS)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.sampled_from(WIDTH_STRIDES)))
+    size, padding = [], []
+    for k in kernel:
+        n = draw(st.integers(1, 6))
+        low = max(0, -(-(k - n) // 2))  # smallest padding giving a non-empty output
+        padding.append(draw(st.integers(low, low + 1)))
+        size.append(n)
+    return dict(N=draw(st.integers(1, max_batch)), S=draw(st.integers(1, max_channels)),
+                T=draw(st.integers(1, max_channels)), size=tuple(size), kernel=kernel, stride=stride,
+                padding=tuple(padding), bias=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def conv_arrays(case, dtype=np.float64):
+    """x, weight, bias (or None) of a drawn case, uniform in [-1, 1]."""
+    r = np.random.default_rng(case["seed"])
+    x = r.uniform(-1, 1, (case["N"], case["S"]) + case["size"]).astype(dtype)
+    w = r.uniform(-1, 1, (case["T"], case["S"]) + case["kernel"]).astype(dtype)
+    b = r.uniform(-1, 1, case["T"]).astype(dtype) if case["bias"] else None
+    return x, w, b
