@@ -129,14 +129,17 @@ def directional_derivative(fun, x, direction, eps=1e-6) -> float:
 
 
 def assert_gradient_along_random_directions(fun, x, grad, rng, directions=3, eps=1e-6, rtol=1e-6, name="x"):
-    """<grad, v> equals the central difference of ``fun`` along ``directions`` Gaussian directions v.
+    """<grad, v> equals the central difference of ``fun`` along ``directions`` random unit directions v.
 
     A wrong gradient fails for almost every v, so a few directions check the whole array
     with two evaluations of ``fun`` each (for arrays too large to difference entry by entry).
+    v has unit norm so that a step of ``eps`` stays tiny however large the array: a step that
+    moved many values of a ReLU or max-pool network across a kink would spoil the difference.
     """
     assert grad.shape == x.shape, f"gradient w.r.t. {name} has shape {grad.shape}, expected {x.shape}"
     for _ in range(directions):
         v = rng.standard_normal(x.shape)
+        v /= np.linalg.norm(v)
         numeric = directional_derivative(fun, x, v, eps)
         analytic = float(np.vdot(grad, v))
         scale = max(abs(numeric), float(np.linalg.norm(grad) * np.linalg.norm(v)), 1e-12)
