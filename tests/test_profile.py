@@ -1,13 +1,10 @@
 """Per-layer profiling: every layer and sub-layer is timed on the input it sees; bad arguments fail clearly."""
-from collections import OrderedDict
-
 import numba
 import numpy as np
 import pytest
 
-from tuckerref.commands.scaling import tucker1_linear_stand_in, tucker2_stand_in
-from tuckerref.models import feature_volume, thetis_net
-from tuckerref.nn import Flatten, Sequential
+from tuckerref.compress import compress_network
+from tuckerref.models import thetis_net
 from tuckerref.profile import capture_inputs, profile_network
 
 SHAPE = (2, 8, 32, 32)  # smallest clip the paper network accepts: pool2 gives a 16 x 1 x 1 x 1 volume
@@ -16,21 +13,7 @@ SHAPE = (2, 8, 32, 32)  # smallest clip the paper network accepts: pool2 gives a
 @pytest.fixture(scope="module")
 def nets():
     net = thetis_net(SHAPE, seed=0)
-    volume = feature_volume(net, SHAPE, "l1")
-    layers = OrderedDict()
-    for name, m in net.named_children():
-        if name == "flatten":
-            continue
-        if name == "c1":
-            m = tucker2_stand_in(2, 6, (5, 11, 11), 2, 2, padding=(2, 5, 5), rng=0)
-        elif name == "l1":
-            layers["l1"] = tucker2_stand_in(16, 128, volume[1:], 4, 7, rng=1)
-            m, name = Flatten(), "flatten"
-        elif name == "l2":
-            m = tucker1_linear_stand_in(128, 84, 1, rng=2)
-        layers[name] = m
-    comp = Sequential(layers)
-    comp.input_shape = SHAPE
+    comp = compress_network(net, plan="table2", ranks="paper", method="hosvd")
     x = np.random.default_rng(0).random((1,) + SHAPE, dtype=np.float32)
     return net, comp, x
 
@@ -82,3 +65,28 @@ def test_wrong_input_gives_clear_error(nets):
         profile_network(net, x.astype(np.int32))
     with pytest.raises(ValueError, match="expects a Sequential"):
         profile_network(net.c1, x)
+
+
+def test_table2_rows_join_counts_and_timings_per_layer_and_sublayer(nets, tmp_path):
+    from tuckerref.commands.table2 import build_table, render, write_outputs
+    net, comp, x = nets
+    table = build_table(net, comp, x, profile_network, repeats=1, warmup=0, threads=1)
+    assert [r["layer"] for r in table["rows"]] == ["c1", "c2", "l1", "l2", "l_out"]
+    c1 = table["rows"][0]
+    assert (c1["method"], c1["R_in"], c1["R_out"]) == ("Tucker-2", 2, 2)
+    assert [s["name"] for s in c1["compressed"]["sub"]] == ["c1.0", "c1.1", "c1.2"]
+    assert table["rows"][3]["method"] == "Tucker-1" and table["rows"][4]["method"] == "none"
+    assert table["total"]["improvement"]["theoretical_speedup"] == table["total"]["original"]["flops"] / \
+        table["total"]["compressed"]["flops"]
+    md, js = write_outputs(tmp_path, table, render(table))
+    assert "| c1" in md.read_text() and js.read_text().startswith("{")
+
+
+def test_cli_bad_arguments_exit_2_with_a_message(capsys):
+    from tuckerref.cli import main
+    assert main(["table2", "--repeats", "0"]) == 2
+    assert main(["scaling", "--threads", "999"]) == 2
+    assert main(["scaling", "--layer", "pool1", "--input-shape", *map(str, SHAPE)]) == 2
+    err = capsys.readouterr().err
+    assert "repeats must be an integer >= 1" in err and "threads must be an integer in 1.." in err
+    assert "only convolutions and linear layers" in err

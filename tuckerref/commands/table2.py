@@ -156,6 +156,8 @@ def register(sub):
     p.add_argument("--weights", default=None, help="original network saved by save_model (default: random, --seed)")
     p.add_argument("--plan", choices=("table2", "algorithm1"), default="table2")
     p.add_argument("--ranks", choices=("paper", "vbmf"), default="paper")
+    p.add_argument("--method", choices=("hosvd", "hooi"), default="hosvd",
+                   help="decomposition algorithm (no column of the table depends on it; hosvd is quicker)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="Numba threads (1 = embedded setting); default all")
@@ -186,7 +188,8 @@ def load_networks(args):
         if exc.name != "tuckerref.compress":
             raise
         raise ValueError("tuckerref.compress is not available in this checkout; table2 needs compress_network") from None
-    compressed = compress_network(net, plan=args.plan, ranks=args.ranks)
+    compressed = compress_network(net, plan=args.plan, ranks=args.ranks, input_shape=shape,
+                                  method=getattr(args, "method", "hosvd"))
     compressed.input_shape = shape
     return net.eval(), compressed.eval(), shape
 
@@ -203,7 +206,7 @@ def run(args):
     x = np.random.default_rng(args.seed).random((1,) + shape, dtype=np.float32)
     table = build_table(original, compressed, x, get_profiler(args.backend), repeats=args.repeats,
                         warmup=args.warmup, threads=args.threads, clock=args.clock)
-    table.update(plan=args.plan, ranks=args.ranks, weights=args.weights)
+    table.update(plan=args.plan, ranks=args.ranks, method=args.method, weights=args.weights)
     text = render(table)
     print(text)
     for path in write_outputs(args.out, table, text):
