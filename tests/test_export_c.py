@@ -45,6 +45,20 @@ def export_build_compare(net, input_shape, tmp_path, n_clips=2, seed=0, weights_
     return binary, clips, logits
 
 
+PAPER_RANKS = {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1}
+SMALL_RANKS = {"c1": (1, 2), "c2": (3, 1), "l1": (2, 3), "l2": 2}
+
+
+def compressed(net, ranks):
+    """The Table 2 plan (Tucker-2 c1, c2, l1 as a convolution; Tucker-1 l2) by compress_network, or by
+    structure (hand_compressed) in a checkout without tuckerref.compress."""
+    try:
+        from tuckerref.compress import compress_network
+    except ModuleNotFoundError:
+        return hand_compressed(net, ranks)
+    return compress_network(net, "table2", ranks=ranks, method="hosvd")
+
+
 def hand_compressed(net, ranks):
     """The Table 2 plan by structure, with random weights: Tucker-2 c1, c2 and l1 (as a convolution over the
     unflattened volume, then Flatten), Tucker-1 l2, as eqs. (8)-(10) lay the factors out."""
@@ -91,8 +105,9 @@ def test_eq1_paper_network_in_c_matches_engine_float32_and_float64(tmp_path):
 
 
 @needs_cc
-def test_eqs8_10_tucker_compressed_network_in_c_matches_engine(tmp_path):
-    net = hand_compressed(thetis_net(SMALL, seed=0), {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1})
+@pytest.mark.parametrize("ranks", [PAPER_RANKS, SMALL_RANKS], ids=["paper-ranks", "small-ranks"])
+def test_eqs8_10_tucker_compressed_network_in_c_matches_engine(tmp_path, ranks):
+    net = compressed(thetis_net(SMALL, seed=0), ranks)
     kinds = {s.path: s.kind for s in plan_network(net, SMALL)}
     assert kinds["c1.0"] == kinds["c1.2"] == kinds["l1.0"] == "pointwise" and kinds["c1.1"] == "conv3d"
     export_build_compare(net, SMALL, tmp_path)
@@ -142,16 +157,16 @@ def test_c_backend_times_every_layer_and_sub_layer_for_table2():
     from tuckerref.profile import PROFILERS
 
     original = thetis_net(SMALL, seed=0).eval()
-    compressed = hand_compressed(original, {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1}).eval()
+    small = compressed(original, PAPER_RANKS).eval()
     x = np.random.default_rng(0).random((1,) + SMALL, dtype=np.float32)
-    profile = profile_c(compressed, x, repeats=2, warmup=0)
-    assert profile.names() == [name for name, _ in compressed.named_modules() if name]
+    profile = profile_c(small, x, repeats=2, warmup=0)
+    assert profile.names() == [name for name, _ in small.named_modules() if name]
     c1 = profile["c1"]
     np.testing.assert_allclose(c1.cpu.samples, np.sum([c.cpu.samples for c in c1.children], axis=0))
     assert profile["drop1"].cpu.samples == [0.0, 0.0] and profile.threads == 1
     with pytest.raises(ValueError, match="single-threaded"):
-        profile_c(compressed, x, threads=2)
-    table = build_table(original, compressed, x, PROFILERS["c"], repeats=1, warmup=0, clock="cpu")
+        profile_c(small, x, threads=2)
+    table = build_table(original, small, x, PROFILERS["c"], repeats=1, warmup=0, clock="cpu")
     assert table["backend"] == "c" and [r["layer"] for r in table["rows"]] == ["c1", "c2", "l1", "l2", "l_out"]
     assert round(table["total"]["improvement"]["theoretical_speedup"], 1) > 1
 
@@ -228,7 +243,7 @@ def test_weights_c_round_trips_float32_exactly(tmp_path):
 
 
 def test_export_is_deterministic(tmp_path):
-    net = hand_compressed(thetis_net(SMALL, seed=0), {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1})
+    net = compressed(thetis_net(SMALL, seed=0), PAPER_RANKS)
     for fmt in ("array", "blob"):
         a = export_c(net, tmp_path / f"a_{fmt}", weights_format=fmt)
         b = export_c(net, tmp_path / f"b_{fmt}", weights_format=fmt)
@@ -248,7 +263,7 @@ def test_scratch_holds_the_largest_live_pair_of_the_full_size_networks():
     relu1 = next(p for s, p in zip(steps, placements) if s.path == "relu1")
     assert relu1.src == relu1.dst == "a"  # ReLU in place
     # Compressed c1: Q (2x28x120x160) in B while the last factor writes Y (6x28x120x160) to A.
-    small = hand_compressed(net, {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1})
+    small = hand_compressed(net, PAPER_RANKS)  # structure only: no full-size decomposition needed
     assert place_buffers(plan_network(small, net.input_shape))[1] == (2 + 6) * 28 * 120 * 160
 
 
