@@ -148,7 +148,7 @@ def assert_gradient_along_random_directions(fun, x, grad, rng, directions=3, eps
 
 
 # ----------------------------------------------------------------------------------------------
-# Drawn convolution cases
+# Drawn convolution and pooling cases
 # ----------------------------------------------------------------------------------------------
 
 #: Kernel widths and width strides are compile-time constants of the conv kernels: every new
@@ -180,3 +180,21 @@ def conv_arrays(case, dtype=np.float64):
     w = r.uniform(-1, 1, (case["T"], case["S"]) + case["kernel"]).astype(dtype)
     b = r.uniform(-1, 1, case["T"]).astype(dtype) if case["bias"] else None
     return x, w, b
+
+
+@st.composite
+def pool_cases(draw):
+    """Kernel 1..3 per dimension, stride None (= kernel) or 1..3, padding up to half the kernel."""
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(3))
+    stride = draw(st.none() | st.tuples(*(st.integers(1, 3) for _ in range(3))))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    size = tuple(draw(st.integers(max(1, k - 2 * p), 6)) for k, p in zip(kernel, padding))
+    return dict(shape=(draw(st.integers(1, 2)), draw(st.integers(1, 3))) + size, kernel=kernel, stride=stride,
+                padding=padding, seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def distinct_input(case):
+    """A shuffled arange, so every window has a unique maximum, shifted to hold negative values too."""
+    r = np.random.default_rng(case["seed"])
+    size = int(np.prod(case["shape"]))
+    return r.permutation(size).reshape(case["shape"]).astype(np.float64) - size / 2, r

@@ -1,28 +1,11 @@
 """max_pool3d / max_pool3d_backward: window maxima, gradient routing, finite differences, bad input."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
 
-from reference import max_pool3d_backward_ref, max_pool3d_ref, numerical_gradient
+from reference import (distinct_input, max_pool3d_backward_ref, max_pool3d_ref, numerical_gradient,
+                       pool_cases)
 from tuckerref import max_pool3d, max_pool3d_backward
-
-
-@st.composite
-def pool_cases(draw):
-    """Kernel 1..3 per dimension, stride None (= kernel) or 1..3, padding up to half the kernel."""
-    kernel = tuple(draw(st.integers(1, 3)) for _ in range(3))
-    stride = draw(st.none() | st.tuples(*(st.integers(1, 3) for _ in range(3))))
-    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
-    size = tuple(draw(st.integers(max(1, k - 2 * p), 6)) for k, p in zip(kernel, padding))
-    return dict(shape=(draw(st.integers(1, 2)), draw(st.integers(1, 3))) + size, kernel=kernel, stride=stride,
-                padding=padding, seed=draw(st.integers(0, 2**31 - 1)))
-
-
-def distinct_input(case):
-    """A shuffled arange, so every window has a unique maximum, shifted to hold negative values too."""
-    r = np.random.default_rng(case["seed"])
-    size = int(np.prod(case["shape"]))
-    return r.permutation(size).reshape(case["shape"]).astype(np.float64) - size / 2, r
 
 
 @settings(max_examples=30)
