@@ -29,7 +29,7 @@ Two loop structures implement the same sums:
 from __future__ import annotations
 
 import numpy as np
-from numba import literally, njit, prange
+from numba import literally, njit, prange, typeof, types
 
 from ._checks import as_triple, common_dtype, conv_output_size, float_array, require_finite
 from .pointwise import pointwise_forward, pointwise_grad_weight
@@ -173,6 +173,30 @@ def _plane_grad_weight(xq, gq, gw, sd, wp):
                 g_out[l0], g_out[l0 + 1], g_out[l0 + 2], g_out[l0 + 3] = a0, a1, a2, a3
 
 
+# Compiled entry points of the ``literally`` kernels, by (kernel, argument types, constant values).
+_ENTRY_POINTS = {}
+
+
+def _call_specialised(kernel, *args, constants):
+    """Call ``kernel`` whose last ``constants`` int arguments are ``literally`` compile-time constants.
+
+    Called from Python with plain ints, a ``literally`` dispatcher re-runs Numba's type inference on
+    every call just to learn that it wants literal arguments: about 10 ms per call, more than the
+    whole convolution of a small layer. The first call of each specialisation goes through the
+    dispatcher (compiling it or loading it from the cache); later calls go to its entry point.
+    """
+    n = len(args) - constants
+    key = (kernel, tuple(typeof(a) for a in args[:n]), args[n:])
+    entry = _ENTRY_POINTS.get(key)
+    if entry is not None:
+        return entry(*args)
+    result = kernel(*args)
+    overload = kernel.overloads.get(key[1] + tuple(types.literal(v) for v in args[n:]))
+    if overload is not None:
+        _ENTRY_POINTS[key] = overload.entry_point
+    return result
+
+
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
@@ -263,7 +287,7 @@ def _conv3d_unchecked(x, weight, bias, stride, padding, out_dims):
         _forward_planes(x, weight, bias, padding, stride[0], out)
     else:
         sd, sh, sw = stride
-        _direct_forward(_pad(x, padding), weight, out, sd, sh, sw, weight.shape[4])
+        _call_specialised(_direct_forward, _pad(x, padding), weight, out, sd, sh, sw, weight.shape[4], constants=2)
     return out
 
 
@@ -274,7 +298,7 @@ def _forward_planes(x, weight, bias, padding, sd, out):
     xq, wp = _pad_planes(x, padding, tail=kw - 1)
     grid = np.empty((N, T, Fo, Ho * wp), x.dtype)
     grid[...] = 0 if bias is None else bias.reshape(1, T, 1, 1)
-    _plane_forward(xq, weight, grid, sd, wp, kw)
+    _call_specialised(_plane_forward, xq, weight, grid, sd, wp, kw, constants=1)
     out[...] = grid.reshape(N, T, Fo, Ho, wp)[..., :Wo]
 
 
@@ -309,7 +333,8 @@ def conv3d_backward(x, weight, grad_out, stride=1, padding=0, *, need_grad_x=Tru
     if _uses_planes(stride):
         _grad_weight_planes(x, grad_out, padding, sd, grad_weight)
     else:
-        _direct_grad_weight(_pad(x, padding), grad_out, grad_weight, sd, sh, sw, weight.shape[4])
+        _call_specialised(_direct_grad_weight, _pad(x, padding), grad_out, grad_weight, sd, sh, sw, weight.shape[4],
+                          constants=2)
     grad_x = _input_gradient(x.shape, weight, grad_out, stride, padding) if need_grad_x else None
     return grad_x, grad_weight, grad_bias
 
