@@ -94,8 +94,16 @@ def _fix_signs(U: np.ndarray) -> np.ndarray:
 
 def leading_left_singular_vectors(A: np.ndarray, rank: int) -> np.ndarray:
     """The ``rank`` leading left singular vectors of A (completed to an orthonormal set when ``rank``
-    exceeds the number of columns, so a full-rank factor is always square and orthogonal)."""
-    U, _, _ = np.linalg.svd(A, full_matrices=A.shape[0] > A.shape[1])
+    exceeds the number of columns, so a full-rank factor is always square and orthogonal).
+
+    A wide unfolding (more columns than rows, the usual case: e.g. 128 x 5184) goes through its small
+    Gram matrix A A^T = U diag(s^2) U^T, whose SVD has the same left singular vectors at a fraction
+    of the cost of the SVD of A itself."""
+    rows, cols = A.shape
+    if cols > rows:
+        U, _, _ = np.linalg.svd(A @ A.T)
+    else:
+        U, _, _ = np.linalg.svd(A, full_matrices=rows > cols)
     return _fix_signs(U[:, :rank])
 
 
