@@ -151,7 +151,7 @@ def partial_tucker(T, modes, ranks, method: str = "hooi", n_iter_max: int = 100,
                 others = [j for j in range(len(modes)) if j != k]
                 Y = multi_mode_dot(T, [factors[j] for j in others], [modes[j] for j in others], transpose=True)
                 factors[k] = leading_left_singular_vectors(unfold(Y, m), r)
-            core_norm2 = float(np.sum(multi_mode_dot(T, factors, modes, transpose=True) ** 2))
+            core_norm2 = float(np.sum(mode_dot(Y, factors[-1].T, modes[-1]) ** 2))  # ||C||^2 from the last projection
             error = np.sqrt(max(norm2 - core_norm2, 0.0) / norm2) if norm2 > 0 else 0.0
             if abs(previous - error) < tol:
                 break

@@ -258,8 +258,9 @@ def vbmf(Y, cacb, sigma2=None, H=None) -> VBMFResult:
     """VBMF with a fixed prior product ``cacb`` = c_a c_b (JMLR13 Theorem 1).
 
     ``sigma2`` None minimises the free energy in log sigma^2 (bounded scalar minimisation after a grid)
-    over [sigma2_upper * 1e-14, ||Y||^2/(L M) + H c^2]: at a stationary point sigma^2 equals
-    E||Y - B A^T||^2 / (L M), which the data term ||Y||^2/(LM) and one prior variance per component bound.
+    over [upper * 1e-14, upper], upper = ||Y||^2/(L M) + H c^2. This is a search interval, not a proven
+    bound: a stationary point has sigma^2 = E||Y - B A^T||^2 / (L M) (checked in the tests), to which a
+    pruned component adds at most c^2 beyond ||Y||^2/(LM) and a kept one less in the cases we tried.
     """
     Y, transposed, H = _as_matrix(Y, H)
     sigma2 = _check_sigma2(sigma2)
