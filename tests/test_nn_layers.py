@@ -3,6 +3,8 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reference import assert_gradient_along_random_directions
 from tuckerref.models import feature_volume, thetis_net
@@ -261,7 +263,8 @@ def test_thetis_net_has_figure1_shapes_and_parameter_count():
     assert net.l1.weight.shape == (128, 5184)
     assert net.num_parameters() == 696_428
     assert feature_volume(net, (4, 28, 120, 160), "l1") == (16, 6, 6, 9)
-    assert net.names() == ["c1", "relu1", "pool1", "drop1", "c2", "relu2", "pool2", "drop2", "flatten",
+    # ReLU after pooling: the two commute exactly (see thetis_net's docstring)
+    assert net.names() == ["c1", "pool1", "relu1", "drop1", "c2", "pool2", "relu2", "drop2", "flatten",
                            "l1", "relu3", "drop3", "l2", "relu4", "drop4", "l_out"]
 
 
@@ -294,3 +297,17 @@ def test_layers_reject_bad_input_naming_layer_and_shape(layer, x, message):
 def test_layer_constructors_reject_bad_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@settings(deadline=None, max_examples=15)
+@given(seed=st.integers(0, 2**31 - 1), shift=st.floats(-1.0, 1.0))
+def test_relu_commutes_with_max_pooling_in_values_and_gradients(seed, shift):
+    """relu(maxpool(x)) == maxpool(relu(x)), and both orders route the same gradient to x."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 4, 8, 8)) + shift
+    x[0, 0, :2, :4, :4] = -1.0  # a whole window <= 0, ties included
+    g = rng.standard_normal((2, 3, 2, 2, 2))
+    relu_first = Sequential(ReLU(), MaxPool3d((2, 4, 4)))
+    pool_first = Sequential(MaxPool3d((2, 4, 4)), ReLU())
+    np.testing.assert_array_equal(relu_first(x), pool_first(x))
+    np.testing.assert_array_equal(relu_first.backward(g), pool_first.backward(g))

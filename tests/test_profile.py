@@ -37,9 +37,9 @@ def test_captured_inputs_are_what_each_layer_sees(nets):
     net.eval()
     inputs = capture_inputs(comp, x)
     assert inputs["c1.1"].shape == (1, 2) + SHAPE[1:]
-    # the in-place ReLU after c1 must not have altered the captured input of relu1 (the raw conv output)
+    # the in-place ReLU after pool1 must not have altered the captured input of relu1 (the raw pooled output)
     assert (inputs["relu1"] < 0).any()
-    np.testing.assert_array_equal(inputs["pool1"], np.maximum(inputs["relu1"], 0))
+    np.testing.assert_array_equal(inputs["drop1"], np.maximum(inputs["relu1"], 0))
     np.testing.assert_array_equal(inputs["l2.1"], comp.l2[0](inputs["l2"]))
 
 

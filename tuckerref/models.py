@@ -18,6 +18,11 @@ def thetis_net(input_shape=PAPER_INPUT_SHAPE, seed=None, num_classes=2, dropout=
     c2 Conv3d(6 -> 16, (3, 5, 5)) + ReLU, MaxPool3d((2, 4, 4)) + Dropout3d;
     flatten; l1 Linear(-> 128) + ReLU + Dropout; l2 Linear(128 -> 84) + ReLU + Dropout; l_out Linear(84 -> classes).
     For the paper's (4, 28, 120, 160) clips l1 is Linear(5184 -> 128); other clip shapes change only l1's fan-in.
+
+    Each convolution's ReLU is applied after its max-pooling (children ``c1, pool1, relu1``). The two
+    commute exactly, relu(max(x)) = max(relu(x)), and so do their gradients (a window whose maximum is
+    <= 0 passes no gradient either way), so the network is the paper's; the ReLU just touches 32x
+    fewer values than it would on the convolution's full-resolution output.
     """
     input_shape = tuple(int(v) for v in input_shape)
     if len(input_shape) != 4 or min(input_shape) < 1:
@@ -25,12 +30,12 @@ def thetis_net(input_shape=PAPER_INPUT_SHAPE, seed=None, num_classes=2, dropout=
     rng = as_rng(seed)
     layers = OrderedDict()
     layers["c1"] = Conv3d(input_shape[0], 6, (5, 11, 11), padding=(2, 5, 5), rng=rng, dtype=dtype)
-    layers["relu1"] = ReLU(inplace=True)
     layers["pool1"] = MaxPool3d((2, 4, 4))
+    layers["relu1"] = ReLU(inplace=True)
     layers["drop1"] = Dropout3d(dropout, rng=rng)
     layers["c2"] = Conv3d(6, 16, (3, 5, 5), rng=rng, dtype=dtype)
-    layers["relu2"] = ReLU(inplace=True)
     layers["pool2"] = MaxPool3d((2, 4, 4))
+    layers["relu2"] = ReLU(inplace=True)
     layers["drop2"] = Dropout3d(dropout, rng=rng)
     layers["flatten"] = Flatten()
     features = Sequential(OrderedDict(list(layers.items())))

@@ -32,6 +32,7 @@ import numpy as np
 from numba import literally, njit, prange, typeof, types
 
 from ._checks import as_triple, common_dtype, conv_output_size, float_array, require_finite
+from ._threads import threads_for
 from .pointwise import pointwise_forward, pointwise_grad_weight
 
 
@@ -278,16 +279,20 @@ def conv3d(x, weight, bias=None, stride=1, padding=0, *, check_finite=True):
 
 
 def _conv3d_unchecked(x, weight, bias, stride, padding, out_dims):
-    N, T = x.shape[0], weight.shape[0]
+    N, S = x.shape[:2]
+    T = weight.shape[0]
     out = np.empty((N, T) + out_dims, dtype=x.dtype)
-    out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
-    if _is_pointwise(weight, stride, padding):
-        pointwise_forward(x.reshape(N, x.shape[1], -1), weight.reshape(T, -1), out.reshape(N, T, -1))
-    elif _uses_planes(stride):
-        _forward_planes(x, weight, bias, padding, stride[0], out)
-    else:
-        sd, sh, sw = stride
-        _call_specialised(_direct_forward, _pad(x, padding), weight, out, sd, sh, sw, weight.shape[4], constants=2)
+    with threads_for(out.size * S * weight[0, 0].size):
+        if _is_pointwise(weight, stride, padding):
+            b = np.zeros(T, x.dtype) if bias is None else bias
+            pointwise_forward(x.reshape(N, S, -1), weight.reshape(T, S), b, out.reshape(N, T, -1))
+        elif _uses_planes(stride):
+            _forward_planes(x, weight, bias, padding, stride[0], out)
+        else:
+            out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
+            sd, sh, sw = stride
+            _call_specialised(_direct_forward, _pad(x, padding), weight, out, sd, sh, sw, weight.shape[4],
+                              constants=2)
     return out
 
 
@@ -316,6 +321,11 @@ def conv3d_backward(x, weight, grad_out, stride=1, padding=0, *, need_grad_x=Tru
         require_finite(grad_out, "grad_out")
     grad_out = grad_out.astype(x.dtype, copy=False)
 
+    with threads_for(grad_out.size * x.shape[1] * weight[0, 0].size):
+        return _conv3d_backward_unchecked(x, weight, grad_out, stride, padding, need_grad_x)
+
+
+def _conv3d_backward_unchecked(x, weight, grad_out, stride, padding, need_grad_x):
     N, S = x.shape[:2]
     T = weight.shape[0]
     grad_bias = grad_out.sum(axis=(0, 2, 3, 4))
@@ -324,9 +334,9 @@ def conv3d_backward(x, weight, grad_out, stride=1, padding=0, *, need_grad_x=Tru
         pointwise_grad_weight(x.reshape(N, S, -1), grad_out.reshape(N, T, -1), grad_weight.reshape(T, S))
         grad_x = None
         if need_grad_x:
-            grad_x = np.zeros_like(x)
+            grad_x = np.empty_like(x)
             wt = np.ascontiguousarray(weight.reshape(T, S).T)
-            pointwise_forward(grad_out.reshape(N, T, -1), wt, grad_x.reshape(N, S, -1))
+            pointwise_forward(grad_out.reshape(N, T, -1), wt, np.zeros(S, x.dtype), grad_x.reshape(N, S, -1))
         return grad_x, grad_weight, grad_bias
 
     sd, sh, sw = stride

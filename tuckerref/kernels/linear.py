@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._checks import common_dtype, float_array, require_finite
+from ._threads import threads_for
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -81,7 +82,8 @@ def linear(x, weight, bias=None, *, check_finite=True):
     x, weight, bias = _validate(x, weight, bias, check_finite=check_finite)
     out = np.empty((x.shape[0], weight.shape[0]), x.dtype)
     out[...] = 0 if bias is None else bias
-    _linear_forward(x, weight, out)
+    with threads_for(out.size * x.shape[1]):
+        _linear_forward(x, weight, out)
     return out
 
 
@@ -93,9 +95,9 @@ def linear_backward(x, weight, grad_out, *, need_grad_x=True, check_finite=True)
         raise ValueError(f"grad_out has shape {grad_out.shape}, expected {(x.shape[0], weight.shape[0])}")
     grad_out = grad_out.astype(x.dtype, copy=False)
     grad_w = np.zeros_like(weight)
-    _linear_grad_weight(grad_out, x, grad_w)
-    grad_x = None
-    if need_grad_x:
-        grad_x = np.zeros_like(x)
-        _linear_grad_input(grad_out, weight, grad_x)
+    grad_x = np.zeros_like(x) if need_grad_x else None
+    with threads_for(grad_out.size * x.shape[1]):
+        _linear_grad_weight(grad_out, x, grad_w)
+        if need_grad_x:
+            _linear_grad_input(grad_out, weight, grad_x)
     return grad_x, grad_w, grad_out.sum(axis=0)

@@ -18,22 +18,30 @@ _BLOCK = 4096
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def pointwise_forward(x, w, out):
-    """out[n, t, :] += sum_s w[t, s] * x[n, s, :] for x (N, S, P), w (T, S), out (N, T, P)."""
+def pointwise_forward(x, w, bias, out):
+    """out[n, t, :] = bias[t] + sum_s w[t, s] * x[n, s, :] for x (N, S, P), w (T, S), out (N, T, P).
+
+    ``out`` need not be initialised: each block of it is written once from cache.
+    """
     N, S, P = x.shape
     T = w.shape[0]
     nblk = (P + _BLOCK - 1) // _BLOCK
     for task in prange(N * nblk):
         n = task // nblk
         p0 = (task % nblk) * _BLOCK
-        p1 = min(P, p0 + _BLOCK)
+        m = min(P - p0, _BLOCK)
         for t in range(T):
-            o = out[n, t, p0:p1]
-            for s in range(S):
-                wv = w[t, s]
-                xs = x[n, s, p0:p1]
-                for p in range(p1 - p0):
-                    o[p] += wv * xs[p]
+            o = out[n, t, p0:p0 + m]
+            b = bias[t]
+            w0 = w[t, 0]
+            x0 = x[n, 0, p0:p0 + m]
+            for p in range(m):
+                o[p] = b + w0 * x0[p]
+            for s in range(1, S):
+                ws = w[t, s]
+                xs = x[n, s, p0:p0 + m]
+                for p in range(m):
+                    o[p] += ws * xs[p]
 
 
 @njit(parallel=True, fastmath=True, cache=True)

@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._checks import as_triple, conv_output_size, float_array
+from ._threads import threads_for
 
 
 @njit(parallel=True, cache=True)
@@ -82,7 +83,8 @@ def max_pool3d(x, kernel_size, stride=None, padding=0):
     x, kernel, stride, padding, out_dims = _pool_args(x, kernel_size, stride, padding)
     out = np.empty(x.shape[:2] + out_dims, x.dtype)
     idx = np.empty(x.shape[:2] + out_dims, np.int64)
-    _max_pool_forward(x, out, idx, *kernel, *stride, *padding)
+    with threads_for(out.size * int(np.prod(kernel))):
+        _max_pool_forward(x, out, idx, *kernel, *stride, *padding)
     return out, idx
 
 
@@ -95,5 +97,6 @@ def max_pool3d_backward(grad_out, argmax, input_shape):
     if tuple(input_shape[:2]) != grad_out.shape[:2]:
         raise ValueError(f"input_shape {tuple(input_shape)} does not match grad_out {grad_out.shape} in (N, C)")
     gx = np.zeros(tuple(input_shape), grad_out.dtype)
-    _max_pool_backward(grad_out, argmax, gx)
+    with threads_for(grad_out.size):
+        _max_pool_backward(grad_out, argmax, gx)
     return gx
