@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from tuckerref.cli import main
 from tuckerref.compress import (PAPER_RANKS, compress_network, linear_as_conv, tucker1_conv,
                                 tucker1_conv_decomposed, tucker1_linear, tucker1_linear_decomposed,
-                                tucker1_multiplications, tucker1_parameters, tucker2_conv,
-                                tucker2_conv_decomposed, tucker2_linear_as_conv,
+                                tucker2_conv, tucker2_conv_decomposed, tucker2_linear_as_conv,
                                 tucker2_linear_as_conv_decomposed)
-from tuckerref.flops import count_layer, tucker2_multiplications, tucker2_parameters
+from tuckerref.flops import (count_layer, tucker1_multiplications, tucker1_parameters, tucker2_multiplications,
+                             tucker2_parameters)
 from tuckerref.io import load_model, save_model
 from tuckerref.kernels import conv3d, linear
 from tuckerref.models import thetis_net

@@ -56,17 +56,6 @@ CHANNEL_MODES = (1, 0)
 OUTPUT_MODE = 0
 
 
-# -- Table 1 style closed forms for Tucker-1 (Tucker-2's are in tuckerref.flops) ---------------------------
-def tucker1_parameters(S: int, T: int, R: int, kernel_volume: int) -> int:
-    """Tucker-1 convolution: S·R·Λ + R·T weights (bias not counted); a linear layer is Λ = 1."""
-    return S * R * kernel_volume + R * T
-
-
-def tucker1_multiplications(S: int, T: int, R: int, kernel_volume: int, out_positions: int) -> int:
-    """Tucker-1 convolution: S·R·Λ·I' + R·T·I' multiplications; a linear layer is Λ = I' = 1."""
-    return S * R * kernel_volume * out_positions + R * T * out_positions
-
-
 # -- layer replacements --------------------------------------------------------------------------------------
 @dataclass
 class Decomposition:
@@ -408,4 +397,4 @@ def format_report(rows) -> str:
 
 __all__ = ["tucker2_conv", "tucker1_conv", "tucker1_linear", "tucker2_linear_as_conv", "linear_as_conv",
            "compress_network", "plan_methods", "LayerReport", "Decomposition", "PAPER_RANKS", "PLANS",
-           "tucker1_parameters", "tucker1_multiplications", "parse_ranks", "format_report"]
+           "parse_ranks", "format_report"]

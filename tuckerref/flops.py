@@ -32,6 +32,11 @@ def tucker2_multiplications(S: int, T: int, Rs: int, Rt: int, kernel_volume: int
     return S * Rs * in_positions + Rs * Rt * kernel_volume * out_positions + Rt * T * out_positions
 
 
+def tucker1_multiplications(S: int, T: int, R: int, kernel_volume: int, out_positions: int) -> int:
+    """Tucker-1 convolution: S·R·Λ·I' + R·T·I' multiplications; a linear layer is Λ = I' = 1."""
+    return S * R * kernel_volume * out_positions + R * T * out_positions
+
+
 def conv_parameters(S: int, T: int, kernel_volume: int) -> int:
     """Table 1, original convolution: S·T·Λ kernel weights (bias not counted)."""
     return S * T * kernel_volume
@@ -40,6 +45,11 @@ def conv_parameters(S: int, T: int, kernel_volume: int) -> int:
 def tucker2_parameters(S: int, T: int, Rs: int, Rt: int, kernel_volume: int) -> int:
     """Table 1, Tucker-2 convolution: S·R_s + R_s·R_t·Λ + R_t·T weights (bias not counted)."""
     return S * Rs + Rs * Rt * kernel_volume + Rt * T
+
+
+def tucker1_parameters(S: int, T: int, R: int, kernel_volume: int) -> int:
+    """Tucker-1 convolution: S·R·Λ + R·T weights (bias not counted); a linear layer is Λ = 1."""
+    return S * R * kernel_volume + R * T
 
 
 # -- the paper's FLOP convention (NOTES.md section 5) -------------------------------------------
