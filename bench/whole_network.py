@@ -1,14 +1,17 @@
-"""One training step (forward + backward + SGD update), tuckerref against PyTorch CPU, same run.
+"""Whole network, tuckerref against PyTorch CPU in the same run: forward passes and one training step.
 
-Both engines start from the same weights (the paper network, and its Table 2 compression with the
-paper's ranks), take the same batch of random clips and labels, and do one step of SGD with the
-paper's settings (lr 0.001, momentum 0.7, weight decay 0.01) and mean cross-entropy; dropout is off
-in both so that the steps compute the same function. Each figure is the median of ``--repeats``
-timed steps after one untimed warm-up step (which compiles tuckerref's kernels); the ratio
-torch / tuckerref > 1 means tuckerref is faster. The first step's loss of both engines is printed as a
-check that they computed the same thing.
+Both engines hold the same weights (the paper network, and its Table 2 compression with the paper's
+ranks) in equivalent modules (torch: a real ``torch.nn.Sequential``) and see the same random clips:
 
-    .venv/bin/python bench/train_step.py [--batch 8] [--repeats 3] [--threads 2] [--input-shape 4 28 120 160]
+* forward pass (inference, no gradient) at batch 1 and at ``--batch``;
+* one training step at ``--batch``: forward, mean cross-entropy, backward, SGD with the paper's
+  settings (lr 0.001, momentum 0.7, weight decay 0.01); dropout is off in both so that the steps
+  compute the same function, and both first-step losses are printed as a check.
+
+Each figure is the median of ``--repeats`` timed calls after one untimed warm-up call (which compiles
+tuckerref's kernels); torch / tuckerref > 1 means tuckerref is faster.
+
+    .venv/bin/python bench/whole_network.py [--batch 8] [--repeats 3] [--threads 2] [--input-shape 4 28 120 160]
 """
 from __future__ import annotations
 
@@ -70,6 +73,15 @@ def torch_step(net, opt, x, y):
     return float(loss.detach())
 
 
+def engine_forward(net, x):
+    return net.forward(x)
+
+
+def torch_forward(net, x):
+    with torch.no_grad():
+        return net(x)
+
+
 def median_time(step, repeats):
     first = step()
     times = []
@@ -96,8 +108,16 @@ def main(argv=None):
     original = thetis_net(shape, seed=0, dropout=0.0)
     ranks = "paper" if shape == PAPER_INPUT_SHAPE else {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1}
     compressed = compress_network(original, plan="table2", ranks=ranks, method="hosvd")
-    print(f"one SGD step, batch {args.batch}, clips {shape}, {args.threads} thread(s), median of {args.repeats}")
-    print(f"{'network':<12} {'tuckerref ms':>13} {'torch ms':>10} {'torch/tuckerref':>16}   first-step loss (tuckerref, torch)")
+    print(f"clips {shape}, {args.threads} thread(s), median of {args.repeats} after a warm-up call")
+    print(f"{'network':<12} {'what':<22} {'tuckerref ms':>13} {'torch ms':>10} {'torch/tuckerref':>16}")
+    for name, net in (("original", original), ("compressed", compressed)):
+        tnet = to_torch(net)
+        net.eval(), tnet.eval()
+        for batch in sorted({1, args.batch}):
+            xb = x[:batch]
+            _, t_e = median_time(lambda: engine_forward(net, xb), args.repeats)
+            _, t_t = median_time(lambda: torch_forward(tnet, torch.from_numpy(xb)), args.repeats)
+            print(f"{name:<12} {f'forward, batch {batch}':<22} {1e3 * t_e:>13.1f} {1e3 * t_t:>10.1f} {t_t / t_e:>16.2f}")
     for name, net in (("original", original), ("compressed", compressed)):
         net.train()
         tnet = to_torch(net).train()
@@ -106,7 +126,8 @@ def main(argv=None):
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
         loss_e, t_e = median_time(lambda: engine_step(net, opt, x, y), args.repeats)
         loss_t, t_t = median_time(lambda: torch_step(tnet, topt, tx, ty), args.repeats)
-        print(f"{name:<12} {1e3 * t_e:>13.1f} {1e3 * t_t:>10.1f} {t_t / t_e:>16.2f}   ({loss_e:.6f}, {loss_t:.6f})")
+        print(f"{name:<12} {f'train step, batch {args.batch}':<22} {1e3 * t_e:>13.1f} {1e3 * t_t:>10.1f} "
+              f"{t_t / t_e:>16.2f}   first-step loss tuckerref {loss_e:.6f}, torch {loss_t:.6f}")
     return 0
 
 
