@@ -5,7 +5,8 @@ from hypothesis import given, settings
 
 from reference import (distinct_input, max_pool3d_backward_ref, max_pool3d_ref, numerical_gradient,
                        pool_cases)
-from tuckerref import max_pool3d, max_pool3d_backward
+from tuckerref import max_pool3d, max_pool3d_backward, max_pool3d_values
+from tuckerref.nn import MaxPool3d, no_grad
 
 
 @settings(max_examples=30)
@@ -93,3 +94,27 @@ def test_pool_backward_rejects_mismatched_shapes():
         max_pool3d_backward(np.zeros((1, 2, 2, 2, 1)), idx, (1, 2, 4, 4, 4))
     with pytest.raises(ValueError, match=r"input_shape \(1, 3, 4, 4, 4\) does not match grad_out \(1, 2, 2, 2, 2\)"):
         max_pool3d_backward(y, idx, (1, 3, 4, 4, 4))
+
+
+@settings(deadline=None, max_examples=20)
+@given(case=pool_cases())
+def test_max_pool_values_path_equals_the_argmax_path(case):
+    """max_pool3d_values (inference, no argmax) computes the same maxima as max_pool3d."""
+    x = np.random.default_rng(case["seed"]).standard_normal(case["shape"])
+    np.testing.assert_array_equal(max_pool3d_values(x, case["kernel"], case["stride"], case["padding"]),
+                                  max_pool3d(x, case["kernel"], case["stride"], case["padding"])[0])
+
+
+def test_max_pool_values_path_propagates_nan():
+    x = np.zeros((1, 1, 2, 4, 4))
+    x[0, 0, 1, 2, 3] = np.nan
+    y = max_pool3d_values(x, (2, 2, 2))
+    assert np.isnan(y[0, 0, 0, 1, 1]) and np.count_nonzero(np.isnan(y)) == 1
+
+
+def test_layers_keep_nothing_under_no_grad_and_say_so_on_backward():
+    layer = MaxPool3d(2)
+    with no_grad():
+        y = layer(np.ones((1, 1, 2, 2, 2)))
+    with pytest.raises(ValueError, match=r"MaxPool3d\(.*\)\.backward needs a forward pass with gradients enabled"):
+        layer.backward(np.ones_like(y))

@@ -37,6 +37,7 @@ import numpy as np
 from .data.store import ClipDataset
 from .io import atomic_path, load_weights, open_h5, save_model
 from .kernels import softmax_cross_entropy
+from .nn import no_grad
 from .optim import OPTIMIZERS, make_optimizer
 
 CHECKPOINT_NAME = "checkpoint.h5"
@@ -226,7 +227,8 @@ def evaluate(net, dataset, batch_size=20):
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(n, start + batch_size))
             x, y = dataset.batch(idx)
-            logits = net.forward(x)
+            with no_grad():
+                logits = net.forward(x)
             loss, _ = softmax_cross_entropy(logits, y)
             total += loss * idx.size
             preds[idx] = np.argmax(logits, axis=1)

@@ -6,6 +6,7 @@ import time
 import numpy as np
 
 from ..models import PAPER_INPUT_SHAPE, thetis_net
+from ..nn import no_grad
 
 
 def register(sub):
@@ -23,14 +24,15 @@ def run(args):
     shape = tuple(args.input_shape)
     net = thetis_net(shape, seed=args.seed).eval()
     x = np.random.default_rng(args.seed).random((args.batch,) + shape, dtype=np.float32)
-    t0 = time.perf_counter()
-    y = net(x)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(args.repeats):
+    with no_grad():
         t0 = time.perf_counter()
         y = net(x)
-        times.append(time.perf_counter() - t0)
+        first = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            y = net(x)
+            times.append(time.perf_counter() - t0)
     print(f"input {x.shape} -> logits {y.shape}; {net.num_parameters():,} parameters")
     print(f"first call (includes JIT compile or cache load) {first * 1e3:.1f} ms; "
           f"median of {args.repeats} {np.median(times) * 1e3:.1f} ms")

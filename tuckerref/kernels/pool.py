@@ -51,6 +51,40 @@ def _max_pool_forward(x, out, idx, kd, kh, kw, sd, sh, sw, pd, ph, pw):
 
 
 @njit(parallel=True, cache=True)
+def _max_pool_values(x, out, kd, kh, kw, sd, sh, sw):
+    """Values of an unpadded max pooling, without argmax bookkeeping (inference).
+
+    For each output row, the kd*kh input rows of the window are reduced element-wise first
+    (contiguous, vectorised), then each run of kw values of that row; NaN propagates.
+    """
+    N, C, W = x.shape[0], x.shape[1], x.shape[4]
+    Do, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
+    for task in prange(N * C * Do):
+        n = task // (C * Do)
+        c = (task // Do) % C
+        fo = task % Do
+        row = np.empty(W, x.dtype)
+        for ho in range(Ho):
+            row[:] = x[n, c, fo * sd, ho * sh]
+            for i in range(kd):
+                for j in range(kh):
+                    if i == 0 and j == 0:
+                        continue
+                    src = x[n, c, fo * sd + i, ho * sh + j]
+                    for w in range(W):
+                        a = row[w]
+                        b = src[w]
+                        row[w] = b if (b > a or b != b) else a
+            for wo in range(Wo):
+                m = row[wo * sw]
+                for l in range(1, kw):
+                    v = row[wo * sw + l]
+                    if v > m or v != v:
+                        m = v
+                out[n, c, fo, ho, wo] = m
+
+
+@njit(parallel=True, cache=True)
 def _max_pool_backward(g, idx, gx):
     N, C = g.shape[0], g.shape[1]
     for task in prange(N * C):
@@ -86,6 +120,17 @@ def max_pool3d(x, kernel_size, stride=None, padding=0):
     with threads_for(out.size * int(np.prod(kernel))):
         _max_pool_forward(x, out, idx, *kernel, *stride, *padding)
     return out, idx
+
+
+def max_pool3d_values(x, kernel_size, stride=None, padding=0):
+    """Max pooling values only (no argmax, no gradient): the inference path of :func:`max_pool3d`."""
+    x, kernel, stride, padding, out_dims = _pool_args(x, kernel_size, stride, padding)
+    if any(padding):
+        return max_pool3d(x, kernel, stride, padding)[0]
+    out = np.empty(x.shape[:2] + out_dims, x.dtype)
+    with threads_for(x.size):
+        _max_pool_values(x, out, *kernel, *stride)
+    return out
 
 
 def max_pool3d_backward(grad_out, argmax, input_shape):

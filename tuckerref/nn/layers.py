@@ -4,11 +4,19 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import (conv3d_backward, dropout_mask, linear, linear_backward, max_pool3d,
-                       max_pool3d_backward, relu, relu_backward)
+                       max_pool3d_backward, max_pool3d_values, relu, relu_backward)
 from ..kernels._checks import as_triple, conv_output_size
 from ..kernels.conv3d import _conv3d_unchecked, _validate as _validate_conv
+from .grad_mode import is_grad_enabled
 from .init import as_rng, default_uniform
 from .module import Module, Parameter
+
+
+def _cached(layer, value):
+    """What ``layer.backward`` will need, or raise if the forward pass ran under ``no_grad``."""
+    if value is None:
+        raise ValueError(f"{layer!r}.backward needs a forward pass with gradients enabled (not under no_grad)")
+    return value
 
 
 def _require_input(x, layer, ndim, channels=None):
@@ -41,11 +49,11 @@ class Conv3d(Module):
         b = None if self.bias is None else self.bias.data
         x, w, b, stride, padding, out_dims = _validate_conv(x, self.weight.data, b, self.stride, self.padding,
                                                            check_finite=False)
-        self._x = x
+        self._x = x if is_grad_enabled() else None
         return _conv3d_unchecked(x, w, b, stride, padding, out_dims)
 
     def backward(self, grad):
-        gx, gw, gb = conv3d_backward(self._x, self.weight.data, grad, self.stride, self.padding,
+        gx, gw, gb = conv3d_backward(_cached(self, self._x), self.weight.data, grad, self.stride, self.padding,
                                      need_grad_x=self.needs_input_grad, check_finite=False)
         self.weight.accumulate(gw)
         if self.bias is not None:
@@ -82,11 +90,11 @@ class Linear(Module):
 
     def forward(self, x):
         _require_input(x, repr(self), 2, self.in_features)
-        self._x = x
+        self._x = x if is_grad_enabled() else None
         return linear(x, self.weight.data, None if self.bias is None else self.bias.data, check_finite=False)
 
     def backward(self, grad):
-        gx, gw, gb = linear_backward(self._x, self.weight.data, grad, need_grad_x=self.needs_input_grad,
+        gx, gw, gb = linear_backward(_cached(self, self._x), self.weight.data, grad, need_grad_x=self.needs_input_grad,
                                      check_finite=False)
         self.weight.accumulate(gw)
         if self.bias is not None:
@@ -114,12 +122,15 @@ class MaxPool3d(Module):
 
     def forward(self, x):
         _require_input(x, repr(self), 5)
+        if not is_grad_enabled():
+            self._cache = None
+            return max_pool3d_values(x, self.kernel_size, self.stride, self.padding)
         y, idx = max_pool3d(x, self.kernel_size, self.stride, self.padding)
         self._cache = (idx, x.shape)
         return y
 
     def backward(self, grad):
-        idx, shape = self._cache
+        idx, shape = _cached(self, self._cache)
         return max_pool3d_backward(grad, idx, shape)
 
     def output_shape(self, input_shape):
@@ -142,11 +153,12 @@ class ReLU(Module):
         self._y = None
 
     def forward(self, x):
-        self._y = relu(x, inplace=self.inplace)
-        return self._y
+        y = relu(x, inplace=self.inplace)
+        self._y = y if is_grad_enabled() else None
+        return y
 
     def backward(self, grad):
-        return relu_backward(self._y, grad)
+        return relu_backward(_cached(self, self._y), grad)
 
     def output_shape(self, input_shape):
         return tuple(input_shape)
