@@ -146,6 +146,8 @@ INF_W[1, 0, 0, 0, 0] = np.inf
     ((X, W), {"stride": 0}, r"stride must be >= 1 in every dimension, got 0"),
     ((X, W), {"stride": (1, 2)}, r"stride must be an int or a 3-tuple, got \(1, 2\)"),
     ((X, W), {"stride": (1, 1.5, 1)}, r"stride must contain integers, got \(1, 1.5, 1\)"),
+    ((X, W), {"stride": "a"}, r"stride must contain integers, got 'a'"),
+    ((X, W), {"stride": None}, r"stride must be an int or a 3-tuple of ints, got None"),
     ((X, W), {"padding": (0, -1, 0)}, r"padding must be >= 0 in every dimension, got \(0, -1, 0\)"),
     ((X.astype(np.complex128), W), {}, r"x must be float32 or float64, got dtype complex128"),
 ])

@@ -277,7 +277,7 @@ def test_thetis_net_rejects_a_clip_too_small_for_it():
     (Conv3d(4, 2, 3, rng=0), np.zeros((1, 3, 4, 4, 4)), r"Conv3d\(.*\) expects 4 input channels, got shape \(1, 3, 4, 4, 4\)"),
     (Conv3d(4, 2, 3, rng=0), np.zeros((4, 4, 4, 4)), r"Conv3d\(.*\) expects a 5-D batch, got shape \(4, 4, 4, 4\)"),
     (Conv3d(1, 2, 3, rng=0), np.zeros((1, 1, 2, 4, 4)), r"empty output: input spatial shape \(2, 4, 4\)"),
-    (Linear(5, 2, rng=0), np.zeros((3, 4)), r"Linear\(.*\) expects 5 input channels, got shape \(3, 4\)"),
+    (Linear(5, 2, rng=0), np.zeros((3, 4)), r"Linear\(.*\) expects 5 input features, got shape \(3, 4\)"),
     (Linear(5, 2, rng=0), np.zeros(5), r"Linear\(.*\) expects a 2-D batch, got shape \(5,\)"),
     (Dropout3d(0.2), np.zeros((3, 4)), r"Dropout3d\(p=0.2\) expects a 5-D batch, got shape \(3, 4\)"),
     (MaxPool3d(2), np.zeros((2, 4, 4)), r"MaxPool3d\(.*\) expects a 5-D batch, got shape \(2, 4, 4\)"),

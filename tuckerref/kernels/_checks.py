@@ -13,15 +13,15 @@ FLOAT_DTYPES = (np.float32, np.float64)
 
 def as_triple(value, name: str, *, minimum: int) -> tuple[int, int, int]:
     """Return ``value`` (an int or a 3-sequence of ints) as a 3-tuple, checked >= minimum."""
-    if np.isscalar(value):
-        triple = (value, value, value)
-    else:
-        triple = tuple(value)
+    try:
+        triple = (value, value, value) if np.isscalar(value) else tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a 3-tuple of ints, got {value!r}") from None
     if len(triple) != 3:
         raise ValueError(f"{name} must be an int or a 3-tuple, got {value!r}")
     out = []
     for v in triple:
-        if isinstance(v, (bool, np.bool_)) or int(v) != v:
+        if isinstance(v, (bool, np.bool_, str, bytes)) or not np.isreal(v) or int(v) != v:
             raise ValueError(f"{name} must contain integers, got {value!r}")
         if int(v) < minimum:
             raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")

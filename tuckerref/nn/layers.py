@@ -19,11 +19,11 @@ def _cached(layer, value):
     return value
 
 
-def _require_input(x, layer, ndim, channels=None):
+def _require_input(x, layer, ndim, channels=None, what="input channels"):
     if x.ndim != ndim:
         raise ValueError(f"{layer} expects a {ndim}-D batch, got shape {x.shape}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{layer} expects {channels} input channels, got shape {x.shape}")
+        raise ValueError(f"{layer} expects {channels} {what}, got shape {x.shape}")
 
 
 class Conv3d(Module):
@@ -89,7 +89,7 @@ class Linear(Module):
         self._x = None
 
     def forward(self, x):
-        _require_input(x, repr(self), 2, self.in_features)
+        _require_input(x, repr(self), 2, self.in_features, "input features")
         self._x = x if is_grad_enabled() else None
         return linear(x, self.weight.data, None if self.bias is None else self.bias.data, check_finite=False)
 
