@@ -3,7 +3,7 @@
 Both engines hold the same weights (the paper network, and its Table 2 compression with the paper's
 ranks) in equivalent modules (torch: a real ``torch.nn.Sequential``) and see the same random clips:
 
-* forward pass (inference, no gradient) at batch 1 and at ``--batch``;
+* forward pass (inference: ``no_grad`` in both engines) at batch 1 and at ``--batch``;
 * one training step at ``--batch``: forward, mean cross-entropy, backward, SGD with the paper's
   settings (lr 0.001, momentum 0.7, weight decay 0.01); dropout is off in both so that the steps
   compute the same function, and both first-step losses are printed as a check.
@@ -30,7 +30,7 @@ except ImportError:
 from tuckerref.compress import compress_network
 from tuckerref.kernels import softmax_cross_entropy
 from tuckerref.models import PAPER_INPUT_SHAPE, thetis_net
-from tuckerref.nn import Conv3d, Flatten, Linear, MaxPool3d, ReLU, Sequential
+from tuckerref.nn import Conv3d, Flatten, Linear, MaxPool3d, ReLU, Sequential, no_grad
 from tuckerref.optim import SGD
 
 
@@ -74,7 +74,8 @@ def torch_step(net, opt, x, y):
 
 
 def engine_forward(net, x):
-    return net.forward(x)
+    with no_grad():
+        return net.forward(x)
 
 
 def torch_forward(net, x):
