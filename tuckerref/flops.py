@@ -105,6 +105,19 @@ class LayerCount:
                 "children": [c.as_dict() for c in self.children]}
 
 
+def find_record(layers, name: str, what: str):
+    """The record named ``name`` ("c1", "c1.0", ...) among ``layers`` and their sub-layer records.
+
+    Works for any records with ``name`` and ``walk()`` (layer counts here, layer timings in
+    :mod:`tuckerref.profile`); raises ``KeyError`` listing the top-level names.
+    """
+    for layer in layers:
+        for rec in layer.walk():
+            if rec.name == name:
+                return rec
+    raise KeyError(f"no {what} named {name!r} (top-level layers: {[layer.name for layer in layers]})")
+
+
 @dataclass
 class NetworkCount:
     """Per-layer costs of a network (``layers``: its top-level children) and their totals."""
@@ -126,11 +139,7 @@ class NetworkCount:
 
     def __getitem__(self, name: str) -> LayerCount:
         """Record by dotted name ("c1", "c1.0", ...)."""
-        for layer in self.layers:
-            for rec in layer.walk():
-                if rec.name == name:
-                    return rec
-        raise KeyError(f"no layer named {name!r} (top-level layers: {[layer.name for layer in self.layers]})")
+        return find_record(self.layers, name, "layer")
 
     def as_dict(self) -> dict:
         return {"input_shape": list(self.input_shape), "params": self.params, "flops": self.flops,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
+from .flops import find_record
 from .nn import Module, Sequential, no_grad
 
 
@@ -88,11 +89,7 @@ class NetworkProfile:
 
     def __getitem__(self, name: str) -> LayerTiming:
         """Timing by dotted name ("c1", "c1.0", ...)."""
-        for layer in self.layers:
-            for rec in layer.walk():
-                if rec.name == name:
-                    return rec
-        raise KeyError(f"no timed layer named {name!r} (top-level layers: {[t.name for t in self.layers]})")
+        return find_record(self.layers, name, "timed layer")
 
     def names(self) -> list:
         return [rec.name for layer in self.layers for rec in layer.walk()]
