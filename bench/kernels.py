@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 
 from tuckerref import conv3d, conv3d_backward  # noqa: E402
 from tuckerref.flops import conv_multiplications  # noqa: E402
-from tuckerref.kernels._checks import conv_output_size  # noqa: E402
+from tuckerref.kernels._checks import window_output_dims  # noqa: E402
 
 CLIP = (28, 120, 160)
 KERNEL, PADDING = (5, 11, 11), (2, 5, 5)
@@ -73,7 +73,7 @@ def median_seconds(fn, repeats):
 
 
 def conv_macs(S, T, kernel, padding, clip=CLIP):
-    out = [conv_output_size(clip[d], kernel[d], 1, padding[d]) for d in range(3)]
+    out = window_output_dims(clip, kernel, (1, 1, 1), padding)
     return conv_multiplications(S, T, prod(kernel), prod(out))
 
 

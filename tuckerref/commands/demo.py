@@ -23,7 +23,7 @@ from ..io import load_model, save_model
 from ..models import thetis_net
 from ..optim import make_optimizer
 from ..report import markdown_table, write_json, write_text
-from ..train import Subset, evaluate, fit, train_test_split
+from ..train import CHECKPOINT_NAME, Subset, evaluate, fit, train_test_split
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def _train_stage(name, net, epochs, train, test, preset, args, run, log):
         net, meta = load_model(path)
         return net, meta.get("history", [])
     ckpt = run / f"checkpoint_{name}"
-    resume = (ckpt / "checkpoint.h5").exists()
+    resume = (ckpt / CHECKPOINT_NAME).exists()
     history = fit(net, train, test, epochs=epochs, optimizer=_optimizer(net, preset), batch_size=preset.batch_size,
                   seed=args.seed, checkpoint_dir=ckpt, resume=resume,
                   progress=False if args.no_progress else None, log=lambda line: log(f"[{name}] {line}"))

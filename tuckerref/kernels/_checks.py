@@ -60,3 +60,8 @@ def require_finite(x: np.ndarray, name: str) -> None:
 def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
     """Output length of a convolution/pooling window along one dimension (floor mode)."""
     return (size + 2 * pad - kernel) // stride + 1
+
+
+def window_output_dims(spatial, kernel, stride, padding) -> tuple[int, int, int]:
+    """(D', H', W') of a convolution or pooling window over the spatial dims (D, H, W); may hold values < 1."""
+    return tuple(conv_output_size(spatial[d], kernel[d], stride[d], padding[d]) for d in range(3))

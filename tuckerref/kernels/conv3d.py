@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import literally, njit, prange, typeof, types
 
-from ._checks import as_triple, common_dtype, conv_output_size, float_array, require_finite
+from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
 from .pointwise import pointwise_forward, pointwise_grad_weight
 
@@ -217,7 +217,7 @@ def _validate(x, weight, bias, stride, padding, *, check_finite=True):
         raise ValueError(f"empty array: x shape {x.shape}, weight shape {weight.shape}")
     stride = as_triple(stride, "stride", minimum=1)
     padding = as_triple(padding, "padding", minimum=0)
-    out_dims = tuple(conv_output_size(x.shape[2 + d], weight.shape[2 + d], stride[d], padding[d]) for d in range(3))
+    out_dims = window_output_dims(x.shape[2:], weight.shape[2:], stride, padding)
     if min(out_dims) < 1:
         raise ValueError(
             f"empty output: input spatial shape {x.shape[2:]} with padding {padding} is smaller than "
@@ -372,7 +372,7 @@ def _input_gradient(x_shape, weight, grad_out, stride, padding):
         grad_out = dil
     flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
     span = tuple(grad_out.shape[2 + d] + ksize[d] - 1 for d in range(3))
-    grad_xp = np.zeros((N, weight.shape[1]) + span, grad_out.dtype)
+    grad_xp = np.empty((N, weight.shape[1]) + span, grad_out.dtype)  # _forward_planes writes all of it
     _forward_planes(grad_out, flipped, None, tuple(k - 1 for k in ksize), 1, grad_xp)
     # Inputs past the last window (floor mode) receive no gradient; then drop the padding.
     padded = tuple(x_shape[2 + d] + 2 * padding[d] for d in range(3))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._checks import as_triple, conv_output_size, float_array
+from ._checks import as_triple, float_array, window_output_dims
 from ._threads import threads_for
 
 
@@ -105,7 +105,7 @@ def _pool_args(x, kernel_size, stride, padding):
     for d in range(3):
         if 2 * padding[d] > kernel[d]:
             raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel}")
-    out_dims = tuple(conv_output_size(x.shape[2 + d], kernel[d], stride[d], padding[d]) for d in range(3))
+    out_dims = window_output_dims(x.shape[2:], kernel, stride, padding)
     if min(out_dims) < 1:
         raise ValueError(f"empty output: input spatial shape {x.shape[2:]} is smaller than pooling window {kernel} "
                          f"with padding {padding}")

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..kernels import (conv3d_backward, dropout_mask, linear, linear_backward, max_pool3d,
                        max_pool3d_backward, max_pool3d_values, relu, relu_backward)
-from ..kernels._checks import as_triple, conv_output_size
+from ..kernels._checks import as_triple, window_output_dims
 from ..kernels.conv3d import _conv3d_unchecked, _validate as _validate_conv
 from .grad_mode import is_grad_enabled
 from .init import as_rng, default_uniform
@@ -17,6 +17,14 @@ def _cached(layer, value):
     if value is None:
         raise ValueError(f"{layer!r}.backward needs a forward pass with gradients enabled (not under no_grad)")
     return value
+
+
+def _window_output(layer, input_shape, channels):
+    """Per-sample output shape (channels, D', H', W') of a conv or pooling ``layer``, checked non-empty."""
+    dims = window_output_dims(tuple(input_shape)[1:], layer.kernel_size, layer.stride, layer.padding)
+    if min(dims) < 1:
+        raise ValueError(f"{layer!r}: input shape {tuple(input_shape)} gives an empty output {dims}")
+    return (channels,) + dims
 
 
 def _require_input(x, layer, ndim, channels=None, what="input channels"):
@@ -61,13 +69,9 @@ class Conv3d(Module):
         return gx
 
     def output_shape(self, input_shape):
-        c, *spatial = input_shape
-        if c != self.in_channels:
+        if input_shape[0] != self.in_channels:
             raise ValueError(f"{self!r} expects {self.in_channels} channels, got input shape {tuple(input_shape)}")
-        dims = tuple(conv_output_size(spatial[d], self.kernel_size[d], self.stride[d], self.padding[d]) for d in range(3))
-        if min(dims) < 1:
-            raise ValueError(f"{self!r}: input shape {tuple(input_shape)} gives an empty output {dims}")
-        return (self.out_channels,) + dims
+        return _window_output(self, input_shape, self.out_channels)
 
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -134,11 +138,7 @@ class MaxPool3d(Module):
         return max_pool3d_backward(grad, idx, shape)
 
     def output_shape(self, input_shape):
-        c, *spatial = input_shape
-        dims = tuple(conv_output_size(spatial[d], self.kernel_size[d], self.stride[d], self.padding[d]) for d in range(3))
-        if min(dims) < 1:
-            raise ValueError(f"{self!r}: input shape {tuple(input_shape)} gives an empty output {dims}")
-        return (c,) + dims
+        return _window_output(self, input_shape, input_shape[0])
 
     def config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
