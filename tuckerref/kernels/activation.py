@@ -10,14 +10,14 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)  # no fastmath: NaN must survive
 def _relu_inplace(flat):
     for i in prange(flat.size):
         if flat[i] < 0:
             flat[i] = 0
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)  # no fastmath: NaN must survive
 def _relu_backward(y, g, gx):
     for i in prange(y.size):
         gx[i] = g[i] if y[i] > 0 else 0
