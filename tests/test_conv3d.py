@@ -1,7 +1,10 @@
 """conv3d and conv3d_backward against eq. (1) (float64 loop reference), finite differences and bad input."""
+import sys
+from unittest import mock
+
 import numpy as np
 import pytest
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import assume, example, given, settings, strategies as st
 
 from reference import (assert_gradient_along_random_directions, conv3d_ref, conv_arrays, conv_cases,
                        numerical_gradient)
@@ -81,6 +84,44 @@ def test_conv3d_backward_matches_finite_differences_of_g_dot_y(case):
     none, gw2, _ = conv3d_backward(x, w, g, need_grad_x=False, **kw)
     assert none is None
     np.testing.assert_array_equal(gw2, gw)
+
+
+# Output widths for the register-tile path, in SIMD vectors of float64 (4 lanes): exactly one
+# vector, whole tiles, and whole tiles plus a narrower last tile placed flush with the row's end.
+TILE_WIDTHS = (4, 17, 40, 43)
+
+
+@settings(max_examples=12)
+@given(N=st.integers(1, 2), S=st.integers(1, 3), T=st.sampled_from([1, 2, 3, 5, 6]),
+       width=st.sampled_from(TILE_WIDTHS), kernel=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 5)),
+       stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), pad=st.tuples(st.integers(0, 1), st.integers(0, 1)),
+       bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_eq1_register_tile_path_matches_float64_loop_reference(N, S, T, width, kernel, stride, pad, bias, seed):
+    """Eq. (1) through the register tiles: 1-3 channels per tile (T = 5 leaves a 1-channel block),
+    any depth/height stride, unit width stride, output rows of one vector up to several tiles."""
+    assume((kernel, stride, pad) != ((1, 1, 1), (1, 1), (0, 0)))  # that one is the 1x1x1 path
+    r = np.random.default_rng(seed)
+    padding = pad + (kernel[2] // 2,)
+    size = (3, 4, width - 2 * padding[2] + kernel[2] - 1)  # output width == width
+    x = r.uniform(-1, 1, (N, S) + size)
+    w = r.uniform(-1, 1, (T, S) + kernel)
+    b = r.uniform(-1, 1, T) if bias else None
+    conv_module = sys.modules["tuckerref.kernels.conv3d"]
+    with mock.patch.object(conv_module, "_forward_tiles", wraps=conv_module._forward_tiles) as tiles:
+        y = conv3d(x, w, b, stride=stride + (1,), padding=padding)
+    assert y.shape[4] == width and tiles.call_count == 1, "the register-tile path was not taken"
+    np.testing.assert_allclose(y, conv3d_ref(x, w, b, stride + (1,), padding), rtol=1e-12, atol=1e-12)
+
+
+def test_eq1_register_tiles_in_float32_on_a_c1_like_row(rng):
+    """float32 tiles (8 lanes): 3-channel tiles of 4 vectors and 2-channel tiles of 5, rows of 83 = whole tiles + rest."""
+    x = rng.uniform(-1, 1, (1, 3, 3, 4, 83))
+    for T in (6, 2, 1):
+        w = rng.uniform(-1, 1, (T, 3, 2, 3, 5))
+        b = rng.uniform(-1, 1, T)
+        y = conv3d(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), padding=(1, 1, 2))
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y, conv3d_ref(x, w, b, 1, (1, 1, 2)), rtol=1e-5, atol=1e-5)
 
 
 def test_eq1_float32_forward_and_backward_agree_with_float64(rng):

@@ -25,6 +25,10 @@ Two loop structures implement the same sums:
   columns are discarded (forward) or carry a zero gradient (weight gradient). Inner loops then
   run over thousands of contiguous positions instead of one short row, whatever the width.
 * *row kernels* (any stride): one output row at a time.
+* *tile kernels* (unit width stride, output at least one SIMD vector wide; the fast forward
+  path, also used by the input gradient): a register tile of 1-3 output channels by up to 10
+  SIMD vectors of one output row accumulates the whole reduction over (s, i, j, l) in
+  registers (:mod:`.simd`), then is stored once; see :func:`_tile_forward_impl`.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from numba import literally, njit, prange, typeof, types
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
 from .pointwise import pointwise_forward, pointwise_grad_weight
+from .simd import RegisterTile, lanes, tile_broadcast, tile_fma, tile_store
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -174,6 +179,102 @@ def _plane_grad_weight(xq, gq, gw, sd, wp):
                 g_out[l0], g_out[l0 + 1], g_out[l0 + 2], g_out[l0 + 3] = a0, a1, a2, a3
 
 
+@njit(fastmath=True, cache=True)
+def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, plane, x_first, x_strides, kernel):
+    """One register tile of an output row: C = tile.channels channels by tile.vectors SIMD vectors.
+
+    acc = b, then acc += K(s, i, j, l) * Xp(x_first + s*xs + i*xi + j*xj + l) for every tap
+    (x_strides = (xs, xi, xj): flat distances between input channels, taps in depth, taps in
+    height), then stored at out_first (channels ``plane`` apart). The C weights of one tap lie
+    side by side in wt, taps in (s, i, j, l) order from w_first.
+    """
+    C = tile.channels
+    S, kD, kH, kW = kernel
+    xs, xi, xj = x_strides
+    acc = tile_broadcast(tile, bias, bias_first)
+    w0 = w_first
+    for s in range(S):
+        for i in range(kD):
+            for j in range(kH):
+                x0 = x_first + s * xs + i * xi + j * xj
+                for l in range(kW):
+                    acc = tile_fma(tile, acc, wt, w0 + l * C, xp, x0 + l)
+                w0 += kW * C
+    tile_store(tile, acc, out, out_first, plane)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _tile_forward_impl(xp, wt, bias, out, tile, last, dims):
+    """out[n, t, f', h', w'] = b(t) + sum_{s,i,j,l} K(t,s,i,j,l) Xp(n, s, f'*sd + i, h'*sh + j, w' + l).
+
+    Flat C-contiguous arrays: xp the padded input (N, S, Fp, Hp, Wp); wt the weights of the
+    channels t_first ... t_first + blocks*C - 1 packed as (blocks, S, kD, kH, kW, C), C =
+    ``tile.channels``; bias those channels' biases; out the whole output (N, T, Fo, Ho, Wo).
+    Each task computes one output row (n, f', h') of one block of C channels: ``full`` tiles of
+    ``tile.vectors`` SIMD vectors side by side, then, when the row is not a whole number of
+    tiles, the ``last`` tile placed flush with the row's end at ``last_col`` (it may recompute
+    a few columns of the previous tile, writing the same values again).
+    """
+    (N, S, Fp, Hp, Wp, T, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, sd, sh, width, full, last_col) = dims
+    C = tile.channels
+    plane = Fo * Ho * Wo
+    w_block = S * kD * kH * kW * C
+    x_strides = (Fp * Hp * Wp, Hp * Wp, Wp)
+    kernel = (S, kD, kH, kW)
+    for task in prange(N * Fo * Ho * blocks):
+        n = task // (Fo * Ho * blocks)
+        fo = (task // (Ho * blocks)) % Fo
+        ho = (task // blocks) % Ho
+        b = task % blocks
+        out_row = (n * T + t_first + b * C) * plane + (fo * Ho + ho) * Wo
+        x_row = ((n * S * Fp + fo * sd) * Hp + ho * sh) * Wp
+        for u in range(full):
+            col = u * width
+            _tile_segment(tile, xp, wt, b * w_block, b * C, bias, out, out_row + col, plane,
+                          x_row + col, x_strides, kernel)
+        if last_col >= 0:
+            _tile_segment(last, xp, wt, b * w_block, b * C, bias, out, out_row + last_col, plane,
+                          x_row + last_col, x_strides, kernel)
+
+
+#: Tile channels -> SIMD vectors per tile row, sized to the 16 vector registers with room for
+#: the broadcast weights and one input vector (measured best on the c1 shapes, bench/RESULTS.md).
+_TILE_VECTORS = {3: 4, 2: 5, 1: 10}
+
+
+def _tile_channels(T):
+    """Channels per register tile for T output channels: 3 when they divide T, else 2 (or 1)."""
+    return 3 if T % 3 == 0 else 2 if T >= 2 else 1
+
+
+def _tiles_fit(out_width, dtype):
+    return out_width >= lanes(np.dtype(dtype))
+
+
+def _forward_tiles(x, weight, bias, padding, stride, out):
+    """Register-tile forward into ``out`` (N, T, Fo, Ho, Wo); needs unit width stride and Wo >= lanes."""
+    N, T, Fo, Ho, Wo = out.shape
+    S, (kD, kH, kW) = weight.shape[1], weight.shape[2:]
+    xp = _pad(x, padding)
+    bias = np.zeros(T, x.dtype) if bias is None else bias
+    n_lanes = lanes(x.dtype)
+    C = _tile_channels(T)
+    groups = [(0, T // C, C)] + ([(T - T % C, 1, T % C)] if T % C else [])
+    for t_first, blocks, channels in groups:
+        vectors = min(_TILE_VECTORS[channels], Wo // n_lanes)
+        width = vectors * n_lanes
+        full, rest = divmod(Wo, width)
+        last_vectors = -(-rest // n_lanes) if rest else vectors
+        last_col = Wo - last_vectors * n_lanes if rest else -1
+        t_last = t_first + blocks * channels
+        wt = weight[t_first:t_last].reshape((blocks, channels) + weight.shape[1:]).transpose(0, 2, 3, 4, 5, 1)
+        dims = xp.shape[:2] + xp.shape[2:] + (T, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, stride[0], stride[1],
+                                                width, full, last_col)
+        _tile_forward_impl(xp.reshape(-1), np.ascontiguousarray(wt).reshape(-1),
+                           np.ascontiguousarray(bias[t_first:t_last]), out.reshape(-1),
+                           RegisterTile(channels, vectors), RegisterTile(channels, last_vectors), dims)
+
+
 # Compiled entry points of the ``literally`` kernels, by (kernel, argument types, constant values).
 _ENTRY_POINTS = {}
 
@@ -234,10 +335,14 @@ def _validate(x, weight, bias, stride, padding, *, check_finite=True):
 
 
 def _pad(x, padding):
+    """Zero-padded copy of x (N, S, D, H, W); np.zeros plus one copy is about 3x faster than np.pad."""
     if not any(padding):
-        return x
+        return np.ascontiguousarray(x)
     pd, ph, pw = padding
-    return np.pad(x, ((0, 0), (0, 0), (pd, pd), (ph, ph), (pw, pw)))
+    N, S, D, H, W = x.shape
+    xp = np.zeros((N, S, D + 2 * pd, H + 2 * ph, W + 2 * pw), x.dtype)
+    xp[:, :, pd:pd + D, ph:ph + H, pw:pw + W] = x
+    return xp
 
 
 def _pad_planes(x, padding, tail):
@@ -283,17 +388,26 @@ def _conv3d_unchecked(x, weight, bias, stride, padding, out_dims):
     T = weight.shape[0]
     out = np.empty((N, T) + out_dims, dtype=x.dtype)
     with threads_for(out.size * S * weight[0, 0].size):
-        if _is_pointwise(weight, stride, padding):
-            b = np.zeros(T, x.dtype) if bias is None else bias
-            pointwise_forward(x.reshape(N, S, -1), weight.reshape(T, S), b, out.reshape(N, T, -1))
-        elif _uses_planes(stride):
-            _forward_planes(x, weight, bias, padding, stride[0], out)
-        else:
-            out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
-            sd, sh, sw = stride
-            _call_specialised(_direct_forward, _pad(x, padding), weight, out, sd, sh, sw, weight.shape[4],
-                              constants=2)
+        _forward_into(x, weight, bias, stride, padding, out)
     return out
+
+
+def _forward_into(x, weight, bias, stride, padding, out):
+    """Write conv3d(x, weight, bias) into the contiguous ``out``, by the fastest path that applies."""
+    N, S = x.shape[:2]
+    T = weight.shape[0]
+    if _is_pointwise(weight, stride, padding):
+        b = np.zeros(T, x.dtype) if bias is None else bias
+        pointwise_forward(x.reshape(N, S, -1), weight.reshape(T, S), b, out.reshape(N, T, -1))
+    elif stride[2] == 1 and _tiles_fit(out.shape[4], x.dtype):
+        _forward_tiles(x, weight, bias, padding, stride, out)
+    elif _uses_planes(stride):
+        _forward_planes(x, weight, bias, padding, stride[0], out)
+    else:
+        out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
+        sd, sh, sw = stride
+        _call_specialised(_direct_forward, _pad(x, padding), weight, out, sd, sh, sw, weight.shape[4],
+                          constants=2)
 
 
 def _forward_planes(x, weight, bias, padding, sd, out):
@@ -372,8 +486,8 @@ def _input_gradient(x_shape, weight, grad_out, stride, padding):
         grad_out = dil
     flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
     span = tuple(grad_out.shape[2 + d] + ksize[d] - 1 for d in range(3))
-    grad_xp = np.empty((N, weight.shape[1]) + span, grad_out.dtype)  # _forward_planes writes all of it
-    _forward_planes(grad_out, flipped, None, tuple(k - 1 for k in ksize), 1, grad_xp)
+    grad_xp = np.empty((N, weight.shape[1]) + span, grad_out.dtype)  # _forward_into writes all of it
+    _forward_into(grad_out, flipped, None, (1, 1, 1), tuple(k - 1 for k in ksize), grad_xp)
     # Inputs past the last window (floor mode) receive no gradient; then drop the padding.
     padded = tuple(x_shape[2 + d] + 2 * padding[d] for d in range(3))
     if span != padded:

@@ -74,14 +74,15 @@ def _max_pool_values(x, out, kd, kh, kw, sd, sh, sw):
                     for w in range(W):
                         a = row[w]
                         b = src[w]
-                        row[w] = b if (b > a or b != b) else a
+                        # '|' rather than 'or': no branch, so the loop vectorises to compare-and-blend.
+                        row[w] = b if (b > a) | (b != b) else a
+            dst = out[n, c, fo, ho]
             for wo in range(Wo):
                 m = row[wo * sw]
                 for l in range(1, kw):
                     v = row[wo * sw + l]
-                    if v > m or v != v:
-                        m = v
-                out[n, c, fo, ho, wo] = m
+                    m = v if (v > m) | (v != v) else m
+                dst[wo] = m
 
 
 @njit(parallel=True, cache=True)
