@@ -180,27 +180,30 @@ def _plane_grad_weight(xq, gq, gw, sd, wp):
 
 
 @njit(fastmath=True, cache=True)
-def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, plane, x_first, x_strides, kernel):
-    """One register tile of an output row: C = tile.channels channels by tile.vectors SIMD vectors.
+def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_strides, x_first, x_strides, kernel):
+    """One register tile: R = tile.rows output rows x C = tile.channels channels x tile.vectors SIMD vectors.
 
-    acc = b, then acc += K(s, i, j, l) * Xp(x_first + s*xs + i*xi + j*xj + l) for every tap
-    (x_strides = (xs, xi, xj): flat distances between input channels, taps in depth, taps in
-    height), then stored at out_first (channels ``plane`` apart). The C weights of one tap lie
-    side by side in wt, taps in (s, i, j, l) order from w_first.
+    acc = b, then for every tap (s, i, l) and input row r of the tile's window (kH + R - 1 rows),
+    acc[rho] += K(s, i, r - rho, l) * Xp(x_first + s*xs + i*xi + r*xj + l), then stored at
+    out_first (channels and rows ``out_strides`` apart). wt holds the C weights of a tap side by
+    side, taps in (s, i, j, l) order from w_first, with R - 1 zero kernel rows before and after
+    the kH real ones, so that r - rho outside [0, kH) reads a zero.
     """
-    C = tile.channels
+    C, R = tile.channels, tile.rows
     S, kD, kH, kW = kernel
     xs, xi, xj = x_strides
+    w_row = kW * C
     acc = tile_broadcast(tile, bias, bias_first)
-    w0 = w_first
+    w_si = w_first
     for s in range(S):
         for i in range(kD):
-            for j in range(kH):
-                x0 = x_first + s * xs + i * xi + j * xj
+            for r in range(kH + R - 1):
+                x0 = x_first + s * xs + i * xi + r * xj
+                w0 = w_si + (r + R - 1) * w_row
                 for l in range(kW):
-                    acc = tile_fma(tile, acc, wt, w0 + l * C, xp, x0 + l)
-                w0 += kW * C
-    tile_store(tile, acc, out, out_first, plane)
+                    acc = tile_fma(tile, acc, wt, w0 + l * C, w_row, xp, x0 + l)
+            w_si += (kH + 2 * (R - 1)) * w_row
+    tile_store(tile, acc, out, out_first, out_strides[0], out_strides[1])
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -208,38 +211,43 @@ def _tile_forward_impl(xp, wt, bias, out, tile, last, dims):
     """out[n, t, f', h', w'] = b(t) + sum_{s,i,j,l} K(t,s,i,j,l) Xp(n, s, f'*sd + i, h'*sh + j, w' + l).
 
     Flat C-contiguous arrays: xp the padded input (N, S, Fp, Hp, Wp); wt the weights of the
-    channels t_first ... t_first + blocks*C - 1 packed as (blocks, S, kD, kH, kW, C), C =
-    ``tile.channels``; bias those channels' biases; out the whole output (N, T, Fo, Ho, Wo).
-    Each task computes one output row (n, f', h') of one block of C channels: ``full`` tiles of
-    ``tile.vectors`` SIMD vectors side by side, then, when the row is not a whole number of
-    tiles, the ``last`` tile placed flush with the row's end at ``last_col`` (it may recompute
-    a few columns of the previous tile, writing the same values again).
+    channels t_first ... t_first + blocks*C - 1 packed as (blocks, S, kD, kH + 2(R - 1), kW, C)
+    (see :func:`_tile_segment`), C = ``tile.channels``, R = ``tile.rows``; bias those channels'
+    biases; out the whole output (N, T, Fo, Ho, Wo). Each task computes R output rows
+    (n, f', h'...) of one block of C channels: ``full`` tiles of ``tile.vectors`` SIMD vectors
+    side by side, then, when the rows are not a whole number of tiles, the ``last`` tile placed
+    flush with the rows' end at ``last_col``. The last row block is likewise placed flush with
+    the bottom (R > 1 needs sh = 1). Overlapping tiles recompute a few outputs and write the
+    same values again.
     """
     (N, S, Fp, Hp, Wp, T, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, sd, sh, width, full, last_col) = dims
-    C = tile.channels
+    C, R = tile.channels, tile.rows
     plane = Fo * Ho * Wo
-    w_block = S * kD * kH * kW * C
+    w_block = S * kD * (kH + 2 * (R - 1)) * kW * C
     x_strides = (Fp * Hp * Wp, Hp * Wp, Wp)
+    out_strides = (plane, Wo)
     kernel = (S, kD, kH, kW)
-    for task in prange(N * Fo * Ho * blocks):
-        n = task // (Fo * Ho * blocks)
-        fo = (task // (Ho * blocks)) % Fo
-        ho = (task // blocks) % Ho
+    row_blocks = (Ho + R - 1) // R
+    for task in prange(N * Fo * row_blocks * blocks):
+        n = task // (Fo * row_blocks * blocks)
+        fo = (task // (row_blocks * blocks)) % Fo
+        ho = min(((task // blocks) % row_blocks) * R, Ho - R)
         b = task % blocks
         out_row = (n * T + t_first + b * C) * plane + (fo * Ho + ho) * Wo
         x_row = ((n * S * Fp + fo * sd) * Hp + ho * sh) * Wp
         for u in range(full):
             col = u * width
-            _tile_segment(tile, xp, wt, b * w_block, b * C, bias, out, out_row + col, plane,
+            _tile_segment(tile, xp, wt, b * w_block, b * C, bias, out, out_row + col, out_strides,
                           x_row + col, x_strides, kernel)
         if last_col >= 0:
-            _tile_segment(last, xp, wt, b * w_block, b * C, bias, out, out_row + last_col, plane,
+            _tile_segment(last, xp, wt, b * w_block, b * C, bias, out, out_row + last_col, out_strides,
                           x_row + last_col, x_strides, kernel)
 
 
-#: Tile channels -> SIMD vectors per tile row, sized to the 16 vector registers with room for
-#: the broadcast weights and one input vector (measured best on the c1 shapes, bench/RESULTS.md).
-_TILE_VECTORS = {3: 4, 2: 5, 1: 10}
+#: (tile channels, tile rows) -> SIMD vectors per tile row, sized to the 16 vector registers with
+#: room for the broadcast weights and one input vector (measured best on the c1 shapes,
+#: bench/RESULTS.md). One channel uses two rows so that each input load feeds two FMAs.
+_TILE_VECTORS = {(3, 1): 4, (2, 1): 5, (1, 2): 5, (1, 1): 10}
 
 
 def _tile_channels(T):
@@ -249,6 +257,14 @@ def _tile_channels(T):
 
 def _tiles_fit(out_width, dtype):
     return out_width >= lanes(np.dtype(dtype))
+
+
+def _pack_tile_weights(weight, blocks, channels, rows):
+    """(blocks*C, S, kD, kH, kW) -> flat (blocks, S, kD, kH + 2(rows - 1), kW, C), zero rows around kH."""
+    T, S, kD, kH, kW = weight.shape
+    packed = np.zeros((blocks, S, kD, kH + 2 * (rows - 1), kW, channels), weight.dtype)
+    packed[:, :, :, rows - 1:rows - 1 + kH] = weight.reshape(blocks, channels, S, kD, kH, kW).transpose(0, 2, 3, 4, 5, 1)
+    return packed.reshape(-1)
 
 
 def _forward_tiles(x, weight, bias, padding, stride, out):
@@ -261,18 +277,18 @@ def _forward_tiles(x, weight, bias, padding, stride, out):
     C = _tile_channels(T)
     groups = [(0, T // C, C)] + ([(T - T % C, 1, T % C)] if T % C else [])
     for t_first, blocks, channels in groups:
-        vectors = min(_TILE_VECTORS[channels], Wo // n_lanes)
+        rows = 2 if channels == 1 and stride[1] == 1 and Ho >= 2 else 1
+        vectors = min(_TILE_VECTORS[channels, rows], Wo // n_lanes)
         width = vectors * n_lanes
         full, rest = divmod(Wo, width)
         last_vectors = -(-rest // n_lanes) if rest else vectors
         last_col = Wo - last_vectors * n_lanes if rest else -1
         t_last = t_first + blocks * channels
-        wt = weight[t_first:t_last].reshape((blocks, channels) + weight.shape[1:]).transpose(0, 2, 3, 4, 5, 1)
         dims = xp.shape[:2] + xp.shape[2:] + (T, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, stride[0], stride[1],
                                                 width, full, last_col)
-        _tile_forward_impl(xp.reshape(-1), np.ascontiguousarray(wt).reshape(-1),
+        _tile_forward_impl(xp.reshape(-1), _pack_tile_weights(weight[t_first:t_last], blocks, channels, rows),
                            np.ascontiguousarray(bias[t_first:t_last]), out.reshape(-1),
-                           RegisterTile(channels, vectors), RegisterTile(channels, last_vectors), dims)
+                           RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows), dims)
 
 
 # Compiled entry points of the ``literally`` kernels, by (kernel, argument types, constant values).

@@ -3,12 +3,17 @@
 LLVM's loop vectoriser turns a loop over output positions into vector code, but it keeps one
 accumulator chain per output vector, so a convolution's long multiply-add reduction waits on
 the FMA latency (about half of the machine's peak here). The fix of every fast convolution or
-matrix product is a *register tile*: a block of accumulators, several output channels by
-several vectors of positions, that stays in registers for the whole reduction. Each step then
-broadcasts one weight per channel, loads each input vector once, and issues
-``channels x vectors`` independent FMAs:
+matrix product is a *register tile*: a block of accumulators (output rows x channels x SIMD
+vectors of positions) that stays in registers for the whole reduction. Each step loads each
+input vector once, broadcasts one weight per row and channel, and issues
+``rows x channels x vectors`` independent FMAs:
 
-    acc[k, v] += broadcast(w[k]) * x[v*L : (v+1)*L]        k < channels, v < vectors
+    acc[r, k, v] += broadcast(w[w_start - r*w_row_step + k]) * x[x_start + v*L : ... + L]
+
+With one row, each input vector feeds ``channels`` FMAs. With several rows (a convolution with
+unit height stride), output row r takes the same input row through kernel row j - r, so each
+input vector also feeds every row: that is what keeps a one-channel tile from being limited by
+loads rather than FMAs.
 
 Numba has no vector type, so this module adds one (``Vector``: an LLVM ``<L x float>`` of
 :data:`VECTOR_BYTES` bytes) and three intrinsics that work on a tuple of them:
@@ -44,20 +49,22 @@ def lanes(dtype) -> int:
 
 
 class RegisterTile:
-    """Shape of a register tile: ``channels`` output channels by ``vectors`` SIMD vectors.
+    """Shape of a register tile: ``rows`` output rows x ``channels`` channels x ``vectors`` SIMD vectors.
 
     Passed to a kernel as an argument, it makes the shape a compile-time constant.
     """
 
-    def __init__(self, channels: int, vectors: int):
-        if channels < 1 or vectors < 1:
-            raise ValueError(f"a register tile needs >= 1 channel and vector, got ({channels}, {vectors})")
-        if channels * vectors + channels + 1 > VECTOR_REGISTERS:
-            raise ValueError(f"tile ({channels}, {vectors}) needs more than {VECTOR_REGISTERS} vector registers")
-        self.channels, self.vectors = channels, vectors
+    def __init__(self, channels: int, vectors: int, rows: int = 1):
+        if min(channels, vectors, rows) < 1:
+            raise ValueError(f"a register tile needs >= 1 row, channel and vector, got "
+                             f"rows={rows}, channels={channels}, vectors={vectors}")
+        if rows * channels * (vectors + 1) + 1 > VECTOR_REGISTERS:
+            raise ValueError(f"tile of {rows} x {channels} x {vectors} needs more than {VECTOR_REGISTERS} "
+                             f"vector registers")
+        self.channels, self.vectors, self.rows = channels, vectors, rows
 
     def __repr__(self):
-        return f"RegisterTile({self.channels}, {self.vectors})"
+        return f"RegisterTile({self.channels}, {self.vectors}, rows={self.rows})"
 
 
 class Vector(types.Type):
@@ -69,9 +76,9 @@ class Vector(types.Type):
 
 
 class RegisterTileType(types.Type):
-    def __init__(self, channels, vectors):
-        self.channels, self.vectors = channels, vectors
-        super().__init__(name=f"RegisterTile({channels}, {vectors})")
+    def __init__(self, channels, vectors, rows):
+        self.channels, self.vectors, self.rows = channels, vectors, rows
+        super().__init__(name=f"RegisterTile({channels}, {vectors}, rows={rows})")
 
 
 @register_model(Vector)
@@ -86,7 +93,7 @@ register_model(RegisterTileType)(models.OpaqueModel)
 
 @typeof_impl.register(RegisterTile)
 def _typeof_register_tile(value, context):
-    return RegisterTileType(value.channels, value.vectors)
+    return RegisterTileType(value.channels, value.vectors, value.rows)
 
 
 @unbox(RegisterTileType)
@@ -106,8 +113,14 @@ def _tile_vectors(tile):
     return lambda tile: vectors
 
 
+@overload_attribute(RegisterTileType, "rows")
+def _tile_rows(tile):
+    rows = tile.rows
+    return lambda tile: rows
+
+
 def _accumulators(tile, dtype):
-    return types.UniTuple(Vector(dtype, lanes(dtype)), tile.channels * tile.vectors)
+    return types.UniTuple(Vector(dtype, lanes(dtype)), tile.rows * tile.channels * tile.vectors)
 
 
 def _address(context, builder, array_type, array, offset):
@@ -137,7 +150,7 @@ def _check_flat(name, array):
 
 @intrinsic
 def tile_broadcast(typingctx, tile, values, start):
-    """acc[k, v] = broadcast(values[start + k]) for every channel k and vector v."""
+    """acc[r, k, v] = broadcast(values[start + k]) for every row r, channel k and vector v."""
     _check_flat("values", values)
     acc = _accumulators(tile, values.dtype)
     n = lanes(values.dtype)
@@ -145,57 +158,65 @@ def tile_broadcast(typingctx, tile, values, start):
     def codegen(context, builder, sig, args):
         _, array, first = args
         base = _address(context, builder, sig.args[1], array, first)
-        out = []
-        for k in range(tile.channels):
-            out += [_broadcast(builder, builder.load(_step(builder, base, k)), n)] * tile.vectors
+        channel = [_broadcast(builder, builder.load(_step(builder, base, k)), n) for k in range(tile.channels)]
+        out = [channel[k] for _ in range(tile.rows) for k in range(tile.channels) for _ in range(tile.vectors)]
         return context.make_tuple(builder, acc, out)
 
     return acc(tile, values, start), codegen
 
 
 @intrinsic
-def tile_fma(typingctx, tile, acc, w, w_start, x, x_start):
-    """One reduction step: acc[k, v] += broadcast(w[w_start + k]) * x[x_start + v*L : ... + L]."""
+def tile_fma(typingctx, tile, acc, w, w_start, w_row_step, x, x_start):
+    """One reduction step: acc[r, k, v] += broadcast(w[w_start - r*w_row_step + k]) * x[x_start + v*L : ... + L]."""
     _check_flat("w", w)
     _check_flat("x", x)
     n = acc.dtype.lanes
     align = acc.dtype.dtype.bitwidth // 8
+    C, V = tile.channels, tile.vectors
 
     def codegen(context, builder, sig, args):
-        _, tiles, warr, wfirst, xarr, xfirst = args
+        _, tiles, warr, wfirst, wstep, xarr, xfirst = args
         vty = context.get_value_type(acc.dtype)
         suffix = "f32" if acc.dtype.dtype.bitwidth == 32 else "f64"
         fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                                  f"llvm.fmuladd.v{n}{suffix}")
-        wbase = _address(context, builder, sig.args[2], warr, wfirst)
-        weights = [_broadcast(builder, builder.load(_step(builder, wbase, k)), n) for k in range(tile.channels)]
-        xbase = _address(context, builder, sig.args[4], xarr, xfirst)
-        out = [None] * (tile.channels * tile.vectors)
-        for v in range(tile.vectors):
+        weights = []
+        for r in range(tile.rows):
+            first = builder.sub(wfirst, builder.mul(wstep, ir.Constant(wstep.type, r)))
+            wbase = _address(context, builder, sig.args[2], warr, first)
+            weights.append([_broadcast(builder, builder.load(_step(builder, wbase, k)), n) for k in range(C)])
+        xbase = _address(context, builder, sig.args[5], xarr, xfirst)
+        out = [None] * (tile.rows * C * V)
+        for v in range(V):
             xv = builder.load(_vector_pointer(builder, _step(builder, xbase, v * n), n), align=align)
-            for k in range(tile.channels):
-                i = k * tile.vectors + v
-                out[i] = builder.call(fmuladd, [weights[k], xv, builder.extract_value(tiles, i)])
+            for r in range(tile.rows):
+                for k in range(C):
+                    i = (r * C + k) * V + v
+                    out[i] = builder.call(fmuladd, [weights[r][k], xv, builder.extract_value(tiles, i)])
         return context.make_tuple(builder, acc, out)
 
-    return acc(tile, acc, w, w_start, x, x_start), codegen
+    return acc(tile, acc, w, w_start, w_row_step, x, x_start), codegen
 
 
 @intrinsic
-def tile_store(typingctx, tile, acc, out, start, channel_stride):
-    """out[start + k*channel_stride + v*L : ... + L] = acc[k, v]."""
+def tile_store(typingctx, tile, acc, out, start, channel_stride, row_stride):
+    """out[start + r*row_stride + k*channel_stride + v*L : ... + L] = acc[r, k, v]."""
     _check_flat("out", out)
     n = acc.dtype.lanes
     align = acc.dtype.dtype.bitwidth // 8
+    C, V = tile.channels, tile.vectors
 
     def codegen(context, builder, sig, args):
-        _, tiles, oarr, first, stride = args
+        _, tiles, oarr, first, cstride, rstride = args
         base = _address(context, builder, sig.args[2], oarr, first)
-        for k in range(tile.channels):
-            row = builder.gep(base, [builder.mul(stride, ir.Constant(stride.type, k))], inbounds=True)
-            for v in range(tile.vectors):
-                builder.store(builder.extract_value(tiles, k * tile.vectors + v),
-                              _vector_pointer(builder, _step(builder, row, v * n), n), align=align)
+        for r in range(tile.rows):
+            for k in range(C):
+                offset = builder.add(builder.mul(rstride, ir.Constant(rstride.type, r)),
+                                     builder.mul(cstride, ir.Constant(cstride.type, k)))
+                row = builder.gep(base, [offset], inbounds=True)
+                for v in range(V):
+                    builder.store(builder.extract_value(tiles, (r * C + k) * V + v),
+                                  _vector_pointer(builder, _step(builder, row, v * n), n), align=align)
         return context.get_dummy_value()
 
-    return types.none(tile, acc, out, start, channel_stride), codegen
+    return types.none(tile, acc, out, start, channel_stride, row_stride), codegen
