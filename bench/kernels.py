@@ -83,18 +83,6 @@ def main(args):
     rng = np.random.default_rng(0)
     rows = []  # (what, shape, median ms, figure, unit)
 
-    n = 2048
-    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-    t = median_seconds(lambda: a @ b, args.repeats)
-    matmul_gflops = 2 * n**3 / t / 1e9
-    rows.append(("NumPy matmul float32", f"{n}x{n} @ {n}x{n}", t, matmul_gflops, "GFLOP/s"))
-
-    src = rng.standard_normal(2**24, dtype=np.float32)  # 64 MiB
-    dst = np.empty_like(src)
-    t = median_seconds(lambda: np.copyto(dst, src), args.repeats)
-    copy_gbs = 2 * src.nbytes / t / 1e9
-    rows.append(("np.copyto float32", "64 MiB", t, copy_gbs, "GB/s"))
-
     conv_gflops = {}
     for name, S, T in CONVS:
         x = rng.standard_normal((1, S) + CLIP, dtype=np.float32)
@@ -117,6 +105,20 @@ def main(args):
         moved = (S + T) * prod(CLIP) * 4
         t = median_seconds(lambda: conv3d(x, w), args.repeats)
         rows.append((f"conv3d 1x1x1 {name}", f"{S}x{'x'.join(map(str, CLIP))}", t, moved / t / 1e9, "GB/s"))
+
+    # The references run last: OpenBLAS's threads keep spinning for a while after a matrix
+    # product, and measured first they slowed the next Numba kernel by up to a third.
+    n = 2048
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    t = median_seconds(lambda: a @ b, args.repeats)
+    matmul_gflops = 2 * n**3 / t / 1e9
+    rows.append(("NumPy matmul float32", f"{n}x{n} @ {n}x{n}", t, matmul_gflops, "GFLOP/s"))
+
+    src = rng.standard_normal(2**24, dtype=np.float32)  # 64 MiB
+    dst = np.empty_like(src)
+    t = median_seconds(lambda: np.copyto(dst, src), args.repeats)
+    copy_gbs = 2 * src.nbytes / t / 1e9
+    rows.append(("np.copyto float32", "64 MiB", t, copy_gbs, "GB/s"))
 
     threads = numba.get_num_threads()
     print(f"bench/kernels.py: batch 1, float32, median of {args.repeats} after a warm-up; "
