@@ -26,9 +26,10 @@ Two loop structures implement the same sums:
   run over thousands of contiguous positions instead of one short row, whatever the width.
 * *row kernels* (any stride): one output row at a time.
 * *tile kernels* (unit width stride, output at least one SIMD vector wide; the fast forward
-  path, also used by the input gradient): a register tile of 1-3 output channels by up to 10
-  SIMD vectors of one output row accumulates the whole reduction over (s, i, j, l) in
-  registers (:mod:`.simd`), then is stored once; see :func:`_tile_forward_impl`.
+  path, also used by the input gradient): a register tile of 3 output channels x 4 SIMD vectors,
+  2 x 5, or, for a single channel, 2 output rows x 5 vectors, accumulates the whole reduction
+  over (s, i, j, l) in registers (:mod:`.simd`) and is stored once, straight into the output;
+  see :func:`_tile_forward_impl`.
 """
 from __future__ import annotations
 
