@@ -270,6 +270,8 @@ def _pack_tile_weights(weight, blocks, channels, rows):
 
 def _forward_tiles(x, weight, bias, padding, stride, out):
     """Register-tile forward into ``out`` (N, T, Fo, Ho, Wo); needs unit width stride and Wo >= lanes."""
+    if not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous (the kernel writes its flat view), got strides {out.strides}")
     N, T, Fo, Ho, Wo = out.shape
     S, (kD, kH, kW) = weight.shape[1], weight.shape[2:]
     xp = _pad(x, padding)
@@ -285,8 +287,7 @@ def _forward_tiles(x, weight, bias, padding, stride, out):
         last_vectors = -(-rest // n_lanes) if rest else vectors
         last_col = Wo - last_vectors * n_lanes if rest else -1
         t_last = t_first + blocks * channels
-        dims = xp.shape[:2] + xp.shape[2:] + (T, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, stride[0], stride[1],
-                                                width, full, last_col)
+        dims = xp.shape + (T, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, stride[0], stride[1], width, full, last_col)
         _tile_forward_impl(xp.reshape(-1), _pack_tile_weights(weight[t_first:t_last], blocks, channels, rows),
                            np.ascontiguousarray(bias[t_first:t_last]), out.reshape(-1),
                            RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows), dims)
