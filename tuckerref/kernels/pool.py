@@ -17,6 +17,15 @@ from ._checks import as_triple, float_array, window_output_dims
 from ._threads import threads_for
 
 
+@njit(inline="always", cache=True)
+def _nan_max(a, b):
+    """max(a, b) that propagates NaN (keeps a NaN a, takes a NaN b).
+
+    '|' rather than 'or': no branch, so loops over it vectorise to compare-and-blend.
+    """
+    return b if (b > a) | (b != b) else a
+
+
 @njit(parallel=True, cache=True)
 def _max_pool_forward(x, out, idx, kd, kh, kw, sd, sh, sw, pd, ph, pw):
     N, C, D, H, W = x.shape
@@ -72,16 +81,12 @@ def _max_pool_values(x, out, kd, kh, kw, sd, sh, sw):
                         continue
                     src = x[n, c, fo * sd + i, ho * sh + j]
                     for w in range(W):
-                        a = row[w]
-                        b = src[w]
-                        # '|' rather than 'or': no branch, so the loop vectorises to compare-and-blend.
-                        row[w] = b if (b > a) | (b != b) else a
+                        row[w] = _nan_max(row[w], src[w])
             dst = out[n, c, fo, ho]
             for wo in range(Wo):
                 m = row[wo * sw]
                 for l in range(1, kw):
-                    v = row[wo * sw + l]
-                    m = v if (v > m) | (v != v) else m
+                    m = _nan_max(m, row[wo * sw + l])
                 dst[wo] = m
 
 
