@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from numba import njit
 
-from tuckerref.kernels.simd import RegisterTile, lanes, tile_broadcast, tile_fma, tile_store
+from tuckerref.kernels.simd import RegisterTile, lanes, tile_broadcast, tile_fma, tile_mix, tile_store
 
 
 @njit(cache=True)
@@ -56,3 +56,34 @@ def test_lanes_fill_one_32_byte_vector():
 def test_register_tile_rejects_shapes_that_do_not_fit_the_vector_registers(shape):
     with pytest.raises(ValueError, match=r"register tile|vector registers"):
         RegisterTile(*shape)
+
+
+@njit(cache=True)
+def _mixed_store(tile, one_channel, acc_values, w, b, outputs, out, channel_stride, row_stride):
+    acc = tile_broadcast(tile, acc_values, 0)
+    for t in range(outputs):
+        tile_store(one_channel, tile_mix(tile, acc, w, t * tile.channels, b, t), out, t * channel_stride, 0,
+                   row_stride)
+
+
+@settings(max_examples=8)
+@given(shape=st.sampled_from([(1, 1, 1), (2, 5, 1), (3, 4, 1), (1, 5, 2)]), outputs=st.integers(1, 4),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31 - 1))
+def test_tile_mix_is_a_1x1x1_convolution_of_the_tile_channels(shape, outputs, dtype, seed):
+    """y[t] = b[t] + sum_k U[t, k] acc[k] (eq. 10 applied to a tile), stored as a one-channel tile per t."""
+    C, V, R = shape
+    L = lanes(np.dtype(dtype))
+    r = np.random.default_rng(seed)
+    acc = r.standard_normal(C).astype(dtype)  # the tile holds acc[k] in every row and lane of channel k
+    u = r.standard_normal(outputs * C).astype(dtype)
+    b = r.standard_normal(outputs).astype(dtype)
+    channel_stride, row_stride = R * (V * L + 2), V * L + 2
+    out = np.full(outputs * channel_stride, -7.0, dtype)
+    _mixed_store(RegisterTile(C, V, R), RegisterTile(1, V, R), acc, u, b, outputs, out, channel_stride, row_stride)
+    expect = np.full(outputs * channel_stride, -7.0)
+    for t in range(outputs):
+        for row in range(R):
+            at = t * channel_stride + row * row_stride
+            expect[at:at + V * L] = b[t] + u[t * C:(t + 1) * C].astype(np.float64) @ acc.astype(np.float64)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(out, expect, rtol=tol, atol=tol)

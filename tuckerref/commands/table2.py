@@ -4,8 +4,9 @@ For each layer with parameters (c1, c2, l1, l2, l_out): method, S/R_in, T/R_out,
 (paper convention, NOTES.md section 5) and time, each with its sub-layer breakdown, then the
 improvement factors: storage (weights), theoretical speed-up (FLOPs ratio) and observed speed-up
 (time ratio). Parameter-free layers (ReLU, pooling, dropout, flatten) are summed in an "other" row;
-the total time is the whole forward pass. Prints the table and writes ``table2.md`` and
-``table2.json`` (atomically) to ``--out``.
+the total time is the whole forward pass. Sub-layers are timed one by one; with the numba backend
+a Tucker-2 block's own time is its fused forward pass (:mod:`tuckerref.nn.fusion`). Prints the table
+and writes ``table2.md`` and ``table2.json`` (atomically) to ``--out``.
 
 Timing backends: ``--backend`` offers the keys of :data:`tuckerref.profile.PROFILERS`; a backend is
 a function ``(net, x, *, repeats, warmup, threads) -> NetworkProfile`` whose layer names are the
@@ -148,6 +149,9 @@ def render(table: dict) -> str:
     title = (f"Table 2, input {tuple(table['input_shape'])} batch {table['batch']}, backend {table['backend']}, "
              f"{table['threads']} thread(s), {table['clock']} time over {table['repeats']} repeats "
              f"(warm-up {table['warmup']}); sub-layer breakdowns in brackets")
+    if table["backend"] == "numba":
+        title += ("\n\nEach sub-layer is timed alone. A Tucker-2 block runs fused (its 1x1x1 output mix in the "
+                  "core's register tiles), so it can take less than the sum of its sub-layers.")
     return "\n\n".join([title, markdown_table(head, body), markdown_table(speed_head, speed)])
 
 

@@ -29,7 +29,8 @@ Two loop structures implement the same sums:
   path, also used by the input gradient): a register tile of 3 output channels x 4 SIMD vectors,
   2 x 5, or, for a single channel, 2 output rows x 5 vectors, accumulates the whole reduction
   over (s, i, j, l) in registers (:mod:`.simd`) and is stored once, straight into the output;
-  see :func:`_tile_forward_impl`.
+  see :func:`_tile_forward_impl`. A tile can also mix its channels by a 1x1x1 convolution
+  before it stores (the fused Tucker-2 block of :mod:`.tucker2`).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from numba import literally, njit, prange, typeof, types
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
 from .pointwise import pointwise_forward, pointwise_grad_weight
-from .simd import RegisterTile, lanes, tile_broadcast, tile_fma, tile_store
+from .simd import RegisterTile, lanes, tile_broadcast, tile_fma, tile_mix, tile_store
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -181,7 +182,8 @@ def _plane_grad_weight(xq, gq, gw, sd, wp):
 
 
 @njit(fastmath=True, cache=True)
-def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_strides, x_first, x_strides, kernel):
+def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_strides, x_first, x_strides, kernel,
+                  mix):
     """One register tile: R = tile.rows output rows x C = tile.channels channels x tile.vectors SIMD vectors.
 
     acc = b, then for every tap (s, i, l) and input row r of the tile's window (kH + R - 1 rows),
@@ -189,6 +191,10 @@ def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_s
     out_first (channels and rows ``out_strides`` apart). wt holds the C weights of a tap side by
     side, taps in (s, i, j, l) order from w_first, with R - 1 zero kernel rows before and after
     the kH real ones, so that r - rho outside [0, kH) reads a zero.
+
+    With ``mix = (one_channel_tile, U, c, outputs)`` the tile's C channels are not stored but mixed
+    into ``outputs`` channels first, out(t) = c(t) + sum_k U(t, k) acc(k), the 1x1x1 convolution
+    of eq. (10) done while the tile is still in registers (U flat, row-major (outputs, C)).
     """
     C, R = tile.channels, tile.rows
     S, kD, kH, kW = kernel
@@ -204,11 +210,17 @@ def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_s
                 for l in range(kW):
                     acc = tile_fma(tile, acc, wt, w0 + l * C, w_row, xp, x0 + l)
             w_si += (kH + 2 * (R - 1)) * w_row
-    tile_store(tile, acc, out, out_first, out_strides[0], out_strides[1])
+    if mix is None:
+        tile_store(tile, acc, out, out_first, out_strides[0], out_strides[1])
+    else:
+        one_channel, u, c, outputs = mix
+        for t in range(outputs):
+            tile_store(one_channel, tile_mix(tile, acc, u, t * C, c, t), out, out_first + t * out_strides[0], 0,
+                       out_strides[1])
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _tile_forward_impl(xp, wt, bias, out, tile, last, dims):
+def _tile_forward_impl(xp, wt, bias, out, tile, last, dims, mix=None, last_mix=None):
     """out[n, t, f', h', w'] = b(t) + sum_{s,i,j,l} K(t,s,i,j,l) Xp(n, s, f'*sd + i, h'*sh + j, w' + l).
 
     Flat C-contiguous arrays: xp the padded input (N, S, Fp, Hp, Wp); wt the weights of the
@@ -219,7 +231,9 @@ def _tile_forward_impl(xp, wt, bias, out, tile, last, dims):
     side by side, then, when the rows are not a whole number of tiles, the ``last`` tile placed
     flush with the rows' end at ``last_col``. The last row block is likewise placed flush with
     the bottom (R > 1 needs sh = 1). Overlapping tiles recompute a few outputs and write the
-    same values again.
+    same values again. ``mix`` and ``last_mix`` (one per tile shape), when given, make each tile
+    store its 1x1x1 mix instead (see :func:`_tile_segment`); then ``blocks`` is 1, ``t_first`` 0 and
+    T counts the mixed output channels.
     """
     (N, S, Fp, Hp, Wp, T, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, sd, sh, width, full, last_col) = dims
     C, R = tile.channels, tile.rows
@@ -239,10 +253,10 @@ def _tile_forward_impl(xp, wt, bias, out, tile, last, dims):
         for u in range(full):
             col = u * width
             _tile_segment(tile, xp, wt, b * w_block, b * C, bias, out, out_row + col, out_strides,
-                          x_row + col, x_strides, kernel)
+                          x_row + col, x_strides, kernel, mix)
         if last_col >= 0:
             _tile_segment(last, xp, wt, b * w_block, b * C, bias, out, out_row + last_col, out_strides,
-                          x_row + last_col, x_strides, kernel)
+                          x_row + last_col, x_strides, kernel, last_mix)
 
 
 #: (tile channels, tile rows) -> SIMD vectors per tile row, sized to the 16 vector registers with
@@ -268,12 +282,19 @@ def _pack_tile_weights(weight, blocks, channels, rows):
     return packed.reshape(-1)
 
 
-def _forward_tiles(x, weight, bias, padding, stride, out):
-    """Register-tile forward into ``out`` (N, T, Fo, Ho, Wo); needs unit width stride and Wo >= lanes."""
+def _forward_tiles(x, weight, bias, padding, stride, out, mix=None):
+    """Register-tile forward into ``out`` (N, T, Fo, Ho, Wo); needs unit width stride and Wo >= lanes.
+
+    With ``mix = (U, c)``, U of shape (T_out, T) and c (T_out,), ``out`` (N, T_out, Fo, Ho, Wo) gets
+    the 1x1x1 convolution c + U * conv(x) instead, mixed in each tile's epilogue; that needs all T
+    channels in one tile (:func:`tiles_hold_all_channels`).
+    """
     if not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous (the kernel writes its flat view), got strides {out.strides}")
-    N, T, Fo, Ho, Wo = out.shape
-    S, (kD, kH, kW) = weight.shape[1], weight.shape[2:]
+    N, T_out, Fo, Ho, Wo = out.shape
+    T, S, (kD, kH, kW) = weight.shape[0], weight.shape[1], weight.shape[2:]
+    if mix is not None and not tiles_hold_all_channels(T):
+        raise ValueError(f"a mixed tile store needs the {T} channels in one tile (at most 3)")
     xp = _pad(x, padding)
     bias = np.zeros(T, x.dtype) if bias is None else bias
     n_lanes = lanes(x.dtype)
@@ -287,10 +308,18 @@ def _forward_tiles(x, weight, bias, padding, stride, out):
         last_vectors = -(-rest // n_lanes) if rest else vectors
         last_col = Wo - last_vectors * n_lanes if rest else -1
         t_last = t_first + blocks * channels
-        dims = xp.shape + (T, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, stride[0], stride[1], width, full, last_col)
+        dims = xp.shape + (T_out, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, stride[0], stride[1], width, full, last_col)
+        tiles = RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows)
+        mixes = (None, None) if mix is None else tuple(
+            (RegisterTile(1, tile.vectors, rows), np.ascontiguousarray(mix[0], x.dtype).reshape(-1),
+             np.ascontiguousarray(mix[1], x.dtype), T_out) for tile in tiles)
         _tile_forward_impl(xp.reshape(-1), _pack_tile_weights(weight[t_first:t_last], blocks, channels, rows),
-                           np.ascontiguousarray(bias[t_first:t_last]), out.reshape(-1),
-                           RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows), dims)
+                           np.ascontiguousarray(bias[t_first:t_last]), out.reshape(-1), *tiles, dims, *mixes)
+
+
+def tiles_hold_all_channels(T):
+    """True when one register tile holds all T output channels (T <= 3), as a mixed store needs."""
+    return _tile_channels(T) == T
 
 
 # Compiled entry points of the ``literally`` kernels, by (kernel, argument types, constant values).

@@ -16,9 +16,10 @@ input vector also feeds every row: that is what keeps a one-channel tile from be
 loads rather than FMAs.
 
 Numba has no vector type, so this module adds one (``Vector``: an LLVM ``<L x float>`` of
-:data:`VECTOR_BYTES` bytes) and three intrinsics that work on a tuple of them:
+:data:`VECTOR_BYTES` bytes) and four intrinsics that work on a tuple of them:
 :func:`tile_broadcast` (fill from one value per channel, e.g. the bias), :func:`tile_fma`
-(one reduction step) and :func:`tile_store`. A :class:`RegisterTile` argument fixes the tile's
+(one reduction step), :func:`tile_mix` (a 1x1x1 convolution of the tile's channels, for a
+Tucker-2 block's last factor, eq. 10) and :func:`tile_store`. A :class:`RegisterTile` argument fixes the tile's
 shape at compile time, so each shape is its own (cached) specialisation and LLVM allocates
 the accumulators to registers. Everything is plain LLVM IR (``llvm.fmuladd``), so the code is
 portable: a target without 256-bit vectors splits each vector in two.
@@ -196,6 +197,40 @@ def tile_fma(typingctx, tile, acc, w, w_start, w_row_step, x, x_start):
         return context.make_tuple(builder, acc, out)
 
     return acc(tile, acc, w, w_start, w_row_step, x, x_start), codegen
+
+
+@intrinsic
+def tile_mix(typingctx, tile, acc, w, w_start, b, b_start):
+    """Mix the channels of a tile into one: y[r, v] = b[b_start] + sum_k w[w_start + k] * acc[r, k, v].
+
+    The result is a one-channel tile (``rows`` x 1 x ``vectors``), summed in channel order from
+    the bias, as a 1x1x1 convolution does; store it with a ``RegisterTile(1, vectors, rows)``.
+    """
+    _check_flat("w", w)
+    _check_flat("b", b)
+    n = acc.dtype.lanes
+    C, V, R = tile.channels, tile.vectors, tile.rows
+    mixed = types.UniTuple(acc.dtype, R * V)
+
+    def codegen(context, builder, sig, args):
+        _, tiles, warr, wfirst, barr, bfirst = args
+        vty = context.get_value_type(acc.dtype)
+        suffix = "f32" if acc.dtype.dtype.bitwidth == 32 else "f64"
+        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                                 f"llvm.fmuladd.v{n}{suffix}")
+        wbase = _address(context, builder, sig.args[2], warr, wfirst)
+        weights = [_broadcast(builder, builder.load(_step(builder, wbase, k)), n) for k in range(C)]
+        bias = _broadcast(builder, builder.load(_address(context, builder, sig.args[4], barr, bfirst)), n)
+        out = []
+        for r in range(R):
+            for v in range(V):
+                y = bias
+                for k in range(C):
+                    y = builder.call(fmuladd, [weights[k], builder.extract_value(tiles, (r * C + k) * V + v), y])
+                out.append(y)
+        return context.make_tuple(builder, mixed, out)
+
+    return mixed(tile, acc, w, w_start, b, b_start), codegen
 
 
 @intrinsic

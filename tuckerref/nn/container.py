@@ -1,8 +1,10 @@
-"""Sequential: children applied in order, gradients propagated in reverse."""
+"""Sequential: children applied in order, gradients propagated in reverse (a Tucker-2 block fused in inference)."""
 from __future__ import annotations
 
 from collections import OrderedDict
 
+from .fusion import tucker2_forward, tucker2_layers
+from .grad_mode import is_grad_enabled
 from .module import Module
 
 
@@ -45,6 +47,10 @@ class Sequential(Module):
             m.needs_input_grad = value if i == 0 else True
 
     def forward(self, x):
+        if not is_grad_enabled():
+            block = tucker2_layers(self._modules.values())
+            if block is not None:
+                return tucker2_forward(block, x)
         for m in self._modules.values():
             x = m.forward(x)
         return x

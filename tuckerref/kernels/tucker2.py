@@ -1,0 +1,74 @@
+"""A Tucker-2 convolution block in one pass: eqs. (8)-(10) of the paper, for inference.
+
+A Tucker-2 layer replaces K by three convolutions,
+
+    Z = U_s^T * X                 (eq. 8: 1x1x1, S -> R_s)
+    Z' = C conv Z                 (eq. 9: the core, R_s -> R_t, the original kernel, stride and padding)
+    Y(t) = b(t) + sum_r U_t(t, r) Z'(r)   (eq. 10: 1x1x1, R_t -> T)
+
+Run one after the other, the core writes Z' out and the last 1x1x1 convolution reads it back
+and writes Y: two passes over memory that the FLOP count does not see, and in a compressed
+network they weigh as much as a tenth of the core. When one register tile holds all R_t core
+channels (R_t <= 3, the paper's ranks), the tile mixes its channels by U_t before it stores, so
+Z' never reaches memory (:func:`tuckerref.kernels.simd.tile_mix`). Each output is summed in
+the same order as the three convolutions would sum it. Otherwise, and for shapes the register
+tiles do not cover, the three convolutions run in turn.
+
+Gradients are not part of this: a network being trained runs its three layers one by one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import common_dtype, float_array, require_finite
+from ._threads import threads_for
+from .conv3d import _forward_into, _forward_tiles, _tiles_fit, _validate, tiles_hold_all_channels
+
+
+def _check_factor(name, weight, layout):
+    weight = float_array(weight, name, 5, layout=layout)
+    if weight.shape[2:] != (1, 1, 1):
+        raise ValueError(f"{name} must be a 1x1x1 kernel ({layout}, 1, 1, 1), got shape {weight.shape}")
+    return weight
+
+
+def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, check_finite=True):
+    """Y = last * (core conv (first * x)) + bias, eqs. (8)-(10), as one convolution block.
+
+    ``first`` (R_s, S, 1, 1, 1) is U_s^T, ``core`` (R_t, R_s, kD, kH, kW) the core with the
+    original layer's ``stride`` and ``padding``, ``last`` (T, R_t, 1, 1, 1) is U_t, ``bias`` (T,)
+    the original layer's bias: the weights of the three Conv3d layers of a Tucker-2 block.
+    Returns (N, T, D', H', W'), the same values as the three convolutions in turn.
+    """
+    first = _check_factor("first", first, "R_s, S")
+    last = _check_factor("last", last, "T, R_t")
+    core = float_array(core, "core", 5, layout="R_t, R_s, kD, kH, kW")
+    if core.shape[1] != first.shape[0] or last.shape[1] != core.shape[0]:
+        raise ValueError(f"Tucker-2 factor shapes do not chain: first {first.shape}, core {core.shape}, "
+                         f"last {last.shape} (need first (R_s, S), core (R_t, R_s, ...), last (T, R_t))")
+    bias = None if bias is None else float_array(bias, "bias", 1)
+    if bias is not None and bias.shape[0] != last.shape[0]:
+        raise ValueError(f"bias has shape {bias.shape} but last has {last.shape[0]} output channels")
+    if check_finite:
+        for name, a in (("first", first), ("core", core), ("last", last), ("bias", bias)):
+            if a is not None:
+                require_finite(a, name)
+    x, first, _, _, _, z_dims = _validate(x, first, None, 1, 0, check_finite=check_finite)
+    dtype = common_dtype(x, core, last, bias)
+    x, first, core, last = (a.astype(dtype, copy=False) for a in (x, first, core, last))
+    bias = None if bias is None else bias.astype(dtype, copy=False)
+    N, T, R_t = x.shape[0], last.shape[0], core.shape[0]
+    z = np.empty((N, first.shape[0]) + z_dims, dtype)
+    with threads_for(z.size * x.shape[1]):
+        _forward_into(x, first, None, (1, 1, 1), (0, 0, 0), z)
+    z, core, _, stride, padding, out_dims = _validate(z, core, None, stride, padding, check_finite=False)
+    out = np.empty((N, T) + out_dims, dtype)
+    with threads_for(N * R_t * int(np.prod(out_dims)) * core[0].size):
+        if stride[2] == 1 and _tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t):
+            mix_bias = np.zeros(T, dtype) if bias is None else bias
+            _forward_tiles(z, core, None, padding, stride, out, mix=(last.reshape(T, R_t), mix_bias))
+        else:
+            y = np.empty((N, R_t) + out_dims, dtype)
+            _forward_into(z, core, None, stride, padding, y)
+            _forward_into(y, last, bias, (1, 1, 1), (0, 0, 0), out)
+    return out
