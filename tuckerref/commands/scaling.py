@@ -4,7 +4,8 @@ For one layer of the paper network, its Tucker-2 replacement (eqs. 8-10: 1x1x1 S
 1x1x1 R_t->T) is built with random weights for every rank pair of a grid (optionally also for other
 output-channel counts T and core kernel sizes) and timed on the real input that layer sees in the
 network. A least-squares fit ``time = a + b * FLOPs`` (paper-convention FLOPs, NOTES.md section 5)
-gives R^2, the achieved throughput 1/b (GFLOP/s) and the fixed overhead a. Writes ``scaling.csv``,
+gives R^2, the achieved throughput 1/b (GFLOP/s) and the fixed overhead a. Timing is inference
+(``no_grad``, so a Tucker-2 block runs fused) in round-robin rounds over the configurations. Writes ``scaling.csv``,
 ``scaling.json`` and ``scaling.png`` (time against FLOPs, the fit line, points labelled by ranks).
 
 ``l1`` is swept as the convolution it is equivalent to (kernel = the 16 x 6 x 6 x 9 feature volume);
@@ -19,8 +20,8 @@ import numpy as np
 
 from ..flops import count_layer
 from ..models import PAPER_INPUT_SHAPE, feature_volume, thetis_net
-from ..nn import Conv3d, Linear, Sequential
-from ..profile import capture_inputs, check_repeats, check_threads, numba_threads, time_call
+from ..nn import Conv3d, Linear, Sequential, no_grad
+from ..profile import Stats, capture_inputs, check_repeats, check_threads, numba_threads, time_call
 from ..report import write_csv, write_json
 
 
@@ -121,8 +122,11 @@ def sweep(net: Sequential, layer: str, x: np.ndarray, ranks: list, *, out_channe
           repeats=3, warmup=1, threads=None, timer=numba_timer, progress=None) -> list:
     """Time every configuration on the input ``layer`` sees in ``net`` for the batch ``x``; list of row dicts.
 
-    ``timer(module, input, repeats, warmup) -> (wall Stats, cpu Stats)`` lets another backend time the
-    same modules on the same input (``bench/vs_torch.py``).
+    Every configuration is warmed up first (``progress(i, n, label)`` after each), then timed in
+    ``repeats`` rounds of one call each, round robin, so that a drift of the machine's speed during
+    the sweep shifts all points alike instead of bending the fit. ``timer(module, input, repeats,
+    warmup) -> (wall Stats, cpu Stats)`` lets another backend time the same modules on the same
+    input (``bench/vs_torch.py``).
     """
     repeats, warmup = check_repeats(repeats, warmup)
     threads = check_threads(threads)
@@ -133,21 +137,29 @@ def sweep(net: Sequential, layer: str, x: np.ndarray, ranks: list, *, out_channe
         raise ValueError(f"ranks {ranks} give fewer than two valid configurations for {layer} "
                          f"(S={geom['S']}, T={geom['T']})")
     net.eval()
-    with numba_threads(threads):
+    with numba_threads(threads), no_grad():  # inference, as the paper timed it (and as table2 does)
         if layer == net.names()[0]:
             layer_input = x
         else:
             layer_input = capture_inputs(net, x)[layer]
         layer_input = np.ascontiguousarray(layer_input.reshape((x.shape[0],) + tuple(geom["volume"])))
+        modules = [module for _, module in points]
+        for i, module in enumerate(modules):  # compile and warm up every configuration first
+            timer(module, layer_input, 1, warmup)
+            if progress:
+                progress(i + 1, len(points), points[i][0])
+        walls, cpus = [[] for _ in modules], [[] for _ in modules]
+        for _ in range(repeats):  # round robin: a change in the machine's speed touches every point alike
+            for i, module in enumerate(modules):
+                wall, cpu = timer(module, layer_input, 1, 0)
+                walls[i] += wall.samples
+                cpus[i] += cpu.samples
         rows = []
-        for i, (label, module) in enumerate(points):
+        for (label, module), wall, cpu in zip(points, map(Stats, walls), map(Stats, cpus)):
             rec = count_layer(module, geom["volume"])
-            wall, cpu = timer(module, layer_input, repeats, warmup)
             rows.append({"layer": layer, **label, "params": rec.params, "flops": rec.flops, "macs": rec.macs,
                          "wall_median_s": wall.median, "wall_mean_s": wall.mean, "wall_std_s": wall.std,
                          "cpu_median_s": cpu.median, "cpu_mean_s": cpu.mean, "cpu_std_s": cpu.std})
-            if progress:
-                progress(i + 1, len(points), rows[-1])
     return rows
 
 
@@ -247,9 +259,8 @@ def run(args):
     threads = check_threads(args.threads)
     rows = sweep(net, args.layer, x, ranks, out_channels=out_channels, kernels=kernels, repeats=args.repeats,
                  warmup=args.warmup, threads=threads,
-                 progress=lambda i, n, r: print(f"  [{i}/{n}] ({r['rs']},{r['rt']}) T={r['T']} "
-                                                f"{r['flops']:,} FLOPs: {r[args.clock + '_median_s'] * 1e3:.3f} ms",
-                                                flush=True))
+                 progress=lambda i, n, r: print(f"  warmed up [{i}/{n}] ({r['rs']},{r['rt']}) T={r['T']} "
+                                                f"kernel {r['kernel']}", flush=True))
     fit = fit_time_vs_flops([r["flops"] for r in rows], [r[f"{args.clock}_median_s"] for r in rows])
     print_rows(rows, args.clock)
     print_fit(fit)
