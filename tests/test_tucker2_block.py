@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 from reference import conv3d_ref
 from tuckerref import conv3d
 from tuckerref.commands.scaling import tucker2_stand_in
+from tuckerref.kernels.pointwise import pointwise_forward_padded
 from tuckerref.kernels.tucker2 import tucker2_conv3d
 from tuckerref.nn import Conv3d, Sequential, no_grad
 
@@ -41,12 +42,30 @@ def test_eqs_8_to_10_fused_block_equals_its_three_convolutions_float64_reference
     first, core, last, b = _factors(r, S, R_s, R_t, T, kernel)
     b = b if bias else None
     x = r.uniform(-1, 1, (N, S, 3, 4, width))
-    with mock.patch.object(KERNELS, "_forward_tiles", wraps=KERNELS._forward_tiles) as tiles:
+    with mock.patch.object(KERNELS, "_forward_tiles_padded", wraps=KERNELS._forward_tiles_padded) as tiles:
         y = tucker2_conv3d(x, first, core, last, b, stride=stride, padding=pad)
     expect = conv3d_ref(conv3d_ref(conv3d_ref(x, first), core, stride=stride, padding=pad), last, b)
     np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
     mixed = R_t <= 3 and stride[2] == 1 and y.shape[4] >= 4  # 4 float64 lanes
     assert tiles.call_count == int(mixed), "the mixed-tile path was taken when it should not be, or not taken"
+
+
+@settings(max_examples=6)
+@given(shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 9)),
+       T=st.integers(1, 3), pad=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)),
+       seed=st.integers(0, 2**31 - 1))
+def test_eq8_pointwise_into_a_padded_interior_leaves_the_border_untouched(shape, T, pad, seed):
+    """out[n, t, d+pd, h+ph, pw:pw+W] = b(t) + sum_s U(t, s) x[n, s, d, h, :]; every border value keeps its -7."""
+    r = np.random.default_rng(seed)
+    x = r.uniform(-1, 1, shape)
+    u, b = r.uniform(-1, 1, (T, shape[1])), r.uniform(-1, 1, T)
+    N, _, D, H, W = shape
+    out = np.full((N, T, D + 2 * pad[0], H + 2 * pad[1], W + 2 * pad[2]), -7.0)
+    pointwise_forward_padded(x, u, b, out, *pad)
+    inner = (slice(None), slice(None)) + tuple(slice(p, p + n) for p, n in zip(pad, (D, H, W)))
+    np.testing.assert_allclose(out[inner], conv3d_ref(x, u[:, :, None, None, None], b), rtol=1e-12, atol=1e-12)
+    out[inner] = -7.0
+    assert np.all(out == -7.0)
 
 
 @pytest.mark.parametrize("R_t", [1, 2, 3])

@@ -282,22 +282,27 @@ def _pack_tile_weights(weight, blocks, channels, rows):
     return packed.reshape(-1)
 
 
-def _forward_tiles(x, weight, bias, padding, stride, out, mix=None):
-    """Register-tile forward into ``out`` (N, T, Fo, Ho, Wo); needs unit width stride and Wo >= lanes.
+def _forward_tiles(x, weight, bias, padding, stride, out):
+    """Register-tile forward into ``out`` (N, T, Fo, Ho, Wo); needs unit width stride and Wo >= lanes."""
+    _forward_tiles_padded(_pad(x, padding), weight, bias, stride, out)
+
+
+def _forward_tiles_padded(xp, weight, bias, stride, out, mix=None):
+    """:func:`_forward_tiles` on the zero-padded input ``xp`` (C-contiguous).
 
     With ``mix = (U, c)``, U of shape (T_out, T) and c (T_out,), ``out`` (N, T_out, Fo, Ho, Wo) gets
     the 1x1x1 convolution c + U * conv(x) instead, mixed in each tile's epilogue; that needs all T
     channels in one tile (:func:`tiles_hold_all_channels`).
     """
-    if not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous (the kernel writes its flat view), got strides {out.strides}")
+    if not (out.flags.c_contiguous and xp.flags.c_contiguous):
+        raise ValueError(f"the tile kernels read and write flat views: xp (strides {xp.strides}) and out "
+                         f"(strides {out.strides}) must be C-contiguous")
     N, T_out, Fo, Ho, Wo = out.shape
     T, S, (kD, kH, kW) = weight.shape[0], weight.shape[1], weight.shape[2:]
     if mix is not None and not tiles_hold_all_channels(T):
         raise ValueError(f"a mixed tile store needs the {T} channels in one tile (at most 3)")
-    xp = _pad(x, padding)
-    bias = np.zeros(T, x.dtype) if bias is None else bias
-    n_lanes = lanes(x.dtype)
+    bias = np.zeros(T, xp.dtype) if bias is None else bias
+    n_lanes = lanes(xp.dtype)
     C = _tile_channels(T)
     groups = [(0, T // C, C)] + ([(T - T % C, 1, T % C)] if T % C else [])
     for t_first, blocks, channels in groups:
@@ -311,8 +316,8 @@ def _forward_tiles(x, weight, bias, padding, stride, out, mix=None):
         dims = xp.shape + (T_out, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, stride[0], stride[1], width, full, last_col)
         tiles = RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows)
         mixes = (None, None) if mix is None else tuple(
-            (RegisterTile(1, tile.vectors, rows), np.ascontiguousarray(mix[0], x.dtype).reshape(-1),
-             np.ascontiguousarray(mix[1], x.dtype), T_out) for tile in tiles)
+            (RegisterTile(1, tile.vectors, rows), np.ascontiguousarray(mix[0], xp.dtype).reshape(-1),
+             np.ascontiguousarray(mix[1], xp.dtype), T_out) for tile in tiles)
         _tile_forward_impl(xp.reshape(-1), _pack_tile_weights(weight[t_first:t_last], blocks, channels, rows),
                            np.ascontiguousarray(bias[t_first:t_last]), out.reshape(-1), *tiles, dims, *mixes)
 

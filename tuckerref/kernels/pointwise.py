@@ -17,6 +17,25 @@ from numba import njit, prange
 _BLOCK = 4096
 
 
+@njit(inline="always")
+def _mix_span(x, x_start, x_channel_stride, w, t, b, out, out_start, m):
+    """out[out_start + p] = b + sum_s w[t, s] * x[x_start + s*x_channel_stride + p] for p < m (flat arrays).
+
+    Summed in channel order from the bias; each of the m positions is independent, so the loops
+    over p are the vectorised ones.
+    """
+    o = out[out_start:out_start + m]
+    x0 = x[x_start:x_start + m]
+    w0 = w[t, 0]
+    for p in range(m):
+        o[p] = b + w0 * x0[p]
+    for s in range(1, w.shape[1]):
+        ws = w[t, s]
+        xs = x[x_start + s * x_channel_stride:x_start + s * x_channel_stride + m]
+        for p in range(m):
+            o[p] += ws * xs[p]
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def pointwise_forward(x, w, bias, out):
     """out[n, t, :] = bias[t] + sum_s w[t, s] * x[n, s, :] for x (N, S, P), w (T, S), out (N, T, P).
@@ -25,23 +44,34 @@ def pointwise_forward(x, w, bias, out):
     """
     N, S, P = x.shape
     T = w.shape[0]
+    xf, of = x.reshape(x.size), out.reshape(out.size)
     nblk = (P + _BLOCK - 1) // _BLOCK
     for task in prange(N * nblk):
         n = task // nblk
         p0 = (task % nblk) * _BLOCK
         m = min(P - p0, _BLOCK)
         for t in range(T):
-            o = out[n, t, p0:p0 + m]
-            b = bias[t]
-            w0 = w[t, 0]
-            x0 = x[n, 0, p0:p0 + m]
-            for p in range(m):
-                o[p] = b + w0 * x0[p]
-            for s in range(1, S):
-                ws = w[t, s]
-                xs = x[n, s, p0:p0 + m]
-                for p in range(m):
-                    o[p] += ws * xs[p]
+            _mix_span(xf, n * S * P + p0, P, w, t, bias[t], of, (n * T + t) * P + p0, m)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def pointwise_forward_padded(x, w, bias, out, pd, ph, pw):
+    """The same, x (N, S, D, H, W) into the interior of a padded out (N, T, D + 2pd, H + 2ph, W + 2pw).
+
+    out[n, t, d + pd, h + ph, pw:pw + W] = bias[t] + sum_s w[t, s] * x[n, s, d, h, :]; the border of
+    ``out`` is left as it is (zeros, for the convolution that reads it next).
+    """
+    N, S, D, H, W = x.shape
+    T = w.shape[0]
+    Dp, Hp, Wp = out.shape[2], out.shape[3], out.shape[4]
+    xf, of = x.reshape(x.size), out.reshape(out.size)
+    for task in prange(N * D * H):
+        n = task // (D * H)
+        d = (task // H) % D
+        h = task % H
+        for t in range(T):
+            _mix_span(xf, ((n * S * D + d) * H + h) * W, D * H * W, w, t, bias[t], of,
+                      (((n * T + t) * Dp + d + pd) * Hp + h + ph) * Wp + pw, W)
 
 
 @njit(parallel=True, fastmath=True, cache=True)

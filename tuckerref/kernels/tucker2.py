@@ -6,11 +6,12 @@ A Tucker-2 layer replaces K by three convolutions,
     Z' = C conv Z                 (eq. 9: the core, R_s -> R_t, the original kernel, stride and padding)
     Y(t) = b(t) + sum_r U_t(t, r) Z'(r)   (eq. 10: 1x1x1, R_t -> T)
 
-Run one after the other, the core writes Z' out and the last 1x1x1 convolution reads it back
-and writes Y: two passes over memory that the FLOP count does not see, and in a compressed
-network they weigh as much as a tenth of the core. When one register tile holds all R_t core
-channels (R_t <= 3, the paper's ranks), the tile mixes its channels by U_t before it stores, so
-Z' never reaches memory (:func:`tuckerref.kernels.simd.tile_mix`). Each output is summed in
+Run one after the other, Z is copied into a zero-padded buffer for the core, the core writes Z'
+out and the last 1x1x1 convolution reads it back and writes Y: passes over memory that the
+FLOP count does not see, and in a compressed network they weigh as much as a tenth of the core.
+When one register tile holds all R_t core channels (R_t <= 3, the paper's ranks), U_s writes Z
+straight into the padded buffer and each core tile mixes its channels by U_t before it stores,
+so Z' never reaches memory (:func:`tuckerref.kernels.simd.tile_mix`). Each output is summed in
 the same order as the three convolutions would sum it. Otherwise, and for shapes the register
 tiles do not cover, the three convolutions run in turn.
 
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import common_dtype, float_array, require_finite
+from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
-from .conv3d import _forward_into, _forward_tiles, _tiles_fit, _validate, tiles_hold_all_channels
+from .conv3d import _forward_into, _forward_tiles_padded, _tiles_fit, _validate, tiles_hold_all_channels
+from .pointwise import pointwise_forward_padded
 
 
 def _check_factor(name, weight, layout):
@@ -57,18 +59,34 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, chec
     dtype = common_dtype(x, core, last, bias)
     x, first, core, last = (a.astype(dtype, copy=False) for a in (x, first, core, last))
     bias = None if bias is None else bias.astype(dtype, copy=False)
-    N, T, R_t = x.shape[0], last.shape[0], core.shape[0]
-    z = np.empty((N, first.shape[0]) + z_dims, dtype)
-    with threads_for(z.size * x.shape[1]):
-        _forward_into(x, first, None, (1, 1, 1), (0, 0, 0), z)
-    z, core, _, stride, padding, out_dims = _validate(z, core, None, stride, padding, check_finite=False)
+    N, T, R_s, R_t = x.shape[0], last.shape[0], first.shape[0], core.shape[0]
+    stride, padding, out_dims = _core_geometry(z_dims, core, stride, padding)
     out = np.empty((N, T) + out_dims, dtype)
-    with threads_for(N * R_t * int(np.prod(out_dims)) * core[0].size):
-        if stride[2] == 1 and _tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t):
-            mix_bias = np.zeros(T, dtype) if bias is None else bias
-            _forward_tiles(z, core, None, padding, stride, out, mix=(last.reshape(T, R_t), mix_bias))
-        else:
-            y = np.empty((N, R_t) + out_dims, dtype)
-            _forward_into(z, core, None, stride, padding, y)
-            _forward_into(y, last, bias, (1, 1, 1), (0, 0, 0), out)
+    if stride[2] == 1 and _tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t):
+        # U_s writes straight into the zero-padded input of the core, whose tiles mix by U_t.
+        zp = np.zeros((N, R_s) + tuple(n + 2 * p for n, p in zip(z_dims, padding)), dtype)
+        with threads_for(N * R_s * int(np.prod(z_dims)) * x.shape[1]):
+            pointwise_forward_padded(x, first.reshape(R_s, -1), np.zeros(R_s, dtype), zp, *padding)
+        with threads_for(N * R_t * int(np.prod(out_dims)) * core[0].size):
+            _forward_tiles_padded(zp, core, None, stride, out,
+                                  mix=(last.reshape(T, R_t), np.zeros(T, dtype) if bias is None else bias))
+        return out
+    z = np.empty((N, R_s) + z_dims, dtype)
+    y = np.empty((N, R_t) + out_dims, dtype)
+    one, zero = (1, 1, 1), (0, 0, 0)
+    for inp, weight, b, s, p, res in ((x, first, None, one, zero, z), (z, core, None, stride, padding, y),
+                                      (y, last, bias, one, zero, out)):
+        with threads_for(res.size * weight[0].size):
+            _forward_into(inp, weight, b, s, p, res)
     return out
+
+
+def _core_geometry(z_dims, core, stride, padding):
+    """(stride, padding, output dims) of the core convolution on an input of spatial shape z_dims, checked."""
+    stride = as_triple(stride, "stride", minimum=1)
+    padding = as_triple(padding, "padding", minimum=0)
+    out_dims = window_output_dims(z_dims, core.shape[2:], stride, padding)
+    if min(out_dims) < 1:
+        raise ValueError(f"empty output: the core's input spatial shape {z_dims} with padding {padding} is "
+                         f"smaller than its kernel {core.shape[2:]} (output would be {out_dims})")
+    return stride, padding, out_dims
