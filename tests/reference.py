@@ -199,3 +199,20 @@ def distinct_input(case):
     r = np.random.default_rng(case["seed"])
     size = int(np.prod(case["shape"]))
     return r.permutation(size).reshape(case["shape"]).astype(np.float64) - size / 2, r
+
+
+#: The most channels one register tile holds, by vector registers (what a mixed Tucker-2 store needs).
+TILE_CHANNELS_AT_MOST = {16: 3, 32: 6}
+
+
+def vector_registers(n):
+    """Context: the kernels choose their register tiles as on a target with ``n`` vector registers.
+
+    Tile shapes change only speed, so every register file's shapes can be checked on any machine
+    (with more registers than the machine has, LLVM spills, but the sums are the same).
+    """
+    from unittest import mock
+
+    from tuckerref.kernels import simd
+    return mock.patch.object(simd, "VECTOR_REGISTERS", n)
+

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
 from reference import (assert_gradient_along_random_directions, conv3d_ref, conv_arrays, conv_cases,
-                       numerical_gradient)
+                       numerical_gradient, vector_registers)
 from tuckerref import conv3d, conv3d_backward
 
 # A case whose kernel is larger than the unpadded input in every dimension, with batch 2.
@@ -91,14 +91,16 @@ def test_conv3d_backward_matches_finite_differences_of_g_dot_y(case):
 TILE_WIDTHS = (4, 17, 40, 43)
 
 
-@settings(max_examples=12)
-@given(N=st.integers(1, 2), S=st.integers(1, 3), T=st.sampled_from([1, 2, 3, 5, 6]),
+@settings(max_examples=14)
+@given(N=st.integers(1, 2), S=st.integers(1, 3), T=st.sampled_from([1, 2, 3, 5, 6, 7]),
        width=st.sampled_from(TILE_WIDTHS), kernel=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 5)),
        stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), pad=st.tuples(st.integers(0, 1), st.integers(0, 1)),
-       bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
-def test_eq1_register_tile_path_matches_float64_loop_reference(N, S, T, width, kernel, stride, pad, bias, seed):
-    """Eq. (1) through the register tiles: 1-3 channels per tile (T = 5 leaves a 1-channel block),
-    any depth/height stride, unit width stride, output rows of one vector up to several tiles."""
+       bias=st.booleans(), registers=st.sampled_from([16, 32]), seed=st.integers(0, 2**31 - 1))
+def test_eq1_register_tile_path_matches_float64_loop_reference(N, S, T, width, kernel, stride, pad, bias, registers,
+                                                               seed):
+    """Eq. (1) through the register tiles of either register file: 1-6 channels per tile (T = 5 and 7
+    leave a narrower block with 16 registers, T = 7 with 32), one-channel tiles over two rows, any
+    depth/height stride, unit width stride, output rows of one vector up to several tiles."""
     assume((kernel, stride, pad) != ((1, 1, 1), (1, 1), (0, 0)))  # that one is the 1x1x1 path
     r = np.random.default_rng(seed)
     padding = pad + (kernel[2] // 2,)
@@ -107,10 +109,45 @@ def test_eq1_register_tile_path_matches_float64_loop_reference(N, S, T, width, k
     w = r.uniform(-1, 1, (T, S) + kernel)
     b = r.uniform(-1, 1, T) if bias else None
     conv_module = sys.modules["tuckerref.kernels.conv3d"]
-    with mock.patch.object(conv_module, "_forward_tiles", wraps=conv_module._forward_tiles) as tiles:
+    with vector_registers(registers), \
+            mock.patch.object(conv_module, "_forward_tiles", wraps=conv_module._forward_tiles) as tiles:
         y = conv3d(x, w, b, stride=stride + (1,), padding=padding)
     assert y.shape[4] == width and tiles.call_count == 1, "the register-tile path was not taken"
     np.testing.assert_allclose(y, conv3d_ref(x, w, b, stride + (1,), padding), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("registers", [16, 32])
+def test_eq1_an_infinite_input_reaches_only_the_outputs_whose_window_holds_it(registers, rng):
+    """Only outputs whose window (eq. 1) covers the inf are non-finite, as in a loop over the
+    kernel's taps: the tiles never multiply an input by a weight outside the kernel (a two-row
+    tile's first and last input rows feed one of its rows only)."""
+    x = rng.uniform(-1, 1, (1, 2, 3, 9, 24))
+    x[0, 1, 1, 0, 7] = np.inf  # first input row: a two-row tile starting there must not use it for row 1
+    x[0, 0, 2, 8, 3] = -np.inf  # last input row
+    w = rng.uniform(0.5, 1, (1, 2, 2, 3, 5))  # one output channel: two-row tiles
+    with vector_registers(registers):
+        y = conv3d(x, w, padding=(0, 0, 2), check_finite=False)
+    reach = conv3d_ref(np.isinf(x).astype(float), np.ones_like(w), padding=(0, 0, 2)) > 0
+    np.testing.assert_array_equal(~np.isfinite(y), reach)
+    finite = conv3d_ref(np.where(np.isinf(x), 0.0, x), w, padding=(0, 0, 2))
+    np.testing.assert_allclose(y[~reach], finite[~reach], rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=8)
+@given(N=st.integers(1, 3), S=st.integers(1, 4), T=st.integers(1, 9), size=st.tuples(st.integers(1, 4),
+       st.integers(1, 4), st.integers(2, 9)), stride=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 2)),
+       bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_eq1_a_kernel_covering_the_whole_input_is_a_matrix_vector_product(N, S, T, size, stride, bias, seed):
+    """Y(n, t, 0, 0, 0) = b(t) + sum_{s,i,j,l} K(t, s, i, j, l) X(n, s, i, j, l): l1 of the paper as a
+    convolution over its feature volume (any stride: there is one window)."""
+    r = np.random.default_rng(seed)
+    x, w = r.uniform(-1, 1, (N, S) + size), r.uniform(-1, 1, (T, S) + size)
+    b = r.uniform(-1, 1, T) if bias else None
+    conv_module = sys.modules["tuckerref.kernels.conv3d"]
+    with mock.patch.object(conv_module, "_linear_forward", wraps=conv_module._linear_forward) as matvec:
+        y = conv3d(x, w, b, stride=stride)
+    assert matvec.call_count == 1 and y.shape == (N, T, 1, 1, 1)
+    np.testing.assert_allclose(y, conv3d_ref(x, w, b, stride), rtol=1e-12, atol=1e-12)
 
 
 def test_eq1_register_tiles_in_float32_on_a_c1_like_row(rng):

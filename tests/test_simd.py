@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from numba import njit
 
-from tuckerref.kernels.simd import RegisterTile, lanes, tile_broadcast, tile_fma, tile_mix, tile_store
+from tuckerref.kernels.simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_mix_store,
+                                    tile_store, vector_registers)
 
 
 @njit(cache=True)
@@ -52,25 +53,56 @@ def test_lanes_fill_one_32_byte_vector():
     assert lanes(np.dtype(np.float32)) == 8 and lanes(np.dtype(np.float64)) == 4
 
 
-@pytest.mark.parametrize("shape", [(0, 1, 1), (1, 0, 1), (1, 1, 0), (4, 3, 1), (1, 15, 1), (2, 3, 2)])
-def test_register_tile_rejects_shapes_that_do_not_fit_the_vector_registers(shape):
+@pytest.mark.parametrize("shape", [(0, 1, 1), (1, 0, 1), (1, 1, 0), (7, 4, 1), (1, 31, 1), (2, 7, 2)])
+def test_register_tile_rejects_shapes_that_do_not_fit_the_largest_register_file(shape):
+    """rows * channels * (vectors + 1) + 1 vector registers must not exceed 32 (AVX-512VL)."""
     with pytest.raises(ValueError, match=r"register tile|vector registers"):
         RegisterTile(*shape)
 
 
+@pytest.mark.parametrize("features, registers", [("+avx2,+fma,+avx512f,+avx512vl", 32), ("+avx2,+fma", 16),
+                                                 ("+avx2,-avx512vl", 16), ("", 16)])
+def test_vector_registers_are_32_only_where_avx512vl_reaches_ymm16_to_ymm31(features, registers):
+    assert vector_registers(features) == registers
+
+
 @njit(cache=True)
-def _mixed_store(tile, one_channel, acc_values, w, b, outputs, out, channel_stride, row_stride):
+def _edge_rows(tile, bias, w, x, out, channel_stride, row_stride):
+    acc = tile_broadcast(tile, bias, 0)
+    acc = tile_fma_rows(tile, 1, 2, acc, w, tile.channels, tile.channels, x, 0)
+    tile_store(tile, acc, out, 0, channel_stride, row_stride)
+
+
+@pytest.mark.parametrize("C, V", [(1, 2), (2, 1), (3, 1)])
+def test_tile_fma_rows_updates_only_the_rows_asked_for(C, V, rng):
+    """Rows [1, 2) of a two-row tile get b + w[C - C + k] * x (row 1 reads w_start - 1*w_row_step);
+    row 0 keeps the bias, even where x holds inf (no multiply by anything is issued for it)."""
+    L = lanes(np.dtype(np.float64))
+    bias = rng.standard_normal(C)
+    w = rng.standard_normal(2 * C)
+    x = rng.standard_normal(V * L)
+    x[0] = np.inf
+    channel_stride, row_stride = V * L, C * V * L
+    out = np.full(2 * row_stride, -7.0)
+    _edge_rows(RegisterTile(C, V, 2), bias, w, x, out, channel_stride, row_stride)
+    for k in range(C):
+        np.testing.assert_array_equal(out[k * channel_stride:(k + 1) * channel_stride], bias[k])
+        np.testing.assert_allclose(out[row_stride + k * channel_stride:row_stride + (k + 1) * channel_stride],
+                                   bias[k] + w[k] * x, rtol=1e-15)
+
+
+@njit(cache=True)
+def _mixed_store(tile, acc_values, w, b, outputs, out, channel_stride, row_stride):
     acc = tile_broadcast(tile, acc_values, 0)
     for t in range(outputs):
-        tile_store(one_channel, tile_mix(tile, acc, w, t * tile.channels, b, t), out, t * channel_stride, 0,
-                   row_stride)
+        tile_mix_store(tile, acc, w, t * tile.channels, b, t, out, t * channel_stride, row_stride)
 
 
 @settings(max_examples=8)
-@given(shape=st.sampled_from([(1, 1, 1), (2, 5, 1), (3, 4, 1), (1, 5, 2)]), outputs=st.integers(1, 4),
+@given(shape=st.sampled_from([(1, 1, 1), (2, 5, 1), (3, 4, 1), (1, 5, 2), (2, 2, 2)]), outputs=st.integers(1, 4),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31 - 1))
-def test_tile_mix_is_a_1x1x1_convolution_of_the_tile_channels(shape, outputs, dtype, seed):
-    """y[t] = b[t] + sum_k U[t, k] acc[k] (eq. 10 applied to a tile), stored as a one-channel tile per t."""
+def test_tile_mix_store_is_a_1x1x1_convolution_of_the_tile_channels(shape, outputs, dtype, seed):
+    """y[t] = b[t] + sum_k U[t, k] acc[k] (eq. 10 applied to a tile), stored row by row per t."""
     C, V, R = shape
     L = lanes(np.dtype(dtype))
     r = np.random.default_rng(seed)
@@ -79,7 +111,7 @@ def test_tile_mix_is_a_1x1x1_convolution_of_the_tile_channels(shape, outputs, dt
     b = r.standard_normal(outputs).astype(dtype)
     channel_stride, row_stride = R * (V * L + 2), V * L + 2
     out = np.full(outputs * channel_stride, -7.0, dtype)
-    _mixed_store(RegisterTile(C, V, R), RegisterTile(1, V, R), acc, u, b, outputs, out, channel_stride, row_stride)
+    _mixed_store(RegisterTile(C, V, R), acc, u, b, outputs, out, channel_stride, row_stride)
     expect = np.full(outputs * channel_stride, -7.0)
     for t in range(outputs):
         for row in range(R):

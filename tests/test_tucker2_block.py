@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from reference import conv3d_ref
+from reference import TILE_CHANNELS_AT_MOST, conv3d_ref, vector_registers
 from tuckerref import conv3d
 from tuckerref.commands.scaling import tucker2_stand_in
 from tuckerref.kernels.pointwise import pointwise_forward_padded
@@ -28,25 +28,28 @@ def _factors(r, S, R_s, R_t, T, kernel, dtype=np.float64):
             r.uniform(-1, 1, (T, R_t, 1, 1, 1)).astype(dtype), r.uniform(-1, 1, T).astype(dtype))
 
 
-@settings(max_examples=12)
-@given(N=st.integers(1, 2), S=st.integers(1, 3), R_s=st.integers(1, 3), R_t=st.integers(1, 4), T=st.integers(1, 5),
-       width=st.sampled_from([3, 4, 17]), kernel=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)),
+@settings(max_examples=14)
+@given(N=st.integers(1, 2), S=st.integers(1, 3), R_s=st.integers(1, 3), R_t=st.sampled_from([1, 2, 3, 4, 6, 7]),
+       T=st.integers(1, 5), width=st.sampled_from([3, 4, 17]),
+       kernel=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)),
        stride=st.tuples(st.integers(1, 2), st.integers(1, 2), st.sampled_from([1, 1, 2])),
        pad=st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1)), bias=st.booleans(),
-       seed=st.integers(0, 2**31 - 1))
+       registers=st.sampled_from([16, 32]), seed=st.integers(0, 2**31 - 1))
 def test_eqs_8_to_10_fused_block_equals_its_three_convolutions_float64_reference(
-        N, S, R_s, R_t, T, width, kernel, stride, pad, bias, seed):
-    """Mixed in the tiles (R_t <= 3, unit width stride, output >= one vector wide) or not, the
-    block is conv(conv(conv(X, U_s^T), C), U_t) + b; the test also checks which path ran."""
+        N, S, R_s, R_t, T, width, kernel, stride, pad, bias, registers, seed):
+    """Mixed in the tiles (R_t <= 3 with 16 vector registers, <= 6 with 32; unit width stride,
+    output >= one vector wide) or not, the block is conv(conv(conv(X, U_s^T), C), U_t) + b; the
+    test also checks which path ran."""
     r = np.random.default_rng(seed)
     first, core, last, b = _factors(r, S, R_s, R_t, T, kernel)
     b = b if bias else None
     x = r.uniform(-1, 1, (N, S, 3, 4, width))
-    with mock.patch.object(KERNELS, "_forward_tiles_padded", wraps=KERNELS._forward_tiles_padded) as tiles:
+    with vector_registers(registers), \
+            mock.patch.object(KERNELS, "forward_tiles_padded", wraps=KERNELS.forward_tiles_padded) as tiles:
         y = tucker2_conv3d(x, first, core, last, b, stride=stride, padding=pad)
     expect = conv3d_ref(conv3d_ref(conv3d_ref(x, first), core, stride=stride, padding=pad), last, b)
     np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
-    mixed = R_t <= 3 and stride[2] == 1 and y.shape[4] >= 4  # 4 float64 lanes
+    mixed = R_t <= TILE_CHANNELS_AT_MOST[registers] and stride[2] == 1 and y.shape[4] >= 4  # 4 float64 lanes
     assert tiles.call_count == int(mixed), "the mixed-tile path was taken when it should not be, or not taken"
 
 
@@ -68,12 +71,13 @@ def test_eq8_pointwise_into_a_padded_interior_leaves_the_border_untouched(shape,
     assert np.all(out == -7.0)
 
 
-@pytest.mark.parametrize("R_t", [1, 2, 3])
-def test_fused_block_in_float32_is_bit_identical_to_its_three_convolutions(R_t, rng):
+@pytest.mark.parametrize("R_t, registers", [(1, 16), (2, 16), (3, 16), (2, 32), (5, 32)])
+def test_fused_block_in_float32_is_bit_identical_to_its_three_convolutions(R_t, registers, rng):
     """Each output is summed in the order of the three convolutions: the same float32 bits (c1-like, rows of 83)."""
     first, core, last, b = _factors(rng, 4, 2, R_t, 6, (3, 5, 5), np.float32)
     x = rng.uniform(-1, 1, (1, 4, 4, 6, 83)).astype(np.float32)
-    y = tucker2_conv3d(x, first, core, last, b, padding=(1, 2, 2))
+    with vector_registers(registers):
+        y = tucker2_conv3d(x, first, core, last, b, padding=(1, 2, 2))
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y, conv3d(conv3d(conv3d(x, first), core, padding=(1, 2, 2)), last, b))
 

@@ -26,10 +26,9 @@ Two loop structures implement the same sums:
   run over thousands of contiguous positions instead of one short row, whatever the width.
 * *row kernels* (any stride): one output row at a time.
 * *tile kernels* (unit width stride, output at least one SIMD vector wide; the fast forward
-  path, also used by the input gradient): a register tile of 3 output channels x 4 SIMD vectors,
-  2 x 5, or, for a single channel, 2 output rows x 5 vectors, accumulates the whole reduction
-  over (s, i, j, l) in registers (:mod:`.simd`) and is stored once, straight into the output;
-  see :func:`_tile_forward_impl`. A tile can also mix its channels by a 1x1x1 convolution
+  path, also used by the input gradient): register tiles of output channels x SIMD vectors
+  accumulate the whole reduction in registers and are stored once, straight into the output;
+  see :mod:`.conv3d_tiles`. A tile can also mix its channels by a 1x1x1 convolution
   before it stores (the fused Tucker-2 block of :mod:`.tucker2`).
 """
 from __future__ import annotations
@@ -39,8 +38,11 @@ from numba import literally, njit, prange, typeof, types
 
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
+from .activation import relu as relu_kernel
+from .conv3d_tiles import forward_tiles_padded, tiles_fit
+from .linear import _linear_forward
 from .pointwise import pointwise_forward, pointwise_grad_weight
-from .simd import RegisterTile, lanes, tile_broadcast, tile_fma, tile_mix, tile_store
+from .pool import max_pool3d_values
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -181,150 +183,9 @@ def _plane_grad_weight(xq, gq, gw, sd, wp):
                 g_out[l0], g_out[l0 + 1], g_out[l0 + 2], g_out[l0 + 3] = a0, a1, a2, a3
 
 
-@njit(fastmath=True, cache=True)
-def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_strides, x_first, x_strides, kernel,
-                  mix):
-    """One register tile: R = tile.rows output rows x C = tile.channels channels x tile.vectors SIMD vectors.
-
-    acc = b, then for every tap (s, i, l) and input row r of the tile's window (kH + R - 1 rows),
-    acc[rho] += K(s, i, r - rho, l) * Xp(x_first + s*xs + i*xi + r*xj + l), then stored at
-    out_first (channels and rows ``out_strides`` apart). wt holds the C weights of a tap side by
-    side, taps in (s, i, j, l) order from w_first, with R - 1 zero kernel rows before and after
-    the kH real ones, so that r - rho outside [0, kH) reads a zero.
-
-    With ``mix = (one_channel_tile, U, c, outputs)`` the tile's C channels are not stored but mixed
-    into ``outputs`` channels first, out(t) = c(t) + sum_k U(t, k) acc(k), the 1x1x1 convolution
-    of eq. (10) done while the tile is still in registers (U flat, row-major (outputs, C)).
-    """
-    C, R = tile.channels, tile.rows
-    S, kD, kH, kW = kernel
-    xs, xi, xj = x_strides
-    w_row = kW * C
-    acc = tile_broadcast(tile, bias, bias_first)
-    w_si = w_first
-    for s in range(S):
-        for i in range(kD):
-            for r in range(kH + R - 1):
-                x0 = x_first + s * xs + i * xi + r * xj
-                w0 = w_si + (r + R - 1) * w_row
-                for l in range(kW):
-                    acc = tile_fma(tile, acc, wt, w0 + l * C, w_row, xp, x0 + l)
-            w_si += (kH + 2 * (R - 1)) * w_row
-    if mix is None:
-        tile_store(tile, acc, out, out_first, out_strides[0], out_strides[1])
-    else:
-        one_channel, u, c, outputs = mix
-        for t in range(outputs):
-            tile_store(one_channel, tile_mix(tile, acc, u, t * C, c, t), out, out_first + t * out_strides[0], 0,
-                       out_strides[1])
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _tile_forward_impl(xp, wt, bias, out, tile, last, dims, mix=None, last_mix=None):
-    """out[n, t, f', h', w'] = b(t) + sum_{s,i,j,l} K(t,s,i,j,l) Xp(n, s, f'*sd + i, h'*sh + j, w' + l).
-
-    Flat C-contiguous arrays: xp the padded input (N, S, Fp, Hp, Wp); wt the weights of the
-    channels t_first ... t_first + blocks*C - 1 packed as (blocks, S, kD, kH + 2(R - 1), kW, C)
-    (see :func:`_tile_segment`), C = ``tile.channels``, R = ``tile.rows``; bias those channels'
-    biases; out the whole output (N, T, Fo, Ho, Wo). Each task computes R output rows
-    (n, f', h'...) of one block of C channels: ``full`` tiles of ``tile.vectors`` SIMD vectors
-    side by side, then, when the rows are not a whole number of tiles, the ``last`` tile placed
-    flush with the rows' end at ``last_col``. The last row block is likewise placed flush with
-    the bottom (R > 1 needs sh = 1). Overlapping tiles recompute a few outputs and write the
-    same values again. ``mix`` and ``last_mix`` (one per tile shape), when given, make each tile
-    store its 1x1x1 mix instead (see :func:`_tile_segment`); then ``blocks`` is 1, ``t_first`` 0 and
-    T counts the mixed output channels.
-    """
-    (N, S, Fp, Hp, Wp, T, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, sd, sh, width, full, last_col) = dims
-    C, R = tile.channels, tile.rows
-    plane = Fo * Ho * Wo
-    w_block = S * kD * (kH + 2 * (R - 1)) * kW * C
-    x_strides = (Fp * Hp * Wp, Hp * Wp, Wp)
-    out_strides = (plane, Wo)
-    kernel = (S, kD, kH, kW)
-    row_blocks = (Ho + R - 1) // R
-    for task in prange(N * Fo * row_blocks * blocks):
-        n = task // (Fo * row_blocks * blocks)
-        fo = (task // (row_blocks * blocks)) % Fo
-        ho = min(((task // blocks) % row_blocks) * R, Ho - R)
-        b = task % blocks
-        out_row = (n * T + t_first + b * C) * plane + (fo * Ho + ho) * Wo
-        x_row = ((n * S * Fp + fo * sd) * Hp + ho * sh) * Wp
-        for u in range(full):
-            col = u * width
-            _tile_segment(tile, xp, wt, b * w_block, b * C, bias, out, out_row + col, out_strides,
-                          x_row + col, x_strides, kernel, mix)
-        if last_col >= 0:
-            _tile_segment(last, xp, wt, b * w_block, b * C, bias, out, out_row + last_col, out_strides,
-                          x_row + last_col, x_strides, kernel, last_mix)
-
-
-#: (tile channels, tile rows) -> SIMD vectors per tile row, sized to the 16 vector registers with
-#: room for the broadcast weights and one input vector (measured best on the c1 shapes,
-#: bench/RESULTS.md). One channel uses two rows so that each input load feeds two FMAs.
-_TILE_VECTORS = {(3, 1): 4, (2, 1): 5, (1, 2): 5, (1, 1): 10}
-
-
-def _tile_channels(T):
-    """Channels per register tile for T output channels: 3 when they divide T, else 2 (or 1)."""
-    return 3 if T % 3 == 0 else 2 if T >= 2 else 1
-
-
-def _tiles_fit(out_width, dtype):
-    return out_width >= lanes(np.dtype(dtype))
-
-
-def _pack_tile_weights(weight, blocks, channels, rows):
-    """(blocks*C, S, kD, kH, kW) -> flat (blocks, S, kD, kH + 2(rows - 1), kW, C), zero rows around kH."""
-    T, S, kD, kH, kW = weight.shape
-    packed = np.zeros((blocks, S, kD, kH + 2 * (rows - 1), kW, channels), weight.dtype)
-    packed[:, :, :, rows - 1:rows - 1 + kH] = weight.reshape(blocks, channels, S, kD, kH, kW).transpose(0, 2, 3, 4, 5, 1)
-    return packed.reshape(-1)
-
-
 def _forward_tiles(x, weight, bias, padding, stride, out):
     """Register-tile forward into ``out`` (N, T, Fo, Ho, Wo); needs unit width stride and Wo >= lanes."""
-    _forward_tiles_padded(_pad(x, padding), weight, bias, stride, out)
-
-
-def _forward_tiles_padded(xp, weight, bias, stride, out, mix=None):
-    """:func:`_forward_tiles` on the zero-padded input ``xp`` (C-contiguous).
-
-    With ``mix = (U, c)``, U of shape (T_out, T) and c (T_out,), ``out`` (N, T_out, Fo, Ho, Wo) gets
-    the 1x1x1 convolution c + U * conv(x) instead, mixed in each tile's epilogue; that needs all T
-    channels in one tile (:func:`tiles_hold_all_channels`).
-    """
-    if not (out.flags.c_contiguous and xp.flags.c_contiguous):
-        raise ValueError(f"the tile kernels read and write flat views: xp (strides {xp.strides}) and out "
-                         f"(strides {out.strides}) must be C-contiguous")
-    N, T_out, Fo, Ho, Wo = out.shape
-    T, S, (kD, kH, kW) = weight.shape[0], weight.shape[1], weight.shape[2:]
-    if mix is not None and not tiles_hold_all_channels(T):
-        raise ValueError(f"a mixed tile store needs the {T} channels in one tile (at most 3)")
-    bias = np.zeros(T, xp.dtype) if bias is None else bias
-    n_lanes = lanes(xp.dtype)
-    C = _tile_channels(T)
-    groups = [(0, T // C, C)] + ([(T - T % C, 1, T % C)] if T % C else [])
-    for t_first, blocks, channels in groups:
-        rows = 2 if channels == 1 and stride[1] == 1 and Ho >= 2 else 1
-        vectors = min(_TILE_VECTORS[channels, rows], Wo // n_lanes)
-        width = vectors * n_lanes
-        full, rest = divmod(Wo, width)
-        last_vectors = -(-rest // n_lanes) if rest else vectors
-        last_col = Wo - last_vectors * n_lanes if rest else -1
-        t_last = t_first + blocks * channels
-        dims = xp.shape + (T_out, t_first, blocks, kD, kH, kW, Fo, Ho, Wo, stride[0], stride[1], width, full, last_col)
-        tiles = RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows)
-        mixes = (None, None) if mix is None else tuple(
-            (RegisterTile(1, tile.vectors, rows), np.ascontiguousarray(mix[0], xp.dtype).reshape(-1),
-             np.ascontiguousarray(mix[1], xp.dtype), T_out) for tile in tiles)
-        _tile_forward_impl(xp.reshape(-1), _pack_tile_weights(weight[t_first:t_last], blocks, channels, rows),
-                           np.ascontiguousarray(bias[t_first:t_last]), out.reshape(-1), *tiles, dims, *mixes)
-
-
-def tiles_hold_all_channels(T):
-    """True when one register tile holds all T output channels (T <= 3), as a mixed store needs."""
-    return _tile_channels(T) == T
+    forward_tiles_padded(_pad(x, padding), weight, bias, stride, out)
 
 
 # Compiled entry points of the ``literally`` kernels, by (kernel, argument types, constant values).
@@ -416,6 +277,10 @@ def _uses_planes(stride):
     return stride[1] == 1 and stride[2] == 1
 
 
+def _is_full_window(x, weight, padding):
+    return padding == (0, 0, 0) and x.shape[2:] == weight.shape[2:]
+
+
 def _is_pointwise(weight, stride, padding):
     return weight.shape[2:] == (1, 1, 1) and stride == (1, 1, 1) and padding == (0, 0, 0)
 
@@ -444,6 +309,36 @@ def _conv3d_unchecked(x, weight, bias, stride, padding, out_dims):
     return out
 
 
+def pooled_dims(out_dims, pool) -> tuple:
+    """Output dims of a max pooling with kernel = stride = ``pool`` and no padding, checked non-empty."""
+    pooled = tuple(o // k for o, k in zip(out_dims, pool))
+    if min(pooled) < 1:
+        raise ValueError(f"empty output: a convolution output of spatial shape {tuple(out_dims)} is smaller "
+                         f"than the pooling window {tuple(pool)}")
+    return pooled
+
+
+def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu=False, check_finite=True):
+    """max_pool3d(conv3d(x, weight, bias, stride, padding), kernel=stride=pool), inference only;
+    with ``relu``, max(., 0) of that (the paper's pooling and ReLU after c1 and c2).
+
+    The same values as the calls in turn (eq. (1), then the maximum over each window, NaN
+    propagating), computed in one pass when the register tiles apply (unit width stride, output
+    at least one SIMD vector wide): each task keeps one row of pooling windows of the convolution's
+    output in a scratch buffer and writes only their maxima (:mod:`.conv3d_tiles`).
+    """
+    x, weight, bias, stride, padding, out_dims = _validate(x, weight, bias, stride, padding, check_finite=check_finite)
+    pool = as_triple(pool, "pool", minimum=1)
+    pooled = pooled_dims(out_dims, pool)
+    if not (stride[2] == 1 and tiles_fit(out_dims[2], x.dtype)):
+        y = max_pool3d_values(_conv3d_unchecked(x, weight, bias, stride, padding, out_dims), pool)
+        return relu_kernel(y, inplace=True) if relu else y
+    out = np.empty(x.shape[:1] + weight.shape[:1] + pooled, x.dtype)
+    with threads_for(out.size * int(np.prod(pool)) * weight[0].size):
+        forward_tiles_padded(_pad(x, padding), weight, bias, stride, out, pool=pool, relu=relu)
+    return out
+
+
 def _forward_into(x, weight, bias, stride, padding, out):
     """Write conv3d(x, weight, bias) into the contiguous ``out``, by the fastest path that applies."""
     N, S = x.shape[:2]
@@ -451,7 +346,12 @@ def _forward_into(x, weight, bias, stride, padding, out):
     if _is_pointwise(weight, stride, padding):
         b = np.zeros(T, x.dtype) if bias is None else bias
         pointwise_forward(x.reshape(N, S, -1), weight.reshape(T, S), b, out.reshape(N, T, -1))
-    elif stride[2] == 1 and _tiles_fit(out.shape[4], x.dtype):
+    elif _is_full_window(x, weight, padding):
+        # One output position whose window is the whole input: Y(n, t) = b(t) + <K(t), X(n)>,
+        # a matrix-vector product over the flattened clip (l1 of the paper's network as a convolution).
+        out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
+        _linear_forward(np.ascontiguousarray(x).reshape(N, -1), weight.reshape(T, -1), out.reshape(N, T))
+    elif stride[2] == 1 and tiles_fit(out.shape[4], x.dtype):
         _forward_tiles(x, weight, bias, padding, stride, out)
     elif _uses_planes(stride):
         _forward_planes(x, weight, bias, padding, stride[0], out)

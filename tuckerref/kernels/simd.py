@@ -16,12 +16,14 @@ input vector also feeds every row: that is what keeps a one-channel tile from be
 loads rather than FMAs.
 
 Numba has no vector type, so this module adds one (``Vector``: an LLVM ``<L x float>`` of
-:data:`VECTOR_BYTES` bytes) and four intrinsics that work on a tuple of them:
-:func:`tile_broadcast` (fill from one value per channel, e.g. the bias), :func:`tile_fma`
-(one reduction step), :func:`tile_mix` (a 1x1x1 convolution of the tile's channels, for a
-Tucker-2 block's last factor, eq. 10) and :func:`tile_store`. A :class:`RegisterTile` argument fixes the tile's
+:data:`VECTOR_BYTES` bytes) and intrinsics that work on a tuple of them: :func:`tile_broadcast`
+(fill from one value per channel, e.g. the bias), :func:`tile_fma` (one reduction step) and
+:func:`tile_fma_rows` (the same on some of the tile's rows), :func:`tile_store`, and
+:func:`tile_mix_store` (a 1x1x1 convolution of the tile's channels, for a Tucker-2 block's last
+factor, eq. 10, stored as it is computed). A :class:`RegisterTile` argument fixes the tile's
 shape at compile time, so each shape is its own (cached) specialisation and LLVM allocates
-the accumulators to registers. Everything is plain LLVM IR (``llvm.fmuladd``), so the code is
+the accumulators to registers; :mod:`.tiling` picks the shapes for the target's register file
+(:data:`VECTOR_REGISTERS`). Everything is plain LLVM IR (``llvm.fmuladd``), so the code is
 portable: a target without 256-bit vectors splits each vector in two.
 
 The intrinsics index flat, C-contiguous arrays with element offsets and do no bounds checks;
@@ -32,15 +34,32 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.errors import RequireLiteralValue
 from numba.extending import (NativeValue, intrinsic, models, overload_attribute, register_model, typeof_impl,
                              unbox)
 
 #: Bytes per SIMD vector: AVX2's 256-bit registers (8 float32 or 4 float64 lanes).
 VECTOR_BYTES = 32
 
-#: Vector registers the tile shapes are sized for (AVX2 has 16): accumulators, broadcast
-#: weights and one input vector must fit, or the tile spills to the stack.
-VECTOR_REGISTERS = 16
+#: The most vector registers of any target (x86 with AVX-512VL): no tile may need more.
+MAX_VECTOR_REGISTERS = 32
+
+
+def vector_registers(features: str | None = None) -> int:
+    """256-bit vector registers of the target Numba compiles for: 32 with AVX-512VL, else 16.
+
+    ``features`` is an LLVM feature string ("+avx2,+avx512vl,..."); by default the one Numba
+    compiles with (``NUMBA_CPU_FEATURES`` when set, else the host's).
+    """
+    if features is None:
+        from numba.core import config
+        from numba.core.codegen import get_host_cpu_features
+        features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return 32 if "+avx512vl" in str(features).split(",") else 16
+
+
+#: Vector registers of this target; the tile shapes of :mod:`.tiling` are chosen for it.
+VECTOR_REGISTERS = vector_registers()
 
 
 def lanes(dtype) -> int:
@@ -59,10 +78,12 @@ class RegisterTile:
         if min(channels, vectors, rows) < 1:
             raise ValueError(f"a register tile needs >= 1 row, channel and vector, got "
                              f"rows={rows}, channels={channels}, vectors={vectors}")
-        if rows * channels * (vectors + 1) + 1 > VECTOR_REGISTERS:
-            raise ValueError(f"tile of {rows} x {channels} x {vectors} needs more than {VECTOR_REGISTERS} "
+        if rows * channels * (vectors + 1) + 1 > MAX_VECTOR_REGISTERS:
+            raise ValueError(f"tile of {rows} x {channels} x {vectors} needs more than {MAX_VECTOR_REGISTERS} "
                              f"vector registers")
         self.channels, self.vectors, self.rows = channels, vectors, rows
+        # Numba types this object on every kernel call; the type is built once, here.
+        self._numba_type_ = RegisterTileType(channels, vectors, rows)
 
     def __repr__(self):
         return f"RegisterTile({self.channels}, {self.vectors}, rows={self.rows})"
@@ -94,7 +115,7 @@ register_model(RegisterTileType)(models.OpaqueModel)
 
 @typeof_impl.register(RegisterTile)
 def _typeof_register_tile(value, context):
-    return RegisterTileType(value.channels, value.vectors, value.rows)
+    return value._numba_type_
 
 
 @unbox(RegisterTileType)
@@ -166,54 +187,79 @@ def tile_broadcast(typingctx, tile, values, start):
     return acc(tile, values, start), codegen
 
 
-@intrinsic
-def tile_fma(typingctx, tile, acc, w, w_start, w_row_step, x, x_start):
-    """One reduction step: acc[r, k, v] += broadcast(w[w_start - r*w_row_step + k]) * x[x_start + v*L : ... + L]."""
+def _fma_rows(tile, acc, w, x, first_row, end_row):
+    """Typing and code of one reduction step on the tile rows first_row <= r < end_row (see tile_fma)."""
     _check_flat("w", w)
     _check_flat("x", x)
     n = acc.dtype.lanes
     align = acc.dtype.dtype.bitwidth // 8
     C, V = tile.channels, tile.vectors
+    rows = range(max(first_row, 0), min(end_row, tile.rows))
 
     def codegen(context, builder, sig, args):
-        _, tiles, warr, wfirst, wstep, xarr, xfirst = args
+        tiles, warr, wfirst, wstep, xarr, xfirst = args[-6:]
         vty = context.get_value_type(acc.dtype)
         suffix = "f32" if acc.dtype.dtype.bitwidth == 32 else "f64"
         fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                                  f"llvm.fmuladd.v{n}{suffix}")
-        weights = []
-        for r in range(tile.rows):
+        weights = {}
+        for r in rows:
             first = builder.sub(wfirst, builder.mul(wstep, ir.Constant(wstep.type, r)))
-            wbase = _address(context, builder, sig.args[2], warr, first)
-            weights.append([_broadcast(builder, builder.load(_step(builder, wbase, k)), n) for k in range(C)])
-        xbase = _address(context, builder, sig.args[5], xarr, xfirst)
-        out = [None] * (tile.rows * C * V)
+            wbase = _address(context, builder, sig.args[-5], warr, first)
+            weights[r] = [_broadcast(builder, builder.load(_step(builder, wbase, k)), n) for k in range(C)]
+        xbase = _address(context, builder, sig.args[-2], xarr, xfirst)
+        out = [builder.extract_value(tiles, i) for i in range(tile.rows * C * V)]
         for v in range(V):
+            if not rows:
+                break
             xv = builder.load(_vector_pointer(builder, _step(builder, xbase, v * n), n), align=align)
-            for r in range(tile.rows):
+            for r in rows:
                 for k in range(C):
                     i = (r * C + k) * V + v
-                    out[i] = builder.call(fmuladd, [weights[r][k], xv, builder.extract_value(tiles, i)])
+                    out[i] = builder.call(fmuladd, [weights[r][k], xv, out[i]])
         return context.make_tuple(builder, acc, out)
 
-    return acc(tile, acc, w, w_start, w_row_step, x, x_start), codegen
+    return codegen
 
 
 @intrinsic
-def tile_mix(typingctx, tile, acc, w, w_start, b, b_start):
-    """Mix the channels of a tile into one: y[r, v] = b[b_start] + sum_k w[w_start + k] * acc[r, k, v].
+def tile_fma(typingctx, tile, acc, w, w_start, w_row_step, x, x_start):
+    """One reduction step: acc[r, k, v] += broadcast(w[w_start - r*w_row_step + k]) * x[x_start + v*L : ... + L]."""
+    return acc(tile, acc, w, w_start, w_row_step, x, x_start), _fma_rows(tile, acc, w, x, 0, tile.rows)
 
-    The result is a one-channel tile (``rows`` x 1 x ``vectors``), summed in channel order from
-    the bias, as a 1x1x1 convolution does; store it with a ``RegisterTile(1, vectors, rows)``.
+
+@intrinsic
+def tile_fma_rows(typingctx, tile, first_row, end_row, acc, w, w_start, w_row_step, x, x_start):
+    """:func:`tile_fma` on the tile rows first_row <= r < end_row only (compile-time constants).
+
+    The other rows keep their values: no multiply-add is issued for them, so a row whose kernel
+    row lies outside the kernel costs nothing and never multiplies an input by a zero weight.
+    """
+    for bound in (first_row, end_row):
+        if not isinstance(bound, types.IntegerLiteral):
+            raise RequireLiteralValue(bound)
+    sig = acc(tile, first_row, end_row, acc, w, w_start, w_row_step, x, x_start)
+    return sig, _fma_rows(tile, acc, w, x, first_row.literal_value, end_row.literal_value)
+
+
+@intrinsic
+def tile_mix_store(typingctx, tile, acc, w, w_start, b, b_start, out, start, row_stride):
+    """Mix the channels of a tile into one and store it (eq. (10) on a tile):
+
+        out[start + r*row_stride + v*L : ... + L] = b[b_start] + sum_k w[w_start + k] * acc[r, k, v]
+
+    summed in channel order from the bias, as a 1x1x1 convolution does. Each vector is stored as
+    soon as it is mixed, so only the tile, the C weights and the bias occupy registers.
     """
     _check_flat("w", w)
     _check_flat("b", b)
+    _check_flat("out", out)
     n = acc.dtype.lanes
+    align = acc.dtype.dtype.bitwidth // 8
     C, V, R = tile.channels, tile.vectors, tile.rows
-    mixed = types.UniTuple(acc.dtype, R * V)
 
     def codegen(context, builder, sig, args):
-        _, tiles, warr, wfirst, barr, bfirst = args
+        _, tiles, warr, wfirst, barr, bfirst, oarr, ofirst, rstride = args
         vty = context.get_value_type(acc.dtype)
         suffix = "f32" if acc.dtype.dtype.bitwidth == 32 else "f64"
         fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
@@ -221,16 +267,17 @@ def tile_mix(typingctx, tile, acc, w, w_start, b, b_start):
         wbase = _address(context, builder, sig.args[2], warr, wfirst)
         weights = [_broadcast(builder, builder.load(_step(builder, wbase, k)), n) for k in range(C)]
         bias = _broadcast(builder, builder.load(_address(context, builder, sig.args[4], barr, bfirst)), n)
-        out = []
+        base = _address(context, builder, sig.args[6], oarr, ofirst)
         for r in range(R):
+            row = builder.gep(base, [builder.mul(rstride, ir.Constant(rstride.type, r))], inbounds=True)
             for v in range(V):
                 y = bias
                 for k in range(C):
                     y = builder.call(fmuladd, [weights[k], builder.extract_value(tiles, (r * C + k) * V + v), y])
-                out.append(y)
-        return context.make_tuple(builder, mixed, out)
+                builder.store(y, _vector_pointer(builder, _step(builder, row, v * n), n), align=align)
+        return context.get_dummy_value()
 
-    return mixed(tile, acc, w, w_start, b, b_start), codegen
+    return types.none(tile, acc, w, w_start, b, b_start, out, start, row_stride), codegen
 
 
 @intrinsic

@@ -9,9 +9,9 @@ A Tucker-2 layer replaces K by three convolutions,
 Run one after the other, Z is copied into a zero-padded buffer for the core, the core writes Z'
 out and the last 1x1x1 convolution reads it back and writes Y: passes over memory that the
 FLOP count does not see, and in a compressed network they weigh as much as a tenth of the core.
-When one register tile holds all R_t core channels (R_t <= 3, the paper's ranks), U_s writes Z
-straight into the padded buffer and each core tile mixes its channels by U_t before it stores,
-so Z' never reaches memory (:func:`tuckerref.kernels.simd.tile_mix`). Each output is summed in
+When one register tile holds all R_t core channels (R_t <= 3, or R_t <= 6 on a target with 32
+vector registers; the paper's ranks are 2 and 3), U_s writes Z straight into the padded buffer
+and each core tile mixes its channels by U_t before it stores, so Z' never reaches memory (:func:`tuckerref.kernels.simd.tile_mix`). Each output is summed in
 the same order as the three convolutions would sum it. Otherwise, and for shapes the register
 tiles do not cover, the three convolutions run in turn.
 
@@ -23,8 +23,11 @@ import numpy as np
 
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
-from .conv3d import _forward_into, _forward_tiles_padded, _tiles_fit, _validate, tiles_hold_all_channels
+from .activation import relu as relu_kernel
+from .conv3d import _forward_into, _validate, pooled_dims
+from .conv3d_tiles import forward_tiles_padded, tiles_fit, tiles_hold_all_channels
 from .pointwise import pointwise_forward_padded
+from .pool import max_pool3d_values
 
 
 def _check_factor(name, weight, layout):
@@ -34,14 +37,20 @@ def _check_factor(name, weight, layout):
     return weight
 
 
-def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, check_finite=True):
+def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool=None, relu=False,
+                   check_finite=True):
     """Y = last * (core conv (first * x)) + bias, eqs. (8)-(10), as one convolution block.
 
     ``first`` (R_s, S, 1, 1, 1) is U_s^T, ``core`` (R_t, R_s, kD, kH, kW) the core with the
     original layer's ``stride`` and ``padding``, ``last`` (T, R_t, 1, 1, 1) is U_t, ``bias`` (T,)
     the original layer's bias: the weights of the three Conv3d layers of a Tucker-2 block.
-    Returns (N, T, D', H', W'), the same values as the three convolutions in turn.
+    Returns (N, T, D', H', W'), the same values as the three convolutions in turn; with ``pool``
+    (kd, kh, kw), the max pooling of Y with that kernel and stride (no padding), and with ``relu``
+    max(., 0) of that, in the same pass when the tiles mix (as
+    :func:`tuckerref.kernels.conv3d.conv3d_max_pool3d` does for a plain convolution).
     """
+    if relu and pool is None:
+        raise ValueError("relu is fused only after a pooling (pool=...)")
     first = _check_factor("first", first, "R_s, S")
     last = _check_factor("last", last, "T, R_t")
     core = float_array(core, "core", 5, layout="R_t, R_s, kD, kH, kW")
@@ -61,16 +70,20 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, chec
     bias = None if bias is None else bias.astype(dtype, copy=False)
     N, T, R_s, R_t = x.shape[0], last.shape[0], first.shape[0], core.shape[0]
     stride, padding, out_dims = _core_geometry(z_dims, core, stride, padding)
-    out = np.empty((N, T) + out_dims, dtype)
-    if stride[2] == 1 and _tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t):
+    if pool is not None:
+        pool = as_triple(pool, "pool", minimum=1)
+        pooled = pooled_dims(out_dims, pool)
+    if stride[2] == 1 and tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t):
         # U_s writes straight into the zero-padded input of the core, whose tiles mix by U_t.
         zp = np.zeros((N, R_s) + tuple(n + 2 * p for n, p in zip(z_dims, padding)), dtype)
         with threads_for(N * R_s * int(np.prod(z_dims)) * x.shape[1]):
             pointwise_forward_padded(x, first.reshape(R_s, -1), np.zeros(R_s, dtype), zp, *padding)
+        out = np.empty((N, T) + (out_dims if pool is None else pooled), dtype)
         with threads_for(N * R_t * int(np.prod(out_dims)) * core[0].size):
-            _forward_tiles_padded(zp, core, None, stride, out,
-                                  mix=(last.reshape(T, R_t), np.zeros(T, dtype) if bias is None else bias))
+            forward_tiles_padded(zp, core, None, stride, out, pool=pool, relu=relu,
+                                 mix=(last.reshape(T, R_t), np.zeros(T, dtype) if bias is None else bias))
         return out
+    out = np.empty((N, T) + out_dims, dtype)
     z = np.empty((N, R_s) + z_dims, dtype)
     y = np.empty((N, R_t) + out_dims, dtype)
     one, zero = (1, 1, 1), (0, 0, 0)
@@ -78,7 +91,10 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, chec
                                       (y, last, bias, one, zero, out)):
         with threads_for(res.size * weight[0].size):
             _forward_into(inp, weight, b, s, p, res)
-    return out
+    if pool is None:
+        return out
+    y = max_pool3d_values(out, pool)
+    return relu_kernel(y, inplace=True) if relu else y
 
 
 def _core_geometry(z_dims, core, stride, padding):

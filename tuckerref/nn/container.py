@@ -1,9 +1,9 @@
-"""Sequential: children applied in order, gradients propagated in reverse (a Tucker-2 block fused in inference)."""
+"""Sequential: children applied in order, gradients propagated in reverse (some sequences fused in inference)."""
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from .fusion import tucker2_forward, tucker2_layers
+from .fusion import inference_forward
 from .grad_mode import is_grad_enabled
 from .module import Module
 
@@ -48,9 +48,7 @@ class Sequential(Module):
 
     def forward(self, x):
         if not is_grad_enabled():
-            block = tucker2_layers(self._modules.values())
-            if block is not None:
-                return tucker2_forward(block, x)
+            return inference_forward(self._modules.values(), x)
         for m in self._modules.values():
             x = m.forward(x)
         return x

@@ -1,0 +1,162 @@
+"""A convolution, its max pooling and ReLU in one pass (inference), against the layers in turn.
+
+    Y = relu(max_pool3d(conv3d(X, K, b), kernel = stride = P))
+
+for a plain convolution (eq. 1) and a Tucker-2 block (eqs. 8-10), and the Sequential fusion
+that uses it under no_grad: the same values, bit for bit, as the separate layers.
+"""
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from reference import conv3d_ref, max_pool3d_ref, vector_registers
+from tuckerref import conv3d, conv3d_max_pool3d, max_pool3d_values, relu
+from tuckerref.commands.scaling import tucker2_stand_in
+from tuckerref.kernels.tucker2 import tucker2_conv3d
+from tuckerref.models import thetis_net
+from tuckerref.nn import Conv3d, MaxPool3d, ReLU, Sequential, no_grad
+
+FUSION = sys.modules["tuckerref.nn.fusion"]
+TILES = sys.modules["tuckerref.kernels.conv3d_tiles"]
+
+
+def _pool_then_relu(y, pool, with_relu):
+    pooled = max_pool3d_ref(y, pool)[0]
+    return np.maximum(pooled, 0) if with_relu else pooled
+
+
+@settings(max_examples=14)
+@given(N=st.integers(1, 2), S=st.integers(1, 3), T=st.sampled_from([1, 2, 3, 5, 7]),
+       out_size=st.tuples(st.integers(2, 5), st.integers(2, 7), st.sampled_from([4, 9, 17])),
+       kernel=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)),
+       pool=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 4)),
+       stride_dh=st.tuples(st.integers(1, 2), st.integers(1, 2)), bias=st.booleans(), with_relu=st.booleans(),
+       registers=st.sampled_from([16, 32]), seed=st.integers(0, 2**31 - 1))
+def test_fused_pooling_equals_eq1_then_window_maxima_float64(N, S, T, out_size, kernel, pool, stride_dh, bias,
+                                                             with_relu, registers, seed):
+    """Any pooling window (rows and columns the floor drops included), one- and two-row tiles, any
+    depth/height stride; against the float64 loop references of eq. (1) and of max pooling."""
+    r = np.random.default_rng(seed)
+    stride = stride_dh + (1,)
+    padding = (0, 1, kernel[2] // 2)
+    size = tuple((o - 1) * s + k - 2 * p for o, s, k, p in zip(out_size, stride, kernel, padding))
+    if min(size) < 1:
+        return
+    x, w = r.uniform(-1, 1, (N, S) + size), r.uniform(-1, 1, (T, S) + kernel)
+    b = r.uniform(-1, 1, T) if bias else None
+    expect = _pool_then_relu(conv3d_ref(x, w, b, stride, padding), pool, with_relu)
+    if min(expect.shape) == 0:
+        return
+    with vector_registers(registers), \
+            mock.patch.object(TILES, "_tile_pool_forward_impl", wraps=TILES._tile_pool_forward_impl) as fused:
+        y = conv3d_max_pool3d(x, w, b, stride, padding, pool, relu=with_relu)
+    assert fused.call_count >= 1, "the fused pooling path was not taken"
+    np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=10)
+@given(S=st.integers(1, 3), R_s=st.integers(1, 3), R_t=st.integers(1, 6), T=st.integers(1, 6),
+       pool=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 4)), with_relu=st.booleans(),
+       registers=st.sampled_from([16, 32]), seed=st.integers(0, 2**31 - 1))
+def test_fused_tucker2_block_pooling_equals_eqs_8_to_10_then_window_maxima(S, R_s, R_t, T, pool, with_relu, registers,
+                                                                           seed):
+    r = np.random.default_rng(seed)
+    first, core = r.uniform(-1, 1, (R_s, S, 1, 1, 1)), r.uniform(-1, 1, (R_t, R_s, 2, 3, 3))
+    last, b = r.uniform(-1, 1, (T, R_t, 1, 1, 1)), r.uniform(-1, 1, T)
+    x = r.uniform(-1, 1, (1, S, 4, 7, 19))
+    expect = conv3d_ref(conv3d_ref(conv3d_ref(x, first), core, padding=(0, 1, 1)), last, b)
+    expect = _pool_then_relu(expect, pool, with_relu)
+    with vector_registers(registers):
+        y = tucker2_conv3d(x, first, core, last, b, padding=(0, 1, 1), pool=pool, relu=with_relu)
+    np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_pooling_in_float32_is_bit_identical_to_the_layers_in_turn(rng):
+    """c1-like rows of 83 (whole tiles and a flush one): the same float32 bits as conv, pool, relu."""
+    x = rng.uniform(-1, 1, (1, 3, 4, 8, 83)).astype(np.float32)
+    for T in (6, 2, 1):
+        w = rng.uniform(-1, 1, (T, 3, 3, 3, 5)).astype(np.float32)
+        b = rng.uniform(-1, 1, T).astype(np.float32)
+        y = conv3d_max_pool3d(x, w, b, padding=(1, 1, 2), pool=(2, 4, 4), relu=True)
+        assert y.dtype == np.float32
+        separate = relu(max_pool3d_values(conv3d(x, w, b, padding=(1, 1, 2)), (2, 4, 4)))
+        np.testing.assert_array_equal(y, separate)
+
+
+def test_fused_pooling_propagates_nan_like_max_pool3d(rng):
+    """A NaN in the convolution's output makes its window's maximum NaN, and the ReLU keeps it."""
+    x = rng.uniform(-1, 1, (1, 1, 2, 4, 16))
+    x[0, 0, 1, 2, 9] = np.nan
+    w = rng.uniform(-1, 1, (2, 1, 1, 1, 1))
+    y = conv3d_max_pool3d(x, w, pool=(1, 2, 4), relu=True, check_finite=False)
+    expect = relu(max_pool3d_values(conv3d(x, w, check_finite=False), (1, 2, 4)))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expect))
+    assert np.isnan(y).sum() == 2  # one window, both output channels
+    np.testing.assert_array_equal(y[~np.isnan(y)], expect[~np.isnan(expect)])
+
+
+def test_fused_pooling_names_an_empty_pooled_output():
+    with pytest.raises(ValueError, match=r"convolution output of spatial shape \(1, 4, 8\) is smaller than the "
+                                         r"pooling window \(2, 2, 2\)"):
+        conv3d_max_pool3d(np.zeros((1, 1, 1, 4, 8)), np.zeros((1, 1, 1, 1, 1)), pool=2)
+
+
+def _layers_in_turn(net, x):
+    """Each leaf layer's own forward, one after the other (no fusion), under no_grad."""
+    with no_grad():
+        for m in net.children():
+            x = _layers_in_turn(m, x) if isinstance(m, Sequential) else m.forward(x)
+    return x
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_paper_network_inference_fuses_and_gives_the_same_logits_bit_for_bit(compressed, rng):
+    """c1, pool1, relu1 and c2, pool2, relu2 run as fused kernels under no_grad, in the original
+    and in the Tucker-2 compressed network, with exactly the layers' float32 result."""
+    from tuckerref.compress import compress_network
+    shape = (4, 12, 40, 48)
+    net = thetis_net(shape, seed=1).eval()
+    if compressed:
+        net = compress_network(net, ranks="paper", input_shape=shape, method="hosvd").eval()
+    x = rng.random((2,) + shape, dtype=np.float32)
+    with mock.patch.object(FUSION, "_conv_pool_forward", wraps=FUSION._conv_pool_forward) as spy, no_grad():
+        y = net.forward(x)
+    assert spy.call_count == 2
+    np.testing.assert_array_equal(y, _layers_in_turn(net, x))
+
+
+def test_a_fused_forward_forgets_what_backward_would_need(rng):
+    """After a no_grad forward the fused layers cannot run backward on stale inputs: a clear error."""
+    net = Sequential(Conv3d(2, 3, 3, padding=1), MaxPool3d(2), ReLU(inplace=True))
+    x = rng.random((1, 2, 4, 4, 16), dtype=np.float32)
+    net.forward(x)  # with gradients: every layer keeps what its backward needs
+    with mock.patch.object(FUSION, "conv3d_max_pool3d", wraps=FUSION.conv3d_max_pool3d) as spy, no_grad():
+        net.forward(x)
+    assert spy.call_count == 1
+    for layer, grad_shape in zip(net.children(), [(1, 3, 4, 4, 16), (1, 3, 2, 2, 8), (1, 3, 2, 2, 8)]):
+        with pytest.raises(ValueError, match="needs a forward pass with gradients enabled"):
+            layer.backward(np.ones(grad_shape, np.float32))
+
+
+@pytest.mark.parametrize("pool", [MaxPool3d(2, stride=1), MaxPool3d(2, padding=1), MaxPool3d((1, 2, 2))])
+def test_only_a_pooling_whose_windows_tile_its_input_is_fused(pool, rng):
+    """Overlapping or padded windows run as their own layer (same values either way)."""
+    net = Sequential(Conv3d(2, 3, 3, padding=1), pool)
+    x = rng.random((1, 2, 4, 4, 16), dtype=np.float32)
+    with mock.patch.object(FUSION, "conv3d_max_pool3d", wraps=FUSION.conv3d_max_pool3d) as spy, no_grad():
+        y = net.forward(x)
+    assert spy.call_count == int(pool.stride == pool.kernel_size and pool.padding == (0, 0, 0))
+    np.testing.assert_array_equal(y, _layers_in_turn(net, x))
+
+
+def test_a_tucker2_block_then_pooling_runs_as_one_fused_call(rng):
+    block = tucker2_stand_in(3, 5, (3, 3, 3), 2, 2, padding=1, rng=0)
+    net = Sequential(block, MaxPool3d((1, 2, 2)), ReLU())
+    x = rng.uniform(-1, 1, (2, 3, 4, 6, 16)).astype(np.float32)
+    with mock.patch.object(FUSION, "tucker2_conv3d", wraps=FUSION.tucker2_conv3d) as spy, no_grad():
+        y = net.forward(x)
+    assert spy.call_count == 1 and spy.call_args.kwargs["pool"] == (1, 2, 2) and spy.call_args.kwargs["relu"]
+    np.testing.assert_array_equal(y, _layers_in_turn(net, x))

@@ -1,0 +1,276 @@
+"""Register-tile forward convolution, eq. (1): the engine's fast path, optionally with a fused max pooling.
+
+    Y(n, t, f', h', w') = b(t) + sum_{s, i, j, l} K(t, s, i, j, l) Xp(n, s, f'*sd + i, h'*sh + j, w' + l)
+
+for unit width stride and outputs at least one SIMD vector wide. A register tile of R output
+rows x C channels x V SIMD vectors (:mod:`.simd`, shapes from :mod:`.tiling`) accumulates the
+whole reduction over (s, i, j, l) in registers and is stored once. Two epilogues can replace the
+plain store:
+
+* a *mixed* store, for a Tucker-2 block (eqs. 8-10): the tile's C = R_t core channels are mixed
+  into the block's T outputs by the last factor, Y(t) = b(t) + sum_r U_t(t, r) Z'(r), while they
+  are still in registers, so the core's output never reaches memory;
+* a *pooled* store, for a convolution followed by a non-overlapping max pooling (kernel = stride,
+  no padding): one task computes all kd x kh output rows of one pooling window row into a small
+  scratch buffer and writes only their maxima, so the full-resolution output never reaches memory
+  either, and rows or columns that the pooling's floor drops are not computed.
+
+Every output is summed in the same (s, i, j, l) order whatever the tile shape or epilogue, so the
+results are bit-identical to the plain store followed by the separate layers.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import simd
+from .pool import _nan_max
+from .simd import RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_mix_store, tile_store
+from .tiling import max_tile_channels, row_tiles, tile_channels, tile_shape
+
+
+@njit(fastmath=True, cache=True)
+def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_strides, x_first, x_strides, kernel,
+                  u, c, outputs):
+    """One register tile: R = tile.rows (1 or 2) output rows x C = tile.channels channels x tile.vectors SIMD vectors.
+
+    acc = b, then for every tap (s, i, l) and input row r of the tile's window (kH + R - 1 rows),
+    acc[rho] += K(s, i, r - rho, l) * Xp(x_first + s*xs + i*xi + r*xj + l) for the tile rows rho
+    with 0 <= r - rho < kH (the first and last input rows of a two-row tile feed one row each),
+    then stored at out_first (channels and rows ``out_strides`` apart). wt holds the C weights of
+    a tap side by side, taps in (s, i, j, l) order from w_first.
+
+    With ``u`` (U flat, row-major (outputs, C)) and ``c`` (outputs,) the tile's C channels are not
+    stored but mixed into ``outputs`` channels first, out(t) = c(t) + sum_k U(t, k) acc(k), the
+    1x1x1 convolution of eq. (10) done while the tile is still in registers; ``u`` None stores them.
+    """
+    C, R = tile.channels, tile.rows
+    S, kD, kH, kW = kernel
+    xs, xi, xj = x_strides
+    w_row = kW * C
+    acc = tile_broadcast(tile, bias, bias_first)
+    w_si = w_first
+    for s in range(S):
+        for i in range(kD):
+            x_si = x_first + s * xs + i * xi
+            for l in range(kW):  # input row 0: output row 0, kernel row 0
+                acc = tile_fma_rows(tile, 0, 1, acc, wt, w_si + l * C, w_row, xp, x_si + l)
+            for r in range(1, kH):  # every tile row
+                for l in range(kW):
+                    acc = tile_fma(tile, acc, wt, w_si + r * w_row + l * C, w_row, xp, x_si + r * xj + l)
+            for l in range(kW):  # input row kH (two-row tiles): output row 1, kernel row kH - 1
+                acc = tile_fma_rows(tile, 1, 2, acc, wt, w_si + kH * w_row + l * C, w_row, xp, x_si + kH * xj + l)
+            w_si += kH * w_row
+    if u is None:
+        tile_store(tile, acc, out, out_first, out_strides[0], out_strides[1])
+    else:
+        for t in range(outputs):
+            tile_mix_store(tile, acc, u, t * C, c, t, out, out_first + t * out_strides[0], out_strides[1])
+
+
+@njit(fastmath=True, cache=True)
+def _tile_row_block(tile, last, xp, wt, bias, b, out, out_row, out_strides, x_row, x_strides, kernel, geometry,
+                    u, c, outputs):
+    """R output rows of channel block ``b`` across the output width, stored from ``out_row``.
+
+    ``geometry = (width, full, last_col, w_block)``: ``full`` tiles of ``width`` columns side by
+    side, then, when the rows are not a whole number of tiles, the ``last`` tile placed flush with
+    the rows' end at column ``last_col`` (>= 0); overlapping tiles write the same values twice.
+    """
+    width, full, last_col, w_block = geometry
+    C = tile.channels
+    for col in range(0, full * width, width):
+        _tile_segment(tile, xp, wt, b * w_block, b * C, bias, out, out_row + col, out_strides, x_row + col,
+                      x_strides, kernel, u, c, outputs)
+    if last_col >= 0:
+        _tile_segment(last, xp, wt, b * w_block, b * C, bias, out, out_row + last_col, out_strides,
+                      x_row + last_col, x_strides, kernel, u, c, outputs)
+
+
+# Layout of the int64 ``dims`` array of the tile kernels (an array, not a tuple: Numba types an
+# array argument in C, a tuple of 19 ints in Python, on every call).
+(_N, _S, _FP, _HP, _WP, _T, _T_FIRST, _BLOCKS, _KD, _KH, _KW, _FO, _HO, _WO, _SD, _SH, _WIDTH, _FULL,
+ _LAST_COL) = range(19)
+
+
+@njit(fastmath=True, cache=True)
+def _unpack(dims, tile):
+    """Sizes, strides and tile geometry from ``dims`` (see :func:`_tile_forward_impl`)."""
+    S, Fp, Hp, Wp = dims[_S], dims[_FP], dims[_HP], dims[_WP]
+    kD, kH, kW = dims[_KD], dims[_KH], dims[_KW]
+    w_block = S * kD * kH * kW * tile.channels
+    return ((Fp * Hp * Wp, Hp * Wp, Wp), (S, kD, kH, kW),
+            (dims[_WIDTH], dims[_FULL], dims[_LAST_COL], w_block))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _tile_forward_impl(xp, wt, bias, out, tile, last, dims, u, c):
+    """out[n, t, f', h', w'] = b(t) + sum_{s,i,j,l} K(t,s,i,j,l) Xp(n, s, f'*sd + i, h'*sh + j, w' + l).
+
+    Flat C-contiguous arrays: xp the padded input (N, S, Fp, Hp, Wp); wt the weights of the
+    channels t_first ... t_first + blocks*C - 1 packed as (blocks, S, kD, kH, kW, C)
+    (:func:`pack_tile_weights`), C = ``tile.channels``, R = ``tile.rows``; bias those channels'
+    biases; out the whole output (N, T, Fo, Ho, Wo). ``dims`` holds (N, S, Fp, Hp, Wp, T, t_first,
+    blocks, kD, kH, kW, Fo, Ho, Wo, sd, sh, width, full, last_col). Each task computes R output
+    rows (n, f', h'...) of one block of C channels (:func:`_tile_row_block`); the last row block
+    is placed flush with the bottom (R > 1 needs sh = 1). With ``u`` and ``c`` (not None) each tile
+    stores its 1x1x1 mix instead (see :func:`_tile_segment`); then ``blocks`` is 1, ``t_first`` 0
+    and T counts the mixed output channels.
+    """
+    N, T, t_first, blocks = dims[_N], dims[_T], dims[_T_FIRST], dims[_BLOCKS]
+    S, Fp, Hp, Wp = dims[_S], dims[_FP], dims[_HP], dims[_WP]
+    Fo, Ho, Wo, sd, sh = dims[_FO], dims[_HO], dims[_WO], dims[_SD], dims[_SH]
+    x_strides, kernel, geometry = _unpack(dims, tile)
+    C, R = tile.channels, tile.rows
+    plane = Fo * Ho * Wo
+    row_blocks = (Ho + R - 1) // R
+    for task in prange(N * Fo * row_blocks * blocks):
+        n = task // (Fo * row_blocks * blocks)
+        fo = (task // (row_blocks * blocks)) % Fo
+        ho = min(((task // blocks) % row_blocks) * R, Ho - R)
+        b = task % blocks
+        out_row = (n * T + t_first + b * C) * plane + (fo * Ho + ho) * Wo
+        x_row = ((n * S * Fp + fo * sd) * Hp + ho * sh) * Wp
+        _tile_row_block(tile, last, xp, wt, bias, b, out, out_row, (plane, Wo), x_row, x_strides, kernel, geometry,
+                        u, c, T)
+
+
+# fastmath=False said explicitly: a callee compiled from a fastmath kernel inherits its fastmath
+# unless it sets the option itself, and under fastmath LLVM may drop the NaN tests of _nan_max.
+@njit(fastmath=False, cache=True)
+def _max_pool_scratch(scratch, channels, window_rows, Wo, out, out_first, out_plane, Wq, kw, relu):
+    """out[out_first + k*out_plane + w_q] = max over the window_rows rows and kw columns of channel k,
+    then max(., 0) when ``relu``.
+
+    scratch holds ``channels`` blocks of ``window_rows`` rows of Wo values (one pooling window
+    row of the convolution's output). Rows are merged element-wise first (vectorised), then
+    each run of kw columns; NaN propagates through both maxima (no fastmath here, so NaN compares
+    stay exact), and the ReLU leaves NaN and -0 as they are, as the ReLU kernel does.
+    """
+    for k in range(channels):
+        row = scratch[k * window_rows * Wo:(k * window_rows + 1) * Wo]
+        for q in range(1, window_rows):
+            src = scratch[(k * window_rows + q) * Wo:(k * window_rows + q + 1) * Wo]
+            for w in range(Wo):
+                row[w] = _nan_max(row[w], src[w])
+        at = out_first + k * out_plane
+        for wq in range(Wq):
+            m = row[wq * kw]
+            for l in range(1, kw):
+                m = _nan_max(m, row[wq * kw + l])
+            if relu and m < 0:
+                m = 0
+            out[at + wq] = m
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _tile_pool_forward_impl(xp, wt, bias, out, tile, last, dims, pool, u, c):
+    """Max pooling (kernel = stride = (kd, kh, kw), no padding) of the convolution of
+    :func:`_tile_forward_impl`, into the pooled ``out`` (N, T, Fo // kd, Ho // kh, Wo // kw);
+    ``pool`` = (kd, kh, kw, relu), with relu = 1 for a ReLU after the pooling.
+
+    Each task computes the kd x kh output rows of one pooling window row (n, f_q, h_q) for one
+    channel block into a scratch buffer (channels x kd*kh rows x Wo), then writes their maxima
+    (:func:`_max_pool_scratch`). Output rows beyond the last whole window are never computed.
+    R-row tiles need kh >= R; the last row block of a window is placed flush with its bottom.
+    """
+    N, T, t_first, blocks = dims[_N], dims[_T], dims[_T_FIRST], dims[_BLOCKS]
+    S, Fp, Hp, Wp = dims[_S], dims[_FP], dims[_HP], dims[_WP]
+    Wo, sd, sh = dims[_WO], dims[_SD], dims[_SH]
+    x_strides, kernel, geometry = _unpack(dims, tile)
+    kd, kh, kw, relu = pool[0], pool[1], pool[2], pool[3] != 0
+    Fq, Hq, Wq = dims[_FO] // kd, dims[_HO] // kh, Wo // kw
+    C, R = tile.channels, tile.rows
+    stored = C if u is None else T  # channels one task writes
+    window_rows = kd * kh
+    for task in prange(N * Fq * Hq * blocks):
+        n = task // (Fq * Hq * blocks)
+        fq = (task // (Hq * blocks)) % Fq
+        hq = (task // blocks) % Hq
+        b = task % blocks
+        scratch = np.empty(stored * window_rows * Wo, xp.dtype)
+        for i in range(kd):
+            fo = fq * kd + i
+            for j0 in range(0, kh, R):
+                j = min(j0, kh - R)
+                x_row = ((n * S * Fp + fo * sd) * Hp + (hq * kh + j) * sh) * Wp
+                _tile_row_block(tile, last, xp, wt, bias, b, scratch, (i * kh + j) * Wo, (window_rows * Wo, Wo),
+                                x_row, x_strides, kernel, geometry, u, c, T)
+        out_first = (((n * T + t_first + b * C) * Fq + fq) * Hq + hq) * Wq
+        _max_pool_scratch(scratch, stored, window_rows, Wo, out, out_first, Fq * Hq * Wq, Wq, kw, relu)
+
+
+def tiles_fit(out_width, dtype) -> bool:
+    """True when the output rows are at least one SIMD vector wide (the tile kernels' condition)."""
+    return out_width >= lanes(np.dtype(dtype))
+
+
+def tiles_hold_all_channels(T) -> bool:
+    """True when one register tile holds all T output channels, as a mixed store needs (T <= 3 with
+    16 vector registers, T <= 6 with 32)."""
+    return T <= max_tile_channels(simd.VECTOR_REGISTERS)
+
+
+def pack_tile_weights(weight, blocks, channels):
+    """(blocks*C, S, kD, kH, kW) -> flat (blocks, S, kD, kH, kW, C): the C weights of a tap side by side."""
+    T, S, kD, kH, kW = weight.shape
+    return np.ascontiguousarray(weight.reshape(blocks, channels, S, kD, kH, kW).transpose(0, 2, 3, 4, 5, 1)).reshape(-1)
+
+
+def conv_output_dims(padded_dims, kernel, stride) -> tuple:
+    """(Fo, Ho, Wo) of a convolution of an already padded input of spatial shape ``padded_dims``."""
+    return tuple((p - k) // s + 1 for p, k, s in zip(padded_dims, kernel, stride))
+
+
+def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, relu=False):
+    """Register-tile convolution of the zero-padded input ``xp`` (N, S, Fp, Hp, Wp) into ``out``.
+
+    Needs unit width stride, an output at least one SIMD vector wide (:func:`tiles_fit`) and
+    C-contiguous ``xp`` and ``out``. ``out`` is (N, T, Fo, Ho, Wo), or, with ``pool = (kd, kh, kw)``
+    (a max pooling with that kernel and stride and no padding), (N, T, Fo // kd, Ho // kh, Wo // kw),
+    and then ``relu`` applies max(., 0) to the pooled values.
+    With ``mix = (U, c)``, U of shape (T_out, T) and c (T_out,), ``out`` has T_out channels and
+    gets c + U * conv(x) instead, mixed in each tile's epilogue; that needs all T channels in one
+    tile (:func:`tiles_hold_all_channels`).
+    """
+    if not (out.flags.c_contiguous and xp.flags.c_contiguous):
+        raise ValueError(f"the tile kernels read and write flat views: xp (strides {xp.strides}) and out "
+                         f"(strides {out.strides}) must be C-contiguous")
+    T, S, kernel = weight.shape[0], weight.shape[1], weight.shape[2:]
+    N, T_out = out.shape[:2]
+    Fo, Ho, Wo = conv_output_dims(xp.shape[2:], kernel, stride)
+    pooled = (Fo, Ho, Wo) if pool is None else (Fo // pool[0], Ho // pool[1], Wo // pool[2])
+    expected = (N, T if mix is None else len(mix[0])) + pooled
+    if stride[2] != 1 or not tiles_fit(Wo, xp.dtype) or out.shape != expected or min(pooled) < 1:
+        raise ValueError(f"tile kernels: output {out.shape}, expected {expected}, for padded input {xp.shape}, "
+                         f"kernel {kernel}, stride {stride}, pool {pool} (unit width stride and an output "
+                         f"at least {lanes(xp.dtype)} wide needed)")
+    if mix is not None and not tiles_hold_all_channels(T):
+        raise ValueError(f"a mixed tile store needs the {T} channels in one tile "
+                         f"(at most {max_tile_channels(simd.VECTOR_REGISTERS)} on this target)")
+    dtype = xp.dtype
+    bias = np.zeros(T, dtype) if bias is None else bias
+    u, c = (None, None) if mix is None else (np.ascontiguousarray(mix[0], dtype).reshape(-1),
+                                             np.ascontiguousarray(mix[1], dtype))
+    if relu and pool is None:
+        raise ValueError("relu is fused only after a pooling (pool=...)")
+    pool_array = None if pool is None else np.array(tuple(pool) + (int(relu),), np.int64)
+    n_lanes = lanes(dtype)
+    registers = simd.VECTOR_REGISTERS
+    C = tile_channels(T, registers)
+    groups = [(0, T // C, C)] + ([(T - T % C, 1, T % C)] if T % C else [])
+    two_rows = stride[1] == 1 and Ho >= 2 and (pool is None or pool[1] >= 2)
+    for t_first, blocks, channels in groups:
+        most, rows = tile_shape(channels, two_rows, registers)
+        vectors, full, last_vectors, last_col = row_tiles(Wo, n_lanes, channels, rows, most)
+        dims = np.array(xp.shape + (T_out, t_first, blocks) + tuple(kernel) + (Fo, Ho, Wo, stride[0], stride[1],
+                                                                                vectors * n_lanes, full, last_col),
+                        np.int64)
+        tiles = RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows)
+        packed = pack_tile_weights(weight[t_first:t_first + blocks * channels], blocks, channels)
+        args = (xp.reshape(-1), packed, np.ascontiguousarray(bias[t_first:t_first + blocks * channels]),
+                out.reshape(-1), *tiles, dims)
+        if pool is None:
+            _tile_forward_impl(*args, u, c)
+        else:
+            _tile_pool_forward_impl(*args, pool_array, u, c)
