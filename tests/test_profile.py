@@ -5,7 +5,10 @@ import pytest
 
 from tuckerref.compress import compress_network
 from tuckerref.models import thetis_net
-from tuckerref.profile import capture_inputs, profile_network
+from unittest import mock
+
+from tuckerref import profile as profile_module
+from tuckerref.profile import Stats, capture_inputs, profile_each, profile_network
 
 SHAPE = (2, 8, 32, 32)  # smallest clip the paper network accepts: pool2 gives a 16 x 1 x 1 x 1 volume
 
@@ -90,3 +93,28 @@ def test_cli_bad_arguments_exit_2_with_a_message(capsys):
     err = capsys.readouterr().err
     assert "repeats must be an integer >= 1" in err and "threads must be an integer in 1.." in err
     assert "only convolutions and linear layers" in err
+
+
+def test_networks_profiled_together_are_timed_round_robin(nets):
+    """Warm-up calls first, then ``repeats`` rounds, each timing every layer of the original and of
+    the compressed network (and both whole passes) once, in the same order; each figure keeps its
+    own calls' samples."""
+    net, comp, x = nets
+    calls = []
+
+    def recorder(fn, inp, repeats, warmup, fresh_input=False):
+        calls.append((fn, repeats, warmup))
+        return Stats([float(len(calls))] * repeats), Stats([0.0] * repeats)
+
+    with mock.patch.object(profile_module, "time_call", recorder):
+        original, compressed = profile_each(profile_network, [net, comp], x, repeats=3, warmup=2, threads=1)
+    n = len(original.names()) + len(compressed.names()) + 2
+    warm, timed = calls[:n], calls[n:]
+    assert all((r, w) == (0, 2) for _, r, w in warm) and all((r, w) == (1, 0) for _, r, w in timed)
+    order = [fn for fn, _, _ in warm]
+    assert [fn for fn, _, _ in timed] == order * 3
+    assert order[len(original.names())] == net.forward and order[-1] == comp.forward  # the totals close each network
+    # the first figure's samples are its own calls: index n, 2n and 3n (1-based: n + 1, 2n + 1, 3n + 1)
+    assert original[original.names()[0]].wall.samples == [n + 1, 2 * n + 1, 3 * n + 1]
+    assert compressed.total.wall.samples == [2 * n, 3 * n, 4 * n]
+

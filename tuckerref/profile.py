@@ -2,7 +2,8 @@
 
 The network is run once in inference mode and the input of every layer (recursively, into nested
 Sequentials) is captured; then each layer is timed on its own captured input over ``warmup``
-untimed and ``repeats`` timed calls, in wall time (``time.perf_counter``) and process CPU time
+untimed and ``repeats`` timed calls (taken round robin over all layers, and over all networks
+when several are profiled together: :func:`profile_networks`), in wall time (``time.perf_counter``) and process CPU time
 (``time.process_time``, summed over all threads, so it exceeds wall time when several threads
 work). A composite layer (a Sequential, e.g. a Tucker-2 replacement) is timed as a whole *and*
 through its sub-layers. The whole forward pass is timed the same way.
@@ -189,13 +190,77 @@ def time_call(fn, x: np.ndarray, repeats: int, warmup: int, fresh_input: bool = 
     return Stats(wall), Stats(cpu)
 
 
-def _time_tree(module: Module, name: str, inputs: dict, repeats: int, warmup: int) -> LayerTiming:
-    wall, cpu = time_call(module.forward, inputs[name], repeats, warmup, _mutates_input(module))
-    children = []
-    if isinstance(module, Sequential):
-        children = [_time_tree(child, f"{name}.{child_name}", inputs, repeats, warmup)
-                    for child_name, child in module.named_children()]
-    return LayerTiming(name=name, kind=type(module).__name__, wall=wall, cpu=cpu, children=children)
+def _timed_calls(net: Sequential, inputs: dict, x: np.ndarray) -> list:
+    """(name, kind, forward, input, fresh_input) of every layer and sub-layer of ``net``, depth first, then
+    of the whole forward pass under the name "total"."""
+    calls = []
+
+    def walk(seq, prefix):
+        for child_name, child in seq.named_children():
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            calls.append((name, type(child).__name__, child.forward, inputs[name], _mutates_input(child)))
+            if isinstance(child, Sequential):
+                walk(child, name)
+
+    walk(net, "")
+    calls.append(("total", "Sequential", net.forward, x, _mutates_input(net)))
+    return calls
+
+
+def _timing_tree(net: Sequential, samples: dict, prefix="") -> list:
+    """LayerTimings of ``net``'s children (recursively) from {name: (wall samples, cpu samples)}."""
+    layers = []
+    for child_name, child in net.named_children():
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        children = _timing_tree(child, samples, name) if isinstance(child, Sequential) else []
+        wall, cpu = samples[name]
+        layers.append(LayerTiming(name=name, kind=type(child).__name__, wall=Stats(wall), cpu=Stats(cpu),
+                                  children=children))
+    return layers
+
+
+def profile_networks(nets: list, x: np.ndarray, *, repeats: int = 10, warmup: int = 1,
+                     threads: int | None = None) -> list:
+    """:func:`profile_network` of several networks on the same batch, measured together.
+
+    Every layer, sub-layer and whole forward pass of every network is warmed up first, then timed
+    in ``repeats`` rounds of one call each, round robin, so that a drift of the machine's speed
+    during the measurement touches all figures alike (these machines are shared: the same call
+    can take a fifth longer a minute later), and ratios between the networks hold.
+    """
+    for net in nets:
+        if not isinstance(net, Sequential):
+            raise ValueError(f"profile_network expects a Sequential network, got {type(net).__name__}")
+    repeats, warmup = check_repeats(repeats, warmup)
+    threads = check_threads(threads)
+    xs = [check_input(net, x) for net in nets]
+    modes = [net.training for net in nets]
+    for net in nets:
+        net.eval()
+    try:
+        with numba_threads(threads), no_grad():
+            calls = [_timed_calls(net, capture_inputs(net, xi), xi) for net, xi in zip(nets, xs)]
+            flat = [call for net_calls in calls for call in net_calls]
+            for _, _, forward, inp, fresh in flat:
+                time_call(forward, inp, 0, warmup, fresh)
+            walls, cpus = [[] for _ in flat], [[] for _ in flat]
+            for _ in range(repeats):
+                for i, (_, _, forward, inp, fresh) in enumerate(flat):
+                    wall, cpu = time_call(forward, inp, 1, 0, fresh)
+                    walls[i] += wall.samples
+                    cpus[i] += cpu.samples
+    finally:
+        for net, mode in zip(nets, modes):
+            net.train(mode)
+    profiles, i = [], 0
+    for net, xi, net_calls in zip(nets, xs, calls):
+        samples = {name: (walls[i + j], cpus[i + j]) for j, (name, *_) in enumerate(net_calls)}
+        i += len(net_calls)
+        total = LayerTiming(name="total", kind="Sequential", wall=Stats(samples["total"][0]),
+                            cpu=Stats(samples["total"][1]))
+        profiles.append(NetworkProfile(layers=_timing_tree(net, samples), total=total, input_shape=tuple(xi.shape),
+                                       repeats=repeats, warmup=warmup, threads=threads))
+    return profiles
 
 
 def profile_network(net: Sequential, x: np.ndarray, *, repeats: int = 10, warmup: int = 1,
@@ -204,25 +269,18 @@ def profile_network(net: Sequential, x: np.ndarray, *, repeats: int = 10, warmup
 
     The network is put in inference mode for the measurement (dropout is the identity, and
     ``no_grad``: nothing is kept for a backward pass, as in the paper's timing of evaluations) and
-    its previous training mode is restored afterwards.
+    its previous training mode is restored afterwards. Each figure's samples are taken round robin
+    over all of them (:func:`profile_networks`).
     """
-    if not isinstance(net, Sequential):
-        raise ValueError(f"profile_network expects a Sequential network, got {type(net).__name__}")
-    repeats, warmup = check_repeats(repeats, warmup)
-    threads = check_threads(threads)
-    x = check_input(net, x)
-    was_training = net.training
-    net.eval()
-    try:
-        with numba_threads(threads), no_grad():
-            inputs = capture_inputs(net, x)
-            layers = [_time_tree(child, name, inputs, repeats, warmup) for name, child in net.named_children()]
-            wall, cpu = time_call(net.forward, x, repeats, warmup, _mutates_input(net))
-    finally:
-        net.train(was_training)
-    total = LayerTiming(name="total", kind="Sequential", wall=wall, cpu=cpu)
-    return NetworkProfile(layers=layers, total=total, input_shape=tuple(x.shape), repeats=repeats,
-                          warmup=warmup, threads=threads)
+    return profile_networks([net], x, repeats=repeats, warmup=warmup, threads=threads)[0]
+
+
+def profile_each(profiler, nets: list, x: np.ndarray, **kwargs) -> list:
+    """Profiles of ``nets`` from one timing backend. The engine's own backend measures them together,
+    round robin (:func:`profile_networks`); another backend times one network after the other."""
+    if profiler is profile_network:
+        return profile_networks(nets, x, **kwargs)
+    return [profiler(net, x, **kwargs) for net in nets]
 
 
 def _profile_exported_c(net, x, **kwargs):

@@ -22,7 +22,7 @@ import numpy as np
 from ..flops import count_network
 from ..models import PAPER_INPUT_SHAPE, thetis_net
 from ..nn import Conv3d, Linear, Sequential
-from ..profile import PROFILERS, check_repeats, check_threads, get_profiler
+from ..profile import PROFILERS, check_repeats, check_threads, get_profiler, profile_each
 from ..report import compact, markdown_table, milliseconds, ratio, write_json, write_text
 
 
@@ -82,8 +82,8 @@ def build_table(original: Sequential, compressed: Sequential, x: np.ndarray, pro
     if missing:
         raise ValueError(f"the compressed network lacks layers {missing} of the original")
     counts = {"original": count_network(original, input_shape), "compressed": count_network(compressed, input_shape)}
-    profiles = {"original": profiler(original, x, repeats=repeats, warmup=warmup, threads=threads),
-                "compressed": profiler(compressed, x, repeats=repeats, warmup=warmup, threads=threads)}
+    profiles = dict(zip(("original", "compressed"), profile_each(profiler, [original, compressed], x, repeats=repeats,
+                                                                 warmup=warmup, threads=threads)))
     rows = []
     for name in names:
         method, S, T, r_in, r_out = describe(original[name], compressed[name], _unflattened_input(counts["original"], name))
