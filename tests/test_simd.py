@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from numba import njit
 
-from tuckerref.kernels.simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_mix_store,
-                                    tile_store, vector_registers)
+from tuckerref.kernels.pool import _nan_max
+from tuckerref.kernels.simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_max_store,
+                                    tile_mix_max_store, tile_mix_store, tile_store, vector_registers)
 
 
 @njit(cache=True)
@@ -119,3 +120,42 @@ def test_tile_mix_store_is_a_1x1x1_convolution_of_the_tile_channels(shape, outpu
             expect[at:at + V * L] = b[t] + u[t * C:(t + 1) * C].astype(np.float64) @ acc.astype(np.float64)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(out, expect, rtol=tol, atol=tol)
+
+
+@njit(cache=True)
+def _max_stores(tile, values, out, channel_stride, row_stride, w, b, outputs, mixed):
+    acc = tile_broadcast(tile, values, 0)
+    if mixed:
+        for t in range(outputs):
+            tile_mix_max_store(tile, acc, w, t * tile.channels, b, t, out, t * channel_stride, row_stride)
+    else:
+        tile_max_store(tile, acc, out, 0, channel_stride, row_stride)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_stores_merge_like_max_pooling_nan_included(mixed, dtype, rng):
+    """out = _nan_max(out, value) lane by lane: the larger, NaN from either side, the old value on
+    ties (so -0 against +0 keeps what was there); rows sharing an address (row stride 0) merge in turn."""
+    C, V, R = 2, 2, 2
+    L = lanes(np.dtype(dtype))
+    specials = np.array([np.nan, -np.inf, np.inf, 0.0, -0.0, 1.0, -1.0, 2.0], dtype)
+    old = np.resize(np.concatenate([specials, specials[::-1], rng.standard_normal(4 * L).astype(dtype)]),
+                    (C if not mixed else 3) * V * L).astype(dtype)
+    values = np.array([0.0, -0.0], dtype) if not mixed else np.array([1.0, np.nan], dtype)
+    w = rng.standard_normal(3 * C).astype(dtype)
+    w[3:] = 0.0  # output 1 mixes the NaN channel by 0: NaN all the same
+    b = np.array([-0.0, 0.5, 2.0], dtype)
+    out = old.copy()
+    _max_stores(RegisterTile(C, V, R), values, out, V * L, 0, w, b, 3, mixed)
+    expect = old.astype(np.float64).copy()
+    channels = [values.astype(np.float64)[k] for k in range(C)] if not mixed else \
+        [b[t] + sum(w[t * C + k] * values.astype(np.float64)[k] for k in range(C)) for t in range(3)]
+    for _row in range(R):
+        for k, v in enumerate(channels):
+            seg = slice(k * V * L, (k + 1) * V * L)
+            expect[seg] = [_nan_max.py_func(a, dtype(v)) for a in expect[seg]]
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expect))
+    np.testing.assert_array_equal(np.signbit(out[~np.isnan(out)]), np.signbit(expect[~np.isnan(expect)]))
+    np.testing.assert_allclose(out, expect, rtol=1e-6 if dtype == np.float32 else 1e-15)
+

@@ -11,9 +11,10 @@ plain store:
   into the block's T outputs by the last factor, Y(t) = b(t) + sum_r U_t(t, r) Z'(r), while they
   are still in registers, so the core's output never reaches memory;
 * a *pooled* store, for a convolution followed by a non-overlapping max pooling (kernel = stride,
-  no padding): one task computes all kd x kh output rows of one pooling window row into a small
-  scratch buffer and writes only their maxima, so the full-resolution output never reaches memory
-  either, and rows or columns that the pooling's floor drops are not computed.
+  no padding): one task computes all kd x kh output rows of one pooling window row, each tile
+  merging into a running maximum of one row per channel, and writes only the windows' maxima, so
+  the full-resolution output never reaches memory either, and rows or columns that the pooling's
+  floor drops are not computed.
 
 Every output is summed in the same (s, i, j, l) order whatever the tile shape or epilogue, so the
 results are bit-identical to the plain store followed by the separate layers.
@@ -25,13 +26,17 @@ from numba import njit, prange
 
 from . import simd
 from .pool import _nan_max
-from .simd import RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_mix_store, tile_store
+from .simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_max_store, tile_mix_max_store,
+                   tile_mix_store, tile_store)
 from .tiling import max_tile_channels, row_tiles, tile_channels, tile_shape
 
 
-@njit(fastmath=True, cache=True)
+# No fastmath in this module (said explicitly, or a callee would inherit it from a fastmath
+# caller): the tiles' arithmetic is explicit (llvm.fmuladd), which fastmath would not change, and
+# the pooled stores compare with NaN semantics, which its no-NaNs flag would remove.
+@njit(fastmath=False, cache=True)
 def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_strides, x_first, x_strides, kernel,
-                  u, c, outputs):
+                  u, c, outputs, pooled):
     """One register tile: R = tile.rows (1 or 2) output rows x C = tile.channels channels x tile.vectors SIMD vectors.
 
     acc = b, then for every tap (s, i, l) and input row r of the tile's window (kH + R - 1 rows),
@@ -43,6 +48,8 @@ def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_s
     With ``u`` (U flat, row-major (outputs, C)) and ``c`` (outputs,) the tile's C channels are not
     stored but mixed into ``outputs`` channels first, out(t) = c(t) + sum_k U(t, k) acc(k), the
     1x1x1 convolution of eq. (10) done while the tile is still in registers; ``u`` None stores them.
+    With ``pooled`` each store merges into a running maximum instead (out = max(out, value), NaN
+    propagating): a max pooling over the rows and channels that share addresses.
     """
     C, R = tile.channels, tile.rows
     S, kD, kH, kW = kernel
@@ -62,15 +69,21 @@ def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_s
                 acc = tile_fma_rows(tile, 1, 2, acc, wt, w_si + kH * w_row + l * C, w_row, xp, x_si + kH * xj + l)
             w_si += kH * w_row
     if u is None:
-        tile_store(tile, acc, out, out_first, out_strides[0], out_strides[1])
+        if pooled:
+            tile_max_store(tile, acc, out, out_first, out_strides[0], out_strides[1])
+        else:
+            tile_store(tile, acc, out, out_first, out_strides[0], out_strides[1])
     else:
         for t in range(outputs):
-            tile_mix_store(tile, acc, u, t * C, c, t, out, out_first + t * out_strides[0], out_strides[1])
+            if pooled:
+                tile_mix_max_store(tile, acc, u, t * C, c, t, out, out_first + t * out_strides[0], out_strides[1])
+            else:
+                tile_mix_store(tile, acc, u, t * C, c, t, out, out_first + t * out_strides[0], out_strides[1])
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=False, cache=True)
 def _tile_row_block(tile, last, xp, wt, bias, b, out, out_row, out_strides, x_row, x_strides, kernel, geometry,
-                    u, c, outputs):
+                    u, c, outputs, pooled):
     """R output rows of channel block ``b`` across the output width, stored from ``out_row``.
 
     ``geometry = (width, full, last_col, w_block)``: ``full`` tiles of ``width`` columns side by
@@ -81,10 +94,10 @@ def _tile_row_block(tile, last, xp, wt, bias, b, out, out_row, out_strides, x_ro
     C = tile.channels
     for col in range(0, full * width, width):
         _tile_segment(tile, xp, wt, b * w_block, b * C, bias, out, out_row + col, out_strides, x_row + col,
-                      x_strides, kernel, u, c, outputs)
+                      x_strides, kernel, u, c, outputs, pooled)
     if last_col >= 0:
         _tile_segment(last, xp, wt, b * w_block, b * C, bias, out, out_row + last_col, out_strides,
-                      x_row + last_col, x_strides, kernel, u, c, outputs)
+                      x_row + last_col, x_strides, kernel, u, c, outputs, pooled)
 
 
 # Layout of the int64 ``dims`` array of the tile kernels (an array, not a tuple: Numba types an
@@ -93,7 +106,7 @@ def _tile_row_block(tile, last, xp, wt, bias, b, out, out_row, out_strides, x_ro
  _LAST_COL) = range(19)
 
 
-@njit(fastmath=True, cache=True)
+@njit(fastmath=False, cache=True)
 def _unpack(dims, tile):
     """Sizes, strides and tile geometry from ``dims`` (see :func:`_tile_forward_impl`)."""
     S, Fp, Hp, Wp = dims[_S], dims[_FP], dims[_HP], dims[_WP]
@@ -103,7 +116,7 @@ def _unpack(dims, tile):
             (dims[_WIDTH], dims[_FULL], dims[_LAST_COL], w_block))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=False, cache=True)
 def _tile_forward_impl(xp, wt, bias, out, tile, last, dims, u, c):
     """out[n, t, f', h', w'] = b(t) + sum_{s,i,j,l} K(t,s,i,j,l) Xp(n, s, f'*sd + i, h'*sh + j, w' + l).
 
@@ -132,47 +145,36 @@ def _tile_forward_impl(xp, wt, bias, out, tile, last, dims, u, c):
         out_row = (n * T + t_first + b * C) * plane + (fo * Ho + ho) * Wo
         x_row = ((n * S * Fp + fo * sd) * Hp + ho * sh) * Wp
         _tile_row_block(tile, last, xp, wt, bias, b, out, out_row, (plane, Wo), x_row, x_strides, kernel, geometry,
-                        u, c, T)
+                        u, c, T, False)
 
 
-# fastmath=False said explicitly: a callee compiled from a fastmath kernel inherits its fastmath
-# unless it sets the option itself, and under fastmath LLVM may drop the NaN tests of _nan_max.
 @njit(fastmath=False, cache=True)
-def _max_pool_scratch(scratch, channels, window_rows, Wo, out, out_first, out_plane, Wq, kw, relu):
-    """out[out_first + k*out_plane + w_q] = max over the window_rows rows and kw columns of channel k,
-    then max(., 0) when ``relu``.
-
-    scratch holds ``channels`` blocks of ``window_rows`` rows of Wo values (one pooling window
-    row of the convolution's output). Rows are merged element-wise first (vectorised), then
-    each run of kw columns; NaN propagates through both maxima (no fastmath here, so NaN compares
-    stay exact), and the ReLU leaves NaN and -0 as they are, as the ReLU kernel does.
-    """
+def _pool_columns(rows, channels, Wo, out, out_first, out_plane, Wq, kw, relu):
+    """out[out_first + k*out_plane + w_q] = max of rows[k*Wo + w_q*kw ...] over kw columns, then max(., 0)
+    when ``relu``; NaN propagates (pool._nan_max) and the ReLU leaves NaN and -0 as they are."""
     for k in range(channels):
-        row = scratch[k * window_rows * Wo:(k * window_rows + 1) * Wo]
-        for q in range(1, window_rows):
-            src = scratch[(k * window_rows + q) * Wo:(k * window_rows + q + 1) * Wo]
-            for w in range(Wo):
-                row[w] = _nan_max(row[w], src[w])
         at = out_first + k * out_plane
         for wq in range(Wq):
-            m = row[wq * kw]
+            m = rows[k * Wo + wq * kw]
             for l in range(1, kw):
-                m = _nan_max(m, row[wq * kw + l])
+                m = _nan_max(m, rows[k * Wo + wq * kw + l])
             if relu and m < 0:
                 m = 0
             out[at + wq] = m
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=False, cache=True)
 def _tile_pool_forward_impl(xp, wt, bias, out, tile, last, dims, pool, u, c):
     """Max pooling (kernel = stride = (kd, kh, kw), no padding) of the convolution of
     :func:`_tile_forward_impl`, into the pooled ``out`` (N, T, Fo // kd, Ho // kh, Wo // kw);
     ``pool`` = (kd, kh, kw, relu), with relu = 1 for a ReLU after the pooling.
 
     Each task computes the kd x kh output rows of one pooling window row (n, f_q, h_q) for one
-    channel block into a scratch buffer (channels x kd*kh rows x Wo), then writes their maxima
-    (:func:`_max_pool_scratch`). Output rows beyond the last whole window are never computed.
-    R-row tiles need kh >= R; the last row block of a window is placed flush with its bottom.
+    channel block, every tile merging its rows into a running maximum of one row per channel
+    (-inf first, rows in the order max pooling scans them; a few KiB that stay in L1), then
+    reduces each run of kw columns (:func:`_pool_columns`). Output rows beyond the last whole
+    window are never computed. R-row tiles need kh >= R; the last row block of a window is placed
+    flush with its bottom (a row merged twice leaves the maximum as it is).
     """
     N, T, t_first, blocks = dims[_N], dims[_T], dims[_T_FIRST], dims[_BLOCKS]
     S, Fp, Hp, Wp = dims[_S], dims[_FP], dims[_HP], dims[_WP]
@@ -182,22 +184,21 @@ def _tile_pool_forward_impl(xp, wt, bias, out, tile, last, dims, pool, u, c):
     Fq, Hq, Wq = dims[_FO] // kd, dims[_HO] // kh, Wo // kw
     C, R = tile.channels, tile.rows
     stored = C if u is None else T  # channels one task writes
-    window_rows = kd * kh
     for task in prange(N * Fq * Hq * blocks):
         n = task // (Fq * Hq * blocks)
         fq = (task // (Hq * blocks)) % Fq
         hq = (task // blocks) % Hq
         b = task % blocks
-        scratch = np.empty(stored * window_rows * Wo, xp.dtype)
+        rows = np.full(stored * Wo, -np.inf, xp.dtype)
         for i in range(kd):
             fo = fq * kd + i
             for j0 in range(0, kh, R):
                 j = min(j0, kh - R)
                 x_row = ((n * S * Fp + fo * sd) * Hp + (hq * kh + j) * sh) * Wp
-                _tile_row_block(tile, last, xp, wt, bias, b, scratch, (i * kh + j) * Wo, (window_rows * Wo, Wo),
-                                x_row, x_strides, kernel, geometry, u, c, T)
+                _tile_row_block(tile, last, xp, wt, bias, b, rows, 0, (Wo, 0), x_row, x_strides, kernel, geometry,
+                                u, c, T, True)
         out_first = (((n * T + t_first + b * C) * Fq + fq) * Hq + hq) * Wq
-        _max_pool_scratch(scratch, stored, window_rows, Wo, out, out_first, Fq * Hq * Wq, Wq, kw, relu)
+        _pool_columns(rows, stored, Wo, out, out_first, Fq * Hq * Wq, Wq, kw, relu)
 
 
 def tiles_fit(out_width, dtype) -> bool:

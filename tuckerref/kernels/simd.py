@@ -242,15 +242,22 @@ def tile_fma_rows(typingctx, tile, first_row, end_row, acc, w, w_start, w_row_st
     return sig, _fma_rows(tile, acc, w, x, first_row.literal_value, end_row.literal_value)
 
 
-@intrinsic
-def tile_mix_store(typingctx, tile, acc, w, w_start, b, b_start, out, start, row_stride):
-    """Mix the channels of a tile into one and store it (eq. (10) on a tile):
+def _store(builder, value, pointer, align, maximum):
+    """Store a vector; with ``maximum``, store max(old, value) instead, NaN propagating as
+    pool._nan_max(old, value) does: the new value when it is greater or NaN, else the old one.
 
-        out[start + r*row_stride + v*L : ... + L] = b[b_start] + sum_k w[w_start + k] * acc[r, k, v]
-
-    summed in channel order from the bias, as a 1x1x1 convolution does. Each vector is stored as
-    soon as it is mixed, so only the tile, the C weights and the bias occupy registers.
+    The comparisons carry no fast-math flags; callers must not be compiled with fastmath (its
+    pass would flag them and let LLVM drop the NaN test).
     """
+    if maximum:
+        old = builder.load(pointer, align=align)
+        take = builder.or_(builder.fcmp_ordered(">", value, old), builder.fcmp_unordered("uno", value, value))
+        value = builder.select(take, value, old)
+    builder.store(value, pointer, align=align)
+
+
+def _mix_store(tile, acc, w, b, out, maximum):
+    """Typing and code of tile_mix_store (``maximum``: tile_mix_max_store)."""
     _check_flat("w", w)
     _check_flat("b", b)
     _check_flat("out", out)
@@ -274,15 +281,34 @@ def tile_mix_store(typingctx, tile, acc, w, w_start, b, b_start, out, start, row
                 y = bias
                 for k in range(C):
                     y = builder.call(fmuladd, [weights[k], builder.extract_value(tiles, (r * C + k) * V + v), y])
-                builder.store(y, _vector_pointer(builder, _step(builder, row, v * n), n), align=align)
+                _store(builder, y, _vector_pointer(builder, _step(builder, row, v * n), n), align, maximum)
         return context.get_dummy_value()
 
-    return types.none(tile, acc, w, w_start, b, b_start, out, start, row_stride), codegen
+    return codegen
 
 
 @intrinsic
-def tile_store(typingctx, tile, acc, out, start, channel_stride, row_stride):
-    """out[start + r*row_stride + k*channel_stride + v*L : ... + L] = acc[r, k, v]."""
+def tile_mix_store(typingctx, tile, acc, w, w_start, b, b_start, out, start, row_stride):
+    """Mix the channels of a tile into one and store it (eq. (10) on a tile):
+
+        out[start + r*row_stride + v*L : ... + L] = b[b_start] + sum_k w[w_start + k] * acc[r, k, v]
+
+    summed in channel order from the bias, as a 1x1x1 convolution does. Each vector is stored as
+    soon as it is mixed, so only the tile, the C weights and the bias occupy registers.
+    """
+    sig = types.none(tile, acc, w, w_start, b, b_start, out, start, row_stride)
+    return sig, _mix_store(tile, acc, w, b, out, False)
+
+
+@intrinsic
+def tile_mix_max_store(typingctx, tile, acc, w, w_start, b, b_start, out, start, row_stride):
+    """:func:`tile_mix_store` into a running maximum: out = max(out, mixed), NaN propagating."""
+    sig = types.none(tile, acc, w, w_start, b, b_start, out, start, row_stride)
+    return sig, _mix_store(tile, acc, w, b, out, True)
+
+
+def _tile_store(tile, acc, out, maximum):
+    """Typing and code of tile_store (``maximum``: tile_max_store)."""
     _check_flat("out", out)
     n = acc.dtype.lanes
     align = acc.dtype.dtype.bitwidth // 8
@@ -297,8 +323,22 @@ def tile_store(typingctx, tile, acc, out, start, channel_stride, row_stride):
                                      builder.mul(cstride, ir.Constant(cstride.type, k)))
                 row = builder.gep(base, [offset], inbounds=True)
                 for v in range(V):
-                    builder.store(builder.extract_value(tiles, (r * C + k) * V + v),
-                                  _vector_pointer(builder, _step(builder, row, v * n), n), align=align)
+                    _store(builder, builder.extract_value(tiles, (r * C + k) * V + v),
+                           _vector_pointer(builder, _step(builder, row, v * n), n), align, maximum)
         return context.get_dummy_value()
 
-    return types.none(tile, acc, out, start, channel_stride, row_stride), codegen
+    return codegen
+
+
+@intrinsic
+def tile_store(typingctx, tile, acc, out, start, channel_stride, row_stride):
+    """out[start + r*row_stride + k*channel_stride + v*L : ... + L] = acc[r, k, v]."""
+    return types.none(tile, acc, out, start, channel_stride, row_stride), _tile_store(tile, acc, out, False)
+
+
+@intrinsic
+def tile_max_store(typingctx, tile, acc, out, start, channel_stride, row_stride):
+    """:func:`tile_store` into a running maximum: out[...] = max(out[...], acc[r, k, v]), NaN propagating
+    (rows or channels may share addresses: each is merged in turn)."""
+    return types.none(tile, acc, out, start, channel_stride, row_stride), _tile_store(tile, acc, out, True)
+
