@@ -1,11 +1,17 @@
 """Numba kernels: pure functions on NumPy arrays (NCDHW, weights (T, S, kD, kH, kW))."""
-from .activation import dropout_mask, relu, relu_backward
-from .conv3d import conv3d, conv3d_backward, conv3d_max_pool3d
-from .linear import linear, linear_backward
-from .loss import softmax, softmax_cross_entropy
-from .pool import max_pool3d, max_pool3d_backward, max_pool3d_values
+from pathlib import Path
+
+from ._cache import drop_stale_kernels
+
+drop_stale_kernels(Path(__file__).parent)  # before any kernel module loads its cached machine code
+
+from .activation import dropout_mask, relu, relu_backward  # noqa: E402
+from .conv3d import conv3d, conv3d_backward, conv3d_max_pool3d  # noqa: E402
+from .linear import linear, linear_backward  # noqa: E402
+from .loss import softmax, softmax_cross_entropy  # noqa: E402
+from .pool import max_pool3d, max_pool3d_backward, max_pool3d_values  # noqa: E402
 
 __all__ = [
-    "conv3d", "conv3d_backward", "conv3d_max_pool3d", "linear", "linear_backward", "max_pool3d", "max_pool3d_backward", "max_pool3d_values",
-    "relu", "relu_backward", "dropout_mask", "softmax", "softmax_cross_entropy",
+    "conv3d", "conv3d_backward", "conv3d_max_pool3d", "linear", "linear_backward", "max_pool3d", "max_pool3d_backward",
+    "max_pool3d_values", "relu", "relu_backward", "dropout_mask", "softmax", "softmax_cross_entropy",
 ]
