@@ -16,7 +16,9 @@ Batch 1, float32, one clip of the paper's size (28 x 120 x 160 frames):
     .venv/bin/python bench/kernels.py [--repeats 5] [--threads 2]
 
 Every figure is the median of ``--repeats`` timed calls after one untimed warm-up call (which also
-compiles the kernels). On a shared, loaded machine the figures are indicative only.
+compiles the kernels); the two forward convolutions are timed round robin, one call each per
+round, so that their ratio does not depend on the machine's drift. On a shared, loaded machine
+the figures are indicative only.
 """
 from __future__ import annotations
 
@@ -63,13 +65,21 @@ POINTWISE = [("c1 factor U_s (4->2)", 4, 2), ("c1 factor U_t (2->6)", 2, 6)]
 
 def median_seconds(fn, repeats):
     """Median wall time of ``repeats`` calls of ``fn`` after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    return round_robin_medians({"": fn}, repeats)[""]
+
+
+def round_robin_medians(fns: dict, repeats):
+    """{name: median wall time} of the callables, each warmed up once, then timed in ``repeats``
+    rounds of one call each, so that the machine's drift touches every figure alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def conv_macs(S, T, kernel, padding, clip=CLIP):
@@ -84,16 +94,23 @@ def main(args):
     rows = []  # (what, shape, median ms, figure, unit)
 
     conv_gflops = {}
+    arrays = {}
     for name, S, T in CONVS:
         x = rng.standard_normal((1, S) + CLIP, dtype=np.float32)
         w = (0.01 * rng.standard_normal((T, S) + KERNEL)).astype(np.float32)
-        y = conv3d(x, w, padding=PADDING)
-        g = rng.standard_normal(y.shape, dtype=np.float32)
-        flop = 2 * conv_macs(S, T, KERNEL, PADDING)
-        shape = f"{S}x{'x'.join(map(str, CLIP))}, k {KERNEL}"
-        t = median_seconds(lambda: conv3d(x, w, padding=PADDING), args.repeats)
+        arrays[name] = (x, w, 2 * conv_macs(S, T, KERNEL, PADDING), f"{S}x{'x'.join(map(str, CLIP))}, k {KERNEL}")
+    # The two forward convolutions are timed together, round robin: their ratio is the figure
+    # that says whether time follows FLOPs, and it must not depend on when each was measured.
+    forward = round_robin_medians({name: (lambda x=x, w=w: conv3d(x, w, padding=PADDING))
+                                   for name, (x, w, _, _) in arrays.items()}, args.repeats)
+    for name, S, T in CONVS:
+        x, w, flop, shape = arrays[name]
+        t = forward[name]
         conv_gflops[name] = flop / t / 1e9
         rows.append((f"conv3d forward {name}", shape, t, conv_gflops[name], "GFLOP/s"))
+    for name, S, T in CONVS:
+        x, w, flop, shape = arrays[name]
+        g = rng.standard_normal(conv3d(x, w, padding=PADDING).shape, dtype=np.float32)
         t = median_seconds(lambda: conv3d_backward(x, w, g, padding=PADDING, need_grad_x=False), args.repeats)
         rows.append((f"backward grad_weight {name}", shape, t, flop / t / 1e9, "GFLOP/s"))
         t = median_seconds(lambda: conv3d_backward(x, w, g, padding=PADDING), args.repeats)

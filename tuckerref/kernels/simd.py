@@ -160,6 +160,14 @@ def _broadcast(builder, scalar, n):
     return builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
 
 
+def _fmuladd(context, builder, vector):
+    """The LLVM intrinsic llvm.fmuladd on the ``vector`` type: a*b + c, fused where the target has FMA."""
+    vty = context.get_value_type(vector)
+    suffix = "f32" if vector.dtype.bitwidth == 32 else "f64"
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                          f"llvm.fmuladd.v{vector.lanes}{suffix}")
+
+
 def _vector_pointer(builder, pointer, n):
     return builder.bitcast(pointer, ir.VectorType(pointer.type.pointee, n).as_pointer())
 
@@ -198,10 +206,7 @@ def _fma_rows(tile, acc, w, x, first_row, end_row):
 
     def codegen(context, builder, sig, args):
         tiles, warr, wfirst, wstep, xarr, xfirst = args[-6:]
-        vty = context.get_value_type(acc.dtype)
-        suffix = "f32" if acc.dtype.dtype.bitwidth == 32 else "f64"
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                                 f"llvm.fmuladd.v{n}{suffix}")
+        fmuladd = _fmuladd(context, builder, acc.dtype)
         weights = {}
         for r in rows:
             first = builder.sub(wfirst, builder.mul(wstep, ir.Constant(wstep.type, r)))
@@ -267,10 +272,7 @@ def _mix_store(tile, acc, w, b, out, maximum):
 
     def codegen(context, builder, sig, args):
         _, tiles, warr, wfirst, barr, bfirst, oarr, ofirst, rstride = args
-        vty = context.get_value_type(acc.dtype)
-        suffix = "f32" if acc.dtype.dtype.bitwidth == 32 else "f64"
-        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                                 f"llvm.fmuladd.v{n}{suffix}")
+        fmuladd = _fmuladd(context, builder, acc.dtype)
         wbase = _address(context, builder, sig.args[2], warr, wfirst)
         weights = [_broadcast(builder, builder.load(_step(builder, wbase, k)), n) for k in range(C)]
         bias = _broadcast(builder, builder.load(_address(context, builder, sig.args[4], barr, bfirst)), n)
