@@ -5,8 +5,10 @@ For each layer with parameters (c1, c2, l1, l2, l_out): method, S/R_in, T/R_out,
 improvement factors: storage (weights), theoretical speed-up (FLOPs ratio) and observed speed-up
 (time ratio). Parameter-free layers (ReLU, pooling, dropout, flatten) are summed in an "other" row;
 the total time is the whole forward pass. Sub-layers are timed one by one; with the numba backend
-a Tucker-2 block's own time is its fused forward pass (:mod:`tuckerref.nn.fusion`). Prints the table
-and writes ``table2.md`` and ``table2.json`` (atomically) to ``--out``.
+a Tucker-2 block's own time is its fused forward pass, and the total is the inference pass with all
+its fusions (:mod:`tuckerref.nn.fusion`), every figure of both networks timed round robin
+(:func:`tuckerref.profile.profile_networks`). Prints the table and writes ``table2.md`` and
+``table2.json`` (atomically) to ``--out``.
 
 Timing backends: ``--backend`` offers the keys of :data:`tuckerref.profile.PROFILERS`; a backend is
 a function ``(net, x, *, repeats, warmup, threads) -> NetworkProfile`` whose layer names are the
@@ -151,7 +153,10 @@ def render(table: dict) -> str:
              f"(warm-up {table['warmup']}); sub-layer breakdowns in brackets")
     if table["backend"] == "numba":
         title += ("\n\nEach sub-layer is timed alone. A Tucker-2 block runs fused (its 1x1x1 output mix in the "
-                  "core's register tiles), so it can take less than the sum of its sub-layers.")
+                  "core's register tiles), so it can take less than the sum of its sub-layers; the whole pass "
+                  "(total) also fuses each convolution with the max pooling and ReLU after it, so it can take "
+                  "less than the sum of the rows. Both networks are timed round robin, one call of every "
+                  "figure per round.")
     return "\n\n".join([title, markdown_table(head, body), markdown_table(speed_head, speed)])
 
 
