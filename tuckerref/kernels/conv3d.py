@@ -318,21 +318,27 @@ def pooled_dims(out_dims, pool) -> tuple:
     return pooled
 
 
+def pool_then_relu(y, pool, relu):
+    """max_pool3d_values(y, kernel=stride=pool), then max(., 0) when ``relu``: the separate layers
+    that the fused paths replace, for the shapes the register tiles do not cover."""
+    y = max_pool3d_values(y, pool)
+    return relu_kernel(y, inplace=True) if relu else y
+
+
 def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu=False, check_finite=True):
     """max_pool3d(conv3d(x, weight, bias, stride, padding), kernel=stride=pool), inference only;
     with ``relu``, max(., 0) of that (the paper's pooling and ReLU after c1 and c2).
 
     The same values as the calls in turn (eq. (1), then the maximum over each window, NaN
     propagating), computed in one pass when the register tiles apply (unit width stride, output
-    at least one SIMD vector wide): each task keeps one row of pooling windows of the convolution's
-    output in a scratch buffer and writes only their maxima (:mod:`.conv3d_tiles`).
+    at least one SIMD vector wide): each task computes one row of pooling windows, its tiles
+    merging into a running maximum, and writes only the windows' maxima (:mod:`.conv3d_tiles`).
     """
     x, weight, bias, stride, padding, out_dims = _validate(x, weight, bias, stride, padding, check_finite=check_finite)
     pool = as_triple(pool, "pool", minimum=1)
     pooled = pooled_dims(out_dims, pool)
     if not (stride[2] == 1 and tiles_fit(out_dims[2], x.dtype)):
-        y = max_pool3d_values(_conv3d_unchecked(x, weight, bias, stride, padding, out_dims), pool)
-        return relu_kernel(y, inplace=True) if relu else y
+        return pool_then_relu(_conv3d_unchecked(x, weight, bias, stride, padding, out_dims), pool, relu)
     out = np.empty(x.shape[:1] + weight.shape[:1] + pooled, x.dtype)
     with threads_for(out.size * int(np.prod(pool)) * weight[0].size):
         forward_tiles_padded(_pad(x, padding), weight, bias, stride, out, pool=pool, relu=relu)

@@ -23,11 +23,9 @@ import numpy as np
 
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
-from .activation import relu as relu_kernel
-from .conv3d import _forward_into, _validate, pooled_dims
+from .conv3d import _forward_into, _validate, pool_then_relu, pooled_dims
 from .conv3d_tiles import forward_tiles_padded, tiles_fit, tiles_hold_all_channels
 from .pointwise import pointwise_forward_padded
-from .pool import max_pool3d_values
 
 
 def _check_factor(name, weight, layout):
@@ -91,10 +89,7 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
                                       (y, last, bias, one, zero, out)):
         with threads_for(res.size * weight[0].size):
             _forward_into(inp, weight, b, s, p, res)
-    if pool is None:
-        return out
-    y = max_pool3d_values(out, pool)
-    return relu_kernel(y, inplace=True) if relu else y
+    return out if pool is None else pool_then_relu(out, pool, relu)
 
 
 def _core_geometry(z_dims, core, stride, padding):
