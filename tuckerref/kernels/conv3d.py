@@ -229,13 +229,7 @@ def _validate(x, weight, bias, stride, padding, *, check_finite=True):
             raise ValueError(f"bias has shape {bias.shape} but weight has {weight.shape[0]} output channels")
     if min(x.shape) == 0 or min(weight.shape) == 0:
         raise ValueError(f"empty array: x shape {x.shape}, weight shape {weight.shape}")
-    stride = as_triple(stride, "stride", minimum=1)
-    padding = as_triple(padding, "padding", minimum=0)
-    out_dims = window_output_dims(x.shape[2:], weight.shape[2:], stride, padding)
-    if min(out_dims) < 1:
-        raise ValueError(
-            f"empty output: input spatial shape {x.shape[2:]} with padding {padding} is smaller than "
-            f"kernel {weight.shape[2:]} (output would be {out_dims})")
+    stride, padding, out_dims = conv_geometry(x.shape[2:], weight.shape[2:], stride, padding)
     if check_finite:
         require_finite(weight, "weight")
         if bias is not None:
@@ -245,6 +239,17 @@ def _validate(x, weight, bias, stride, padding, *, check_finite=True):
     x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
     bias = None if bias is None else bias.astype(dtype, copy=False)
     return x, weight, bias, stride, padding, out_dims
+
+
+def conv_geometry(spatial, kernel, stride, padding, what="input"):
+    """(stride, padding, output dims) of eq. (1)'s windows over the spatial dims, checked non-empty."""
+    stride = as_triple(stride, "stride", minimum=1)
+    padding = as_triple(padding, "padding", minimum=0)
+    out_dims = window_output_dims(spatial, kernel, stride, padding)
+    if min(out_dims) < 1:
+        raise ValueError(f"empty output: {what} spatial shape {tuple(spatial)} with padding {padding} is smaller "
+                         f"than kernel {tuple(kernel)} (output would be {out_dims})")
+    return stride, padding, out_dims
 
 
 def _pad(x, padding):
@@ -311,7 +316,7 @@ def _conv3d_unchecked(x, weight, bias, stride, padding, out_dims):
 
 def pooled_dims(out_dims, pool) -> tuple:
     """Output dims of a max pooling with kernel = stride = ``pool`` and no padding, checked non-empty."""
-    pooled = tuple(o // k for o, k in zip(out_dims, pool))
+    pooled = window_output_dims(out_dims, pool, pool, (0, 0, 0))
     if min(pooled) < 1:
         raise ValueError(f"empty output: a convolution output of spatial shape {tuple(out_dims)} is smaller "
                          f"than the pooling window {tuple(pool)}")

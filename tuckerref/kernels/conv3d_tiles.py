@@ -25,6 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import simd
+from ._checks import window_output_dims
 from .pool import _nan_max
 from .simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_max_store, tile_mix_max_store,
                    tile_mix_store, tile_store)
@@ -218,11 +219,6 @@ def pack_tile_weights(weight, blocks, channels):
     return np.ascontiguousarray(weight.reshape(blocks, channels, S, kD, kH, kW).transpose(0, 2, 3, 4, 5, 1)).reshape(-1)
 
 
-def conv_output_dims(padded_dims, kernel, stride) -> tuple:
-    """(Fo, Ho, Wo) of a convolution of an already padded input of spatial shape ``padded_dims``."""
-    return tuple((p - k) // s + 1 for p, k, s in zip(padded_dims, kernel, stride))
-
-
 def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, relu=False):
     """Register-tile convolution of the zero-padded input ``xp`` (N, S, Fp, Hp, Wp) into ``out``.
 
@@ -239,8 +235,8 @@ def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, rel
                          f"(strides {out.strides}) must be C-contiguous")
     T, S, kernel = weight.shape[0], weight.shape[1], weight.shape[2:]
     N, T_out = out.shape[:2]
-    Fo, Ho, Wo = conv_output_dims(xp.shape[2:], kernel, stride)
-    pooled = (Fo, Ho, Wo) if pool is None else (Fo // pool[0], Ho // pool[1], Wo // pool[2])
+    Fo, Ho, Wo = window_output_dims(xp.shape[2:], kernel, stride, (0, 0, 0))
+    pooled = (Fo, Ho, Wo) if pool is None else window_output_dims((Fo, Ho, Wo), pool, pool, (0, 0, 0))
     expected = (N, T if mix is None else len(mix[0])) + pooled
     if stride[2] != 1 or not tiles_fit(Wo, xp.dtype) or out.shape != expected or min(pooled) < 1:
         raise ValueError(f"tile kernels: output {out.shape}, expected {expected}, for padded input {xp.shape}, "

@@ -11,7 +11,8 @@ out and the last 1x1x1 convolution reads it back and writes Y: passes over memor
 FLOP count does not see, and in a compressed network they weigh as much as a tenth of the core.
 When one register tile holds all R_t core channels (R_t <= 3, or R_t <= 6 on a target with 32
 vector registers; the paper's ranks are 2 and 3), U_s writes Z straight into the padded buffer
-and each core tile mixes its channels by U_t before it stores, so Z' never reaches memory (:func:`tuckerref.kernels.simd.tile_mix`). Each output is summed in
+and each core tile mixes its channels by U_t before it stores, so Z' never reaches memory
+(:func:`tuckerref.kernels.simd.tile_mix_store`). Each output is summed in
 the same order as the three convolutions would sum it. Otherwise, and for shapes the register
 tiles do not cover, the three convolutions run in turn.
 
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
+from ._checks import as_triple, common_dtype, float_array, require_finite
 from ._threads import threads_for
-from .conv3d import _forward_into, _validate, pool_then_relu, pooled_dims
+from .conv3d import _forward_into, _validate, conv_geometry, pool_then_relu, pooled_dims
 from .conv3d_tiles import forward_tiles_padded, tiles_fit, tiles_hold_all_channels
 from .pointwise import pointwise_forward_padded
 
@@ -67,7 +68,7 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
     x, first, core, last = (a.astype(dtype, copy=False) for a in (x, first, core, last))
     bias = None if bias is None else bias.astype(dtype, copy=False)
     N, T, R_s, R_t = x.shape[0], last.shape[0], first.shape[0], core.shape[0]
-    stride, padding, out_dims = _core_geometry(z_dims, core, stride, padding)
+    stride, padding, out_dims = conv_geometry(z_dims, core.shape[2:], stride, padding, "the core's input")
     if pool is not None:
         pool = as_triple(pool, "pool", minimum=1)
         pooled = pooled_dims(out_dims, pool)
@@ -91,13 +92,3 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
             _forward_into(inp, weight, b, s, p, res)
     return out if pool is None else pool_then_relu(out, pool, relu)
 
-
-def _core_geometry(z_dims, core, stride, padding):
-    """(stride, padding, output dims) of the core convolution on an input of spatial shape z_dims, checked."""
-    stride = as_triple(stride, "stride", minimum=1)
-    padding = as_triple(padding, "padding", minimum=0)
-    out_dims = window_output_dims(z_dims, core.shape[2:], stride, padding)
-    if min(out_dims) < 1:
-        raise ValueError(f"empty output: the core's input spatial shape {z_dims} with padding {padding} is "
-                         f"smaller than its kernel {core.shape[2:]} (output would be {out_dims})")
-    return stride, padding, out_dims
