@@ -13,6 +13,12 @@ FLOAT_DTYPES = (np.float32, np.float64)
 
 def as_triple(value, name: str, *, minimum: int) -> tuple[int, int, int]:
     """Return ``value`` (an int or a 3-sequence of ints) as a 3-tuple, checked >= minimum."""
+    # Fast path for what layers pass on every call (Python ints; bool is a type of its own).
+    if type(value) is int:
+        if value >= minimum:
+            return value, value, value
+    elif type(value) is tuple and len(value) == 3 and all(type(v) is int and v >= minimum for v in value):
+        return value
     try:
         triple = (value, value, value) if np.isscalar(value) else tuple(value)
     except TypeError:

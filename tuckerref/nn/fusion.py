@@ -47,7 +47,7 @@ def tucker2_forward(layers: tuple, x, pool=None, relu=False):
     """Inference forward of a Tucker-2 block's (first, core, last) layers in one fused kernel
     (then its max pooling with kernel = stride = ``pool`` and, with ``relu``, a ReLU)."""
     first, core, last = layers
-    _require_input(x, repr(first), 5, first.in_channels)
+    _require_input(x, first, 5, first.in_channels)
     _forget(*layers)
     return tucker2_conv3d(x, first.weight.data, core.weight.data, last.weight.data,
                           None if last.bias is None else last.bias.data, core.stride, core.padding, pool=pool,
@@ -71,7 +71,7 @@ def _conv_pool_forward(conv, pool: MaxPool3d, relu: ReLU | None, x):
         relu._y = None
     if block is not None:
         return tucker2_forward(block, x, pool=pool.kernel_size, relu=relu is not None)
-    _require_input(x, repr(conv), 5, conv.in_channels)
+    _require_input(x, conv, 5, conv.in_channels)
     _forget(conv)
     return conv3d_max_pool3d(x, conv.weight.data, None if conv.bias is None else conv.bias.data, conv.stride,
                              conv.padding, pool.kernel_size, relu=relu is not None, check_finite=False)

@@ -28,10 +28,11 @@ def _window_output(layer, input_shape, channels):
 
 
 def _require_input(x, layer, ndim, channels=None, what="input channels"):
+    """Check the batch ``x`` a ``layer`` receives; the layer's repr is built only for the error message."""
     if x.ndim != ndim:
-        raise ValueError(f"{layer} expects a {ndim}-D batch, got shape {x.shape}")
+        raise ValueError(f"{layer!r} expects a {ndim}-D batch, got shape {x.shape}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{layer} expects {channels} {what}, got shape {x.shape}")
+        raise ValueError(f"{layer!r} expects {channels} {what}, got shape {x.shape}")
 
 
 class Conv3d(Module):
@@ -53,7 +54,7 @@ class Conv3d(Module):
         self._x = None
 
     def forward(self, x):
-        _require_input(x, repr(self), 5, self.in_channels)
+        _require_input(x, self, 5, self.in_channels)
         b = None if self.bias is None else self.bias.data
         x, w, b, stride, padding, out_dims = _validate_conv(x, self.weight.data, b, self.stride, self.padding,
                                                            check_finite=False)
@@ -93,7 +94,7 @@ class Linear(Module):
         self._x = None
 
     def forward(self, x):
-        _require_input(x, repr(self), 2, self.in_features, "input features")
+        _require_input(x, self, 2, self.in_features, "input features")
         self._x = x if is_grad_enabled() else None
         return linear(x, self.weight.data, None if self.bias is None else self.bias.data, check_finite=False)
 
@@ -125,7 +126,7 @@ class MaxPool3d(Module):
         self._cache = None
 
     def forward(self, x):
-        _require_input(x, repr(self), 5)
+        _require_input(x, self, 5)
         if not is_grad_enabled():
             self._cache = None
             return max_pool3d_values(x, self.kernel_size, self.stride, self.padding)
@@ -203,7 +204,7 @@ class Dropout3d(Dropout):
     channelwise = True
 
     def forward(self, x):
-        _require_input(x, repr(self), 5)
+        _require_input(x, self, 5)
         return super().forward(x)
 
 
