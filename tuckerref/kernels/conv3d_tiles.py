@@ -21,6 +21,8 @@ results are bit-identical to the plain store followed by the separate layers.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit, prange
 
@@ -233,37 +235,17 @@ def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, rel
     if not (out.flags.c_contiguous and xp.flags.c_contiguous):
         raise ValueError(f"the tile kernels read and write flat views: xp (strides {xp.strides}) and out "
                          f"(strides {out.strides}) must be C-contiguous")
-    T, S, kernel = weight.shape[0], weight.shape[1], weight.shape[2:]
-    N, T_out = out.shape[:2]
-    Fo, Ho, Wo = window_output_dims(xp.shape[2:], kernel, stride, (0, 0, 0))
-    pooled = (Fo, Ho, Wo) if pool is None else window_output_dims((Fo, Ho, Wo), pool, pool, (0, 0, 0))
-    expected = (N, T if mix is None else len(mix[0])) + pooled
-    if stride[2] != 1 or not tiles_fit(Wo, xp.dtype) or out.shape != expected or min(pooled) < 1:
-        raise ValueError(f"tile kernels: output {out.shape}, expected {expected}, for padded input {xp.shape}, "
-                         f"kernel {kernel}, stride {stride}, pool {pool} (unit width stride and an output "
-                         f"at least {lanes(xp.dtype)} wide needed)")
-    if mix is not None and not tiles_hold_all_channels(T):
-        raise ValueError(f"a mixed tile store needs the {T} channels in one tile "
-                         f"(at most {max_tile_channels(simd.VECTOR_REGISTERS)} on this target)")
+    if relu and pool is None:
+        raise ValueError("relu is fused only after a pooling (pool=...)")
     dtype = xp.dtype
+    groups, pool_array = _tile_plan(xp.shape, weight.shape, tuple(stride), out.shape,
+                                    None if mix is None else len(mix[0]),
+                                    None if pool is None else tuple(pool), bool(relu), dtype, simd.VECTOR_REGISTERS)
+    T = weight.shape[0]
     bias = np.zeros(T, dtype) if bias is None else bias
     u, c = (None, None) if mix is None else (np.ascontiguousarray(mix[0], dtype).reshape(-1),
                                              np.ascontiguousarray(mix[1], dtype))
-    if relu and pool is None:
-        raise ValueError("relu is fused only after a pooling (pool=...)")
-    pool_array = None if pool is None else np.array(tuple(pool) + (int(relu),), np.int64)
-    n_lanes = lanes(dtype)
-    registers = simd.VECTOR_REGISTERS
-    C = tile_channels(T, registers)
-    groups = [(0, T // C, C)] + ([(T - T % C, 1, T % C)] if T % C else [])
-    two_rows = stride[1] == 1 and Ho >= 2 and (pool is None or pool[1] >= 2)
-    for t_first, blocks, channels in groups:
-        most, rows = tile_shape(channels, two_rows, registers)
-        vectors, full, last_vectors, last_col = row_tiles(Wo, n_lanes, channels, rows, most)
-        dims = np.array(xp.shape + (T_out, t_first, blocks) + tuple(kernel) + (Fo, Ho, Wo, stride[0], stride[1],
-                                                                                vectors * n_lanes, full, last_col),
-                        np.int64)
-        tiles = RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows)
+    for t_first, blocks, channels, tiles, dims in groups:
         packed = pack_tile_weights(weight[t_first:t_first + blocks * channels], blocks, channels)
         args = (xp.reshape(-1), packed, np.ascontiguousarray(bias[t_first:t_first + blocks * channels]),
                 out.reshape(-1), *tiles, dims)
@@ -271,3 +253,35 @@ def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, rel
             _tile_forward_impl(*args, u, c)
         else:
             _tile_pool_forward_impl(*args, pool_array, u, c)
+
+
+@lru_cache(maxsize=256)
+def _tile_plan(xp_shape, weight_shape, stride, out_shape, mixed_outputs, pool, relu, dtype, registers):
+    """The shape-only part of :func:`forward_tiles_padded`, checked and computed once per geometry
+    (a batch-1 network calls with the same shapes every time, and building tiles and size arrays
+    costs more than the small layers' arithmetic): for each channel group, (t_first, blocks,
+    channels, (tile, last tile), dims), and the pooling array (kd, kh, kw, relu). The kernels only
+    read these arrays, which are shared between calls."""
+    T, kernel = weight_shape[0], weight_shape[2:]
+    Fo, Ho, Wo = window_output_dims(xp_shape[2:], kernel, stride, (0, 0, 0))
+    pooled = (Fo, Ho, Wo) if pool is None else window_output_dims((Fo, Ho, Wo), pool, pool, (0, 0, 0))
+    expected = (xp_shape[0], T if mixed_outputs is None else mixed_outputs) + pooled
+    if stride[2] != 1 or not tiles_fit(Wo, dtype) or out_shape != expected or min(pooled) < 1:
+        raise ValueError(f"tile kernels: output {out_shape}, expected {expected}, for padded input {xp_shape}, "
+                         f"kernel {kernel}, stride {stride}, pool {pool} (unit width stride and an output "
+                         f"at least {lanes(dtype)} wide needed)")
+    if mixed_outputs is not None and T > max_tile_channels(registers):
+        raise ValueError(f"a mixed tile store needs the {T} channels in one tile "
+                         f"(at most {max_tile_channels(registers)} on this target)")
+    n_lanes = lanes(dtype)
+    C = tile_channels(T, registers)
+    two_rows = stride[1] == 1 and Ho >= 2 and (pool is None or pool[1] >= 2)
+    groups = []
+    for t_first, blocks, channels in [(0, T // C, C)] + ([(T - T % C, 1, T % C)] if T % C else []):
+        most, rows = tile_shape(channels, two_rows, registers)
+        vectors, full, last_vectors, last_col = row_tiles(Wo, n_lanes, channels, rows, most)
+        dims = np.array(xp_shape + (out_shape[1], t_first, blocks) + tuple(kernel)
+                        + (Fo, Ho, Wo, stride[0], stride[1], vectors * n_lanes, full, last_col), np.int64)
+        groups.append((t_first, blocks, channels,
+                       (RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows)), dims))
+    return tuple(groups), None if pool is None else np.array(pool + (int(relu),), np.int64)

@@ -20,11 +20,15 @@ Gradients are not part of this: a network being trained runs its three layers on
 """
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+from typing import NamedTuple
+
 import numpy as np
 
 from ._checks import as_triple, common_dtype, float_array, require_finite
 from ._threads import threads_for
-from .conv3d import _forward_into, _validate, conv_geometry, pool_then_relu, pooled_dims
+from .conv3d import _forward_into, conv_geometry, pool_then_relu, pooled_dims
 from .conv3d_tiles import forward_tiles_padded, tiles_fit, tiles_hold_all_channels
 from .pointwise import pointwise_forward_padded
 
@@ -50,35 +54,30 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
     """
     if relu and pool is None:
         raise ValueError("relu is fused only after a pooling (pool=...)")
+    x = float_array(x, "x", 5, layout="N, C, D, H, W")
     first = _check_factor("first", first, "R_s, S")
     last = _check_factor("last", last, "T, R_t")
     core = float_array(core, "core", 5, layout="R_t, R_s, kD, kH, kW")
-    if core.shape[1] != first.shape[0] or last.shape[1] != core.shape[0]:
-        raise ValueError(f"Tucker-2 factor shapes do not chain: first {first.shape}, core {core.shape}, "
-                         f"last {last.shape} (need first (R_s, S), core (R_t, R_s, ...), last (T, R_t))")
     bias = None if bias is None else float_array(bias, "bias", 1)
-    if bias is not None and bias.shape[0] != last.shape[0]:
-        raise ValueError(f"bias has shape {bias.shape} but last has {last.shape[0]} output channels")
+    dtype = common_dtype(x, first, core, last, bias)
+    g = _block_geometry(x.shape, first.shape, core.shape, last.shape, None if bias is None else bias.shape,
+                        as_triple(stride, "stride", minimum=1), as_triple(padding, "padding", minimum=0),
+                        None if pool is None else as_triple(pool, "pool", minimum=1), dtype)
     if check_finite:
-        for name, a in (("first", first), ("core", core), ("last", last), ("bias", bias)):
+        for name, a in (("first", first), ("core", core), ("last", last), ("bias", bias), ("x", x)):
             if a is not None:
                 require_finite(a, name)
-    x, first, _, _, _, z_dims = _validate(x, first, None, 1, 0, check_finite=check_finite)
-    dtype = common_dtype(x, core, last, bias)
     x, first, core, last = (a.astype(dtype, copy=False) for a in (x, first, core, last))
     bias = None if bias is None else bias.astype(dtype, copy=False)
     N, T, R_s, R_t = x.shape[0], last.shape[0], first.shape[0], core.shape[0]
-    stride, padding, out_dims = conv_geometry(z_dims, core.shape[2:], stride, padding, "the core's input")
-    if pool is not None:
-        pool = as_triple(pool, "pool", minimum=1)
-        pooled = pooled_dims(out_dims, pool)
-    if stride[2] == 1 and tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t):
+    stride, padding, pool, z_dims, out_dims = g.stride, g.padding, g.pool, g.z_dims, g.out_dims
+    if g.fused:
         # U_s writes straight into the zero-padded input of the core, whose tiles mix by U_t.
-        zp = np.zeros((N, R_s) + tuple(n + 2 * p for n, p in zip(z_dims, padding)), dtype)
-        with threads_for(N * R_s * int(np.prod(z_dims)) * x.shape[1]):
+        zp = np.empty(g.padded_z_shape, dtype)  # all written, border zeros included
+        with threads_for(g.first_work):
             pointwise_forward_padded(x, first.reshape(R_s, -1), np.zeros(R_s, dtype), zp, *padding)
-        out = np.empty((N, T) + (out_dims if pool is None else pooled), dtype)
-        with threads_for(N * R_t * int(np.prod(out_dims)) * core[0].size):
+        out = np.empty(g.out_shape, dtype)
+        with threads_for(g.core_work):
             forward_tiles_padded(zp, core, None, stride, out, pool=pool, relu=relu,
                                  mix=(last.reshape(T, R_t), np.zeros(T, dtype) if bias is None else bias))
         return out
@@ -92,3 +91,46 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
             _forward_into(inp, weight, b, s, p, res)
     return out if pool is None else pool_then_relu(out, pool, relu)
 
+
+class _BlockGeometry(NamedTuple):
+    """What a Tucker-2 block's shapes decide, checked once per geometry by :func:`_block_geometry`."""
+
+    stride: tuple
+    padding: tuple
+    pool: tuple | None
+    z_dims: tuple           # spatial dims of Z = U_s^T X (those of x)
+    out_dims: tuple         # spatial dims of the core's output
+    out_shape: tuple        # the block's result (pooled when pool is set, on the fused path)
+    padded_z_shape: tuple   # the core's zero-padded input on the fused path
+    fused: bool             # U_s into the padded input, then the core's tiles mix by U_t
+    first_work: int         # multiply-accumulates of U_s and of the core (thread policy)
+    core_work: int
+
+
+@lru_cache(maxsize=128)
+def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, stride, padding, pool, dtype):
+    """Check that a Tucker-2 block's shapes chain and give its :class:`_BlockGeometry`.
+
+    A pure function of shapes, cached: a network calls each block with the same shapes every
+    time, and at batch 1 a compressed network's small blocks cost more in these checks than in
+    arithmetic. Raises ValueError naming the shapes at fault.
+    """
+    if x_shape[1] != first_shape[1]:
+        raise ValueError(f"channel mismatch: x has {x_shape[1]} channels (shape {x_shape}) but first expects "
+                         f"{first_shape[1]} (shape {first_shape})")
+    if core_shape[1] != first_shape[0] or last_shape[1] != core_shape[0]:
+        raise ValueError(f"Tucker-2 factor shapes do not chain: first {first_shape}, core {core_shape}, "
+                         f"last {last_shape} (need first (R_s, S), core (R_t, R_s, ...), last (T, R_t))")
+    if bias_shape is not None and bias_shape[0] != last_shape[0]:
+        raise ValueError(f"bias has shape {bias_shape} but last has {last_shape[0]} output channels")
+    if min(x_shape) == 0 or min(core_shape) == 0 or min(first_shape) == 0 or min(last_shape) == 0:
+        raise ValueError(f"empty array: x shape {x_shape}, factor shapes {first_shape}, {core_shape}, {last_shape}")
+    N, S, T, R_s, R_t = x_shape[0], x_shape[1], last_shape[0], first_shape[0], core_shape[0]
+    z_dims = tuple(x_shape[2:])
+    stride, padding, out_dims = conv_geometry(z_dims, core_shape[2:], stride, padding, "the core's input")
+    pooled = out_dims if pool is None else pooled_dims(out_dims, pool)
+    fused = stride[2] == 1 and tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t)
+    return _BlockGeometry(stride, padding, pool, z_dims, out_dims,
+                          (N, T) + (pooled if fused else out_dims),
+                          (N, R_s) + tuple(n + 2 * p for n, p in zip(z_dims, padding)), fused,
+                          N * R_s * math.prod(z_dims) * S, N * R_t * math.prod(out_dims) * math.prod(core_shape[1:]))
