@@ -83,6 +83,19 @@ def test_fused_block_in_float32_is_bit_identical_to_its_three_convolutions(R_t, 
     np.testing.assert_array_equal(y, conv3d(conv3d(conv3d(x, first), core, padding=(1, 2, 2)), last, b))
 
 
+def test_same_shapes_under_another_register_file_take_that_register_files_path(rng):
+    """The cached block geometry depends on the register file: R_t = 5 fits one tile with 32 vector
+    registers (fused) but not with 16 (three convolutions); the same shapes called under 32, then 16,
+    then 32 registers give the three convolutions' bits each time (and no 'needs the 5 channels in
+    one tile' error)."""
+    first, core, last, b = _factors(rng, 4, 2, 5, 6, (3, 5, 5), np.float32)
+    x = rng.uniform(-1, 1, (1, 4, 4, 6, 83)).astype(np.float32)
+    want = conv3d(conv3d(conv3d(x, first), core, padding=(1, 2, 2)), last, b)
+    for registers in (32, 16, 32):
+        with vector_registers(registers):
+            np.testing.assert_array_equal(tucker2_conv3d(x, first, core, last, b, padding=(1, 2, 2)), want)
+
+
 def test_sequential_tucker2_block_runs_fused_under_no_grad_only(rng):
     block = tucker2_stand_in(3, 5, (3, 3, 3), 2, 2, padding=1, rng=0)
     x = rng.uniform(-1, 1, (2, 3, 4, 5, 16)).astype(np.float32)

@@ -29,7 +29,9 @@ import numpy as np
 from ._checks import as_triple, common_dtype, float_array, require_finite
 from ._threads import threads_for
 from .conv3d import _forward_into, conv_geometry, pool_then_relu, pooled_dims
-from .conv3d_tiles import forward_tiles_padded, tiles_fit, tiles_hold_all_channels
+from . import simd
+from .conv3d_tiles import forward_tiles_padded, tiles_fit
+from .tiling import max_tile_channels
 from .pointwise import pointwise_forward_padded
 
 
@@ -62,7 +64,7 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
     dtype = common_dtype(x, first, core, last, bias)
     g = _block_geometry(x.shape, first.shape, core.shape, last.shape, None if bias is None else bias.shape,
                         as_triple(stride, "stride", minimum=1), as_triple(padding, "padding", minimum=0),
-                        None if pool is None else as_triple(pool, "pool", minimum=1), dtype)
+                        None if pool is None else as_triple(pool, "pool", minimum=1), dtype, simd.VECTOR_REGISTERS)
     if check_finite:
         for name, a in (("first", first), ("core", core), ("last", last), ("bias", bias), ("x", x)):
             if a is not None:
@@ -108,10 +110,12 @@ class _BlockGeometry(NamedTuple):
 
 
 @lru_cache(maxsize=128)
-def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, stride, padding, pool, dtype):
+def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, stride, padding, pool, dtype,
+                    registers):
     """Check that a Tucker-2 block's shapes chain and give its :class:`_BlockGeometry`.
 
-    A pure function of shapes, cached: a network calls each block with the same shapes every
+    A pure function of shapes (and of the target's vector registers, which decide whether one
+    tile holds the core's R_t channels), cached: a network calls each block with the same shapes every
     time, and at batch 1 a compressed network's small blocks cost more in these checks than in
     arithmetic. Raises ValueError naming the shapes at fault.
     """
@@ -129,7 +133,7 @@ def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, st
     z_dims = tuple(x_shape[2:])
     stride, padding, out_dims = conv_geometry(z_dims, core_shape[2:], stride, padding, "the core's input")
     pooled = out_dims if pool is None else pooled_dims(out_dims, pool)
-    fused = stride[2] == 1 and tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t)
+    fused = stride[2] == 1 and tiles_fit(out_dims[2], dtype) and R_t <= max_tile_channels(registers)
     return _BlockGeometry(stride, padding, pool, z_dims, out_dims,
                           (N, T) + (pooled if fused else out_dims),
                           (N, R_s) + tuple(n + 2 * p for n, p in zip(z_dims, padding)), fused,
