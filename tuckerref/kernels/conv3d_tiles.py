@@ -209,10 +209,10 @@ def tiles_fit(out_width, dtype) -> bool:
     return out_width >= lanes(np.dtype(dtype))
 
 
-def tiles_hold_all_channels(T) -> bool:
+def tiles_hold_all_channels(T, registers=None) -> bool:
     """True when one register tile holds all T output channels, as a mixed store needs (T <= 3 with
-    16 vector registers, T <= 6 with 32)."""
-    return T <= max_tile_channels(simd.VECTOR_REGISTERS)
+    16 vector registers, T <= 6 with 32); ``registers`` defaults to the target's."""
+    return T <= max_tile_channels(simd.VECTOR_REGISTERS if registers is None else registers)
 
 
 def pack_tile_weights(weight, blocks, channels):
@@ -270,7 +270,7 @@ def _tile_plan(xp_shape, weight_shape, stride, out_shape, mixed_outputs, pool, r
         raise ValueError(f"tile kernels: output {out_shape}, expected {expected}, for padded input {xp_shape}, "
                          f"kernel {kernel}, stride {stride}, pool {pool} (unit width stride and an output "
                          f"at least {lanes(dtype)} wide needed)")
-    if mixed_outputs is not None and T > max_tile_channels(registers):
+    if mixed_outputs is not None and not tiles_hold_all_channels(T, registers):
         raise ValueError(f"a mixed tile store needs the {T} channels in one tile "
                          f"(at most {max_tile_channels(registers)} on this target)")
     n_lanes = lanes(dtype)

@@ -28,10 +28,9 @@ import numpy as np
 
 from ._checks import as_triple, common_dtype, float_array, require_finite
 from ._threads import threads_for
-from .conv3d import _forward_into, conv_geometry, pool_then_relu, pooled_dims
 from . import simd
-from .conv3d_tiles import forward_tiles_padded, tiles_fit
-from .tiling import max_tile_channels
+from .conv3d import _forward_into, conv_geometry, pool_then_relu, pooled_dims
+from .conv3d_tiles import forward_tiles_padded, tiles_fit, tiles_hold_all_channels
 from .pointwise import pointwise_forward_padded
 
 
@@ -133,7 +132,7 @@ def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, st
     z_dims = tuple(x_shape[2:])
     stride, padding, out_dims = conv_geometry(z_dims, core_shape[2:], stride, padding, "the core's input")
     pooled = out_dims if pool is None else pooled_dims(out_dims, pool)
-    fused = stride[2] == 1 and tiles_fit(out_dims[2], dtype) and R_t <= max_tile_channels(registers)
+    fused = stride[2] == 1 and tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t, registers)
     return _BlockGeometry(stride, padding, pool, z_dims, out_dims,
                           (N, T) + (pooled if fused else out_dims),
                           (N, R_s) + tuple(n + 2 * p for n, p in zip(z_dims, padding)), fused,
