@@ -118,3 +118,21 @@ def test_networks_profiled_together_are_timed_round_robin(nets):
     assert original[original.names()[0]].wall.samples == [n + 1, 2 * n + 1, 3 * n + 1]
     assert compressed.total.wall.samples == [2 * n, 3 * n, 4 * n]
 
+
+
+def test_timing_commands_let_idle_openmp_workers_sleep_unless_the_user_chose_a_policy(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert profile_module.sleep_idle_workers() == "passive"
+    assert profile_module.os.environ["OMP_WAIT_POLICY"] == "passive"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    assert profile_module.sleep_idle_workers() == "active"
+    assert profile_module.os.environ["OMP_WAIT_POLICY"] == "active"
+
+
+def test_table2_records_the_openmp_wait_policy_it_ran_under(monkeypatch, tmp_path):
+    import json
+    from tuckerref.cli import main
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert main(["table2", "--input-shape", *map(str, SHAPE), "--repeats", "1", "--warmup", "0", "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "table2.json").read_text())["omp_wait_policy"] == "passive"

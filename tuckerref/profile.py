@@ -9,7 +9,8 @@ work). A composite layer (a Sequential, e.g. a Tucker-2 replacement) is timed as
 through its sub-layers. The whole forward pass is timed the same way.
 
 Threads: ``threads=k`` sets Numba's thread count for the measurement (restored afterwards);
-``threads=1`` is the "embedded" setting.
+``threads=1`` is the "embedded" setting. The timing commands also let OpenMP's idle worker threads
+sleep instead of spinning (:func:`sleep_idle_workers`), which keeps the CPU clock exact.
 
 Extension point: :data:`PROFILERS` maps a backend name to a function with the signature of
 :func:`profile_network` returning a :class:`NetworkProfile` whose layer names are the network's
@@ -18,6 +19,7 @@ backend (e.g. exported C code) adds an entry ``PROFILERS["c"] = its_profile_func
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -135,6 +137,24 @@ def check_input(net: Module, x) -> np.ndarray:
     except ValueError as exc:
         raise ValueError(f"input shape {x.shape} does not fit the network: {exc}") from None
     return np.ascontiguousarray(x)
+
+
+def sleep_idle_workers() -> str:
+    """Ask OpenMP to put idle worker threads to sleep, ``OMP_WAIT_POLICY=passive``, unless the
+    environment already sets a policy; returns the policy in effect (for the run's record).
+
+    With OpenMP's default, a worker spins for a while after each parallel region, and Linux adds
+    a *running* thread's CPU time to the process's total only at scheduler ticks, so
+    ``process_time`` read just after a parallel region is off by up to a tick of that thread: one
+    2-thread Numba kernel of 22 ms read 1.50 to 2.14 times its wall time on 2 cores (more than 2
+    cannot be), and the compressed network's pass 1.85 to 2.15 from one ``table2`` run to the next.
+    A sleeping worker's time is added when it blocks, so the readings hold (1.92 and 1.93 in two
+    runs); and the time a spinning worker burns while the main thread runs the Python between
+    kernels is not the pass's work either. Takes effect only before Numba starts its threads (the
+    first parallel kernel or thread-count query of the process), and only with Numba's OpenMP
+    threading layer.
+    """
+    return os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
 @contextmanager

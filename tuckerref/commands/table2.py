@@ -24,7 +24,7 @@ import numpy as np
 from ..flops import count_network
 from ..models import PAPER_INPUT_SHAPE, thetis_net
 from ..nn import Conv3d, Linear, Sequential
-from ..profile import PROFILERS, check_repeats, check_threads, get_profiler, profile_each
+from ..profile import PROFILERS, check_repeats, check_threads, get_profiler, profile_each, sleep_idle_workers
 from ..report import compact, markdown_table, milliseconds, ratio, write_json, write_text
 
 
@@ -209,13 +209,15 @@ def write_outputs(out_dir, table: dict, text: str, stem="table2") -> list:
 
 
 def run(args):
+    wait_policy = sleep_idle_workers()  # before anything starts Numba's threads
     check_repeats(args.repeats, args.warmup)
     check_threads(args.threads)
     original, compressed, shape = load_networks(args)
     x = np.random.default_rng(args.seed).random((1,) + shape, dtype=np.float32)
     table = build_table(original, compressed, x, get_profiler(args.backend), repeats=args.repeats,
                         warmup=args.warmup, threads=args.threads, clock=args.clock)
-    table.update(plan=args.plan, ranks=args.ranks, method=args.method, weights=args.weights)
+    table.update(plan=args.plan, ranks=args.ranks, method=args.method, weights=args.weights,
+                 omp_wait_policy=wait_policy)
     text = render(table)
     print(text)
     for path in write_outputs(args.out, table, text):
