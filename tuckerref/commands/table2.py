@@ -8,7 +8,9 @@ the total time is the whole forward pass. Sub-layers are timed one by one; with 
 a Tucker-2 block's own time is its fused forward pass, and the total is the inference pass with all
 its fusions (:mod:`tuckerref.nn.fusion`), every figure of both networks timed round robin
 (:func:`tuckerref.profile.profile_networks`). Prints the table and writes ``table2.md`` and
-``table2.json`` (atomically) to ``--out``.
+``table2.json`` (atomically) to ``--out``. Idle OpenMP worker threads sleep during the run
+(:func:`tuckerref.profile.sleep_idle_workers`, recorded as ``omp_wait_policy``), so that CPU-time
+readings do not carry a spinning worker's tick-sampled time.
 
 Timing backends: ``--backend`` offers the keys of :data:`tuckerref.profile.PROFILERS`; a backend is
 a function ``(net, x, *, repeats, warmup, threads) -> NetworkProfile`` whose layer names are the
