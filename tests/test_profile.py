@@ -119,7 +119,6 @@ def test_networks_profiled_together_are_timed_round_robin(nets):
     assert compressed.total.wall.samples == [2 * n, 3 * n, 4 * n]
 
 
-
 def test_timing_commands_let_idle_openmp_workers_sleep_unless_the_user_chose_a_policy(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert profile_module.sleep_idle_workers() == "passive"

@@ -10,7 +10,8 @@ through its sub-layers. The whole forward pass is timed the same way.
 
 Threads: ``threads=k`` sets Numba's thread count for the measurement (restored afterwards);
 ``threads=1`` is the "embedded" setting. The timing commands also let OpenMP's idle worker threads
-sleep instead of spinning (:func:`sleep_idle_workers`), which keeps the CPU clock exact.
+sleep instead of spinning (:func:`sleep_idle_workers`), so that CPU-time readings do not carry a
+spinning worker's tick-sampled time.
 
 Extension point: :data:`PROFILERS` maps a backend name to a function with the signature of
 :func:`profile_network` returning a :class:`NetworkProfile` whose layer names are the network's
