@@ -5,7 +5,9 @@ Batch 1, float32, one clip of the paper's size (28 x 120 x 160 frames):
 * conv3d forward of c1 (4 -> 6, kernel (5, 11, 11), padding (2, 5, 5)) and of the compressed c1's
   core (2 -> 2, same kernel): median time and GFLOP/s, with GFLOP/s = 2 * multiply-accumulates
   (S * T * kD * kH * kW per output position, padded positions included) / time; the ratio of the
-  two convolutions' GFLOP/s (1.0 means time exactly proportional to FLOPs);
+  two convolutions' GFLOP/s (1.0 means time exactly proportional to FLOPs); on a target with
+  64-byte vectors (AVX-512), the same two convolutions with 32-byte register tiles as well, in the
+  same rounds, and the speed-up of the wider vectors;
 * conv3d_backward of the same two shapes: weight gradient alone (``need_grad_x=False``) and
   input + weight gradients, each with GFLOP/s counted the same way (one forward's MACs per gradient);
 * the 1x1x1 (pointwise) path for the compressed c1's factor shapes (4 -> 2, 2 -> 6): effective
@@ -54,6 +56,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tuckerref import conv3d, conv3d_backward  # noqa: E402
+from tuckerref.kernels import simd  # noqa: E402
 from tuckerref.flops import conv_multiplications  # noqa: E402
 from tuckerref.kernels._checks import window_output_dims  # noqa: E402
 
@@ -82,6 +85,17 @@ def round_robin_medians(fns: dict, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def with_vector_bytes(nbytes, fn):
+    """fn() with register tiles of at most ``nbytes``-byte vectors (each width is its own compiled
+    specialisation, so both can be timed in one process)."""
+    widest = simd.VECTOR_BYTES
+    simd.VECTOR_BYTES = nbytes
+    try:
+        return fn()
+    finally:
+        simd.VECTOR_BYTES = widest
+
+
 def conv_macs(S, T, kernel, padding, clip=CLIP):
     out = window_output_dims(clip, kernel, (1, 1, 1), padding)
     return conv_multiplications(S, T, prod(kernel), prod(out))
@@ -101,13 +115,18 @@ def main(args):
         arrays[name] = (x, w, 2 * conv_macs(S, T, KERNEL, PADDING), f"{S}x{'x'.join(map(str, CLIP))}, k {KERNEL}")
     # The two forward convolutions are timed together, round robin: their ratio is the figure
     # that says whether time follows FLOPs, and it must not depend on when each was measured.
-    forward = round_robin_medians({name: (lambda x=x, w=w: conv3d(x, w, padding=PADDING))
-                                   for name, (x, w, _, _) in arrays.items()}, args.repeats)
-    for name, S, T in CONVS:
-        x, w, flop, shape = arrays[name]
-        t = forward[name]
-        conv_gflops[name] = flop / t / 1e9
-        rows.append((f"conv3d forward {name}", shape, t, conv_gflops[name], "GFLOP/s"))
+    widths = sorted({simd.VECTOR_BYTES, 32}, reverse=True)  # the target's widest first
+    forward = round_robin_medians({(name, nbytes): (lambda x=x, w=w, nbytes=nbytes: with_vector_bytes(
+        nbytes, lambda: conv3d(x, w, padding=PADDING))) for name, (x, w, _, _) in arrays.items() for nbytes in widths},
+        args.repeats)
+    for nbytes in widths:
+        for name, S, T in CONVS:
+            x, w, flop, shape = arrays[name]
+            t = forward[name, nbytes]
+            label = f"conv3d forward {name}" + ("" if nbytes == widths[0] else f", {nbytes}-byte tiles")
+            if nbytes == widths[0]:
+                conv_gflops[name] = flop / t / 1e9
+            rows.append((label, shape, t, flop / t / 1e9, "GFLOP/s"))
     for name, S, T in CONVS:
         x, w, flop, shape = arrays[name]
         g = rng.standard_normal(conv3d(x, w, padding=PADDING).shape, dtype=np.float32)
@@ -149,6 +168,9 @@ def main(args):
     print(f"\nconv3d forward GFLOP/s ratio, core / c1: {small / big:.3f} (1.0 = time proportional to FLOPs)")
     print(f"conv3d forward c1 / NumPy matmul: {big / matmul_gflops:.3f}; "
           f"core / NumPy matmul: {small / matmul_gflops:.3f}")
+    if len(widths) > 1:
+        print("conv3d forward, time with 32-byte tiles / time with 64-byte tiles: " + "; ".join(
+            f"{name} x{forward[name, 32] / forward[name, 64]:.3f}" for name, _, _ in CONVS))
     for name, S, T in POINTWISE:
         bw = next(r[3] for r in rows if r[0] == f"conv3d 1x1x1 {name}")
         print(f"1x1x1 {name}: {bw / copy_gbs:.3f} of np.copyto bandwidth")

@@ -206,13 +206,19 @@ TILE_CHANNELS_AT_MOST = {16: 3, 32: 6}
 
 
 def vector_registers(n):
-    """Context: the kernels choose their register tiles as on a target with ``n`` vector registers.
+    """Context: the kernels choose their register tiles as on a target with ``n`` vector registers:
+    16 (AVX2: 32-byte vectors only) or 32 (AVX-512: 64-byte vectors where a row allows them).
 
-    Tile shapes change only speed, so every register file's shapes can be checked on any machine
-    (with more registers than the machine has, LLVM spills, but the sums are the same).
+    Tile shapes and vector widths change only speed, so every register file's tiles can be checked
+    on any machine (with more registers or wider vectors than the machine has, LLVM spills or splits
+    the vectors, but the sums are the same).
     """
+    from contextlib import ExitStack
     from unittest import mock
 
     from tuckerref.kernels import simd
-    return mock.patch.object(simd, "VECTOR_REGISTERS", n)
+    stack = ExitStack()
+    stack.enter_context(mock.patch.object(simd, "VECTOR_REGISTERS", n))
+    stack.enter_context(mock.patch.object(simd, "VECTOR_BYTES", 64 if n == 32 else 32))
+    return stack
 

@@ -133,6 +133,16 @@ def test_eq1_an_infinite_input_reaches_only_the_outputs_whose_window_holds_it(re
     np.testing.assert_allclose(y[~reach], finite[~reach], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("width, widest, want", [(96, 64, 64), (96, 32, 32), (36, 64, 32), (8, 64, 32)])
+def test_register_tiles_use_64_byte_vectors_on_rows_they_cover_as_tightly(width, widest, want):
+    """The tile plan of a float32 convolution (2 -> 2 channels, as the paper's c1 core) takes
+    64-byte vectors only on a target that has them and only where they compute no more columns."""
+    tiles_module = sys.modules["tuckerref.kernels.conv3d_tiles"]
+    groups, _ = tiles_module._tile_plan((1, 2, 5, 14, width + 4), (2, 2, 3, 5, 5), (1, 1, 1), (1, 2, 3, 10, width),
+                                        None, None, False, np.dtype(np.float32), 32, widest)
+    assert {tile.vector_bytes for group in groups for tile in group[3]} == {want}
+
+
 @settings(max_examples=8)
 @given(N=st.integers(1, 3), S=st.integers(1, 4), T=st.integers(1, 9), size=st.tuples(st.integers(1, 4),
        st.integers(1, 4), st.integers(2, 9)), stride=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 2)),

@@ -74,9 +74,11 @@ def test_fused_tucker2_block_pooling_equals_eqs_8_to_10_then_window_maxima(S, R_
     np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_pooling_in_float32_is_bit_identical_to_the_layers_in_turn(rng):
-    """c1-like rows of 83 (whole tiles and a flush one): the same float32 bits as conv, pool, relu."""
-    x = rng.uniform(-1, 1, (1, 3, 4, 8, 83)).astype(np.float32)
+@pytest.mark.parametrize("width", [83, 96])
+def test_fused_pooling_in_float32_is_bit_identical_to_the_layers_in_turn(width, rng):
+    """c1-like rows of 83 (whole tiles and a flush one) or 96 (six 64-byte vectors on a target with
+    AVX-512): the same float32 bits as conv, pool, relu."""
+    x = rng.uniform(-1, 1, (1, 3, 4, 8, width)).astype(np.float32)
     for T in (6, 2, 1):
         w = rng.uniform(-1, 1, (T, 3, 3, 3, 5)).astype(np.float32)
         b = rng.uniform(-1, 1, T).astype(np.float32)

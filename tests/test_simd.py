@@ -12,7 +12,7 @@ from numba import njit
 
 from tuckerref.kernels.pool import _nan_max
 from tuckerref.kernels.simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_max_store,
-                                    tile_mix_max_store, tile_mix_store, tile_store, vector_registers)
+                                    tile_mix_max_store, tile_mix_store, tile_store, vector_bytes, vector_registers)
 
 
 @njit(cache=True)
@@ -27,10 +27,11 @@ def _tile_dot(tile, bias, w, x, steps, out, channel_stride, row_stride):
 
 @settings(max_examples=10)
 @given(shape=st.sampled_from([(1, 1, 1), (2, 3, 1), (3, 4, 1), (1, 10, 1), (1, 5, 2), (2, 2, 2)]),
-       dtype=st.sampled_from([np.float32, np.float64]), steps=st.integers(1, 7), seed=st.integers(0, 2**31 - 1))
-def test_tile_fma_accumulates_broadcast_weight_times_shifted_input_vectors(shape, dtype, steps, seed):
+       dtype=st.sampled_from([np.float32, np.float64]), width=st.sampled_from([32, 64]), steps=st.integers(1, 7),
+       seed=st.integers(0, 2**31 - 1))
+def test_tile_fma_accumulates_broadcast_weight_times_shifted_input_vectors(shape, dtype, width, steps, seed):
     C, V, R = shape
-    L = lanes(np.dtype(dtype))
+    L = lanes(np.dtype(dtype), width)
     r = np.random.default_rng(seed)
     bias = r.standard_normal(C).astype(dtype)
     w = r.standard_normal(R * steps * C).astype(dtype)
@@ -38,7 +39,7 @@ def test_tile_fma_accumulates_broadcast_weight_times_shifted_input_vectors(shape
     channel_stride = V * L + 3  # gaps the tile must not touch
     row_stride = C * channel_stride + 5
     out = np.full(R * row_stride, -7.0, dtype)
-    _tile_dot(RegisterTile(C, V, R), bias, w, x, steps, out, channel_stride, row_stride)
+    _tile_dot(RegisterTile(C, V, R, width), bias, w, x, steps, out, channel_stride, row_stride)
     expect = np.full(R * row_stride, -7.0)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     for row in range(R):
@@ -50,8 +51,14 @@ def test_tile_fma_accumulates_broadcast_weight_times_shifted_input_vectors(shape
     np.testing.assert_allclose(out, expect, rtol=tol, atol=tol)
 
 
-def test_lanes_fill_one_32_byte_vector():
+def test_lanes_fill_one_vector_of_32_or_64_bytes():
     assert lanes(np.dtype(np.float32)) == 8 and lanes(np.dtype(np.float64)) == 4
+    assert lanes(np.dtype(np.float32), 64) == 16 and lanes(np.dtype(np.float64), 64) == 8
+
+
+def test_register_tile_rejects_a_vector_width_other_than_32_or_64_bytes():
+    with pytest.raises(ValueError, match="bytes wide, got 16"):
+        RegisterTile(1, 1, 1, 16)
 
 
 @pytest.mark.parametrize("shape", [(0, 1, 1), (1, 0, 1), (1, 1, 0), (7, 4, 1), (1, 31, 1), (2, 7, 2)])
@@ -65,6 +72,12 @@ def test_register_tile_rejects_shapes_that_do_not_fit_the_largest_register_file(
                                                  ("+avx2,-avx512vl", 16), ("", 16)])
 def test_vector_registers_are_32_only_where_avx512vl_reaches_ymm16_to_ymm31(features, registers):
     assert vector_registers(features) == registers
+
+
+@pytest.mark.parametrize("features, widest", [("+avx2,+fma,+avx512f,+avx512vl", 64), ("+avx2,+fma,+avx512f,-avx512vl", 32),
+                                              ("+avx2,+fma", 32), ("", 32)])
+def test_64_byte_vectors_only_where_avx512_gives_32_zmm_registers(features, widest):
+    assert vector_bytes(features) == widest
 
 
 @njit(cache=True)
@@ -101,18 +114,18 @@ def _mixed_store(tile, acc_values, w, b, outputs, out, channel_stride, row_strid
 
 @settings(max_examples=8)
 @given(shape=st.sampled_from([(1, 1, 1), (2, 5, 1), (3, 4, 1), (1, 5, 2), (2, 2, 2)]), outputs=st.integers(1, 4),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31 - 1))
-def test_tile_mix_store_is_a_1x1x1_convolution_of_the_tile_channels(shape, outputs, dtype, seed):
+       dtype=st.sampled_from([np.float32, np.float64]), width=st.sampled_from([32, 64]), seed=st.integers(0, 2**31 - 1))
+def test_tile_mix_store_is_a_1x1x1_convolution_of_the_tile_channels(shape, outputs, dtype, width, seed):
     """y[t] = b[t] + sum_k U[t, k] acc[k] (eq. 10 applied to a tile), stored row by row per t."""
     C, V, R = shape
-    L = lanes(np.dtype(dtype))
+    L = lanes(np.dtype(dtype), width)
     r = np.random.default_rng(seed)
     acc = r.standard_normal(C).astype(dtype)  # the tile holds acc[k] in every row and lane of channel k
     u = r.standard_normal(outputs * C).astype(dtype)
     b = r.standard_normal(outputs).astype(dtype)
     channel_stride, row_stride = R * (V * L + 2), V * L + 2
     out = np.full(outputs * channel_stride, -7.0, dtype)
-    _mixed_store(RegisterTile(C, V, R), acc, u, b, outputs, out, channel_stride, row_stride)
+    _mixed_store(RegisterTile(C, V, R, width), acc, u, b, outputs, out, channel_stride, row_stride)
     expect = np.full(outputs * channel_stride, -7.0)
     for t in range(outputs):
         for row in range(R):
@@ -132,13 +145,14 @@ def _max_stores(tile, values, out, channel_stride, row_stride, w, b, outputs, mi
         tile_max_store(tile, acc, out, 0, channel_stride, row_stride)
 
 
+@pytest.mark.parametrize("width", [32, 64])
 @pytest.mark.parametrize("mixed", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_stores_merge_like_max_pooling_nan_included(mixed, dtype, rng):
+def test_max_stores_merge_like_max_pooling_nan_included(mixed, width, dtype, rng):
     """out = _nan_max(out, value) lane by lane: the larger, NaN from either side, the old value on
     ties (so -0 against +0 keeps what was there); rows sharing an address (row stride 0) merge in turn."""
     C, V, R = 2, 2, 2
-    L = lanes(np.dtype(dtype))
+    L = lanes(np.dtype(dtype), width)
     specials = np.array([np.nan, -np.inf, np.inf, 0.0, -0.0, 1.0, -1.0, 2.0], dtype)
     old = np.resize(np.concatenate([specials, specials[::-1], rng.standard_normal(4 * L).astype(dtype)]),
                     (C if not mixed else 3) * V * L).astype(dtype)
@@ -147,7 +161,7 @@ def test_max_stores_merge_like_max_pooling_nan_included(mixed, dtype, rng):
     w[3:] = 0.0  # output 1 mixes the NaN channel by 0: NaN all the same
     b = np.array([-0.0, 0.5, 2.0], dtype)
     out = old.copy()
-    _max_stores(RegisterTile(C, V, R), values, out, V * L, 0, w, b, 3, mixed)
+    _max_stores(RegisterTile(C, V, R, width), values, out, V * L, 0, w, b, 3, mixed)
     expect = old.astype(np.float64).copy()
     channels = [values.astype(np.float64)[k] for k in range(C)] if not mixed else \
         [b[t] + sum(w[t * C + k] * values.astype(np.float64)[k] for k in range(C)) for t in range(3)]

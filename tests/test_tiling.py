@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tuckerref.kernels.simd import MAX_VECTOR_REGISTERS, RegisterTile
-from tuckerref.kernels.tiling import (TILE_VECTORS, _step_cycles, max_tile_channels, row_tiles, tile_channels,
-                                      tile_shape)
+from tuckerref.kernels.tiling import (TILE_VECTORS, _step_cycles, max_tile_channels, row_cover, row_tiles,
+                                      tile_channels, tile_shape)
 
 
 @pytest.mark.parametrize("registers", sorted(TILE_VECTORS))
@@ -63,3 +63,32 @@ def test_row_tiles_avoid_a_latency_bound_one_vector_tile_on_c2_rows():
 def test_row_tiles_keep_whole_tiles_on_the_paper_width(channels, rows, most):
     """160 columns (c1 and its core) are whole tiles of the table's width: no overlap, no flush tile."""
     assert row_tiles(160, 8, channels, rows, most) == (most, 160 // (8 * most), most, -1)
+
+
+@given(width=st.integers(4, 400), itemsize=st.sampled_from([4, 8]), channels=st.integers(1, 6),
+       rows=st.integers(1, 2), most=st.integers(1, 14), widest=st.sampled_from([32, 64]))
+def test_row_cover_takes_the_widest_vectors_that_compute_no_more_columns(width, itemsize, channels, rows, most,
+                                                                        widest):
+    """The chosen width's tiles are row_tiles' cover for its lanes, and every width that fits (up to
+    ``widest``) computes at least as many columns; 64-byte vectors win ties."""
+    if width < 32 // itemsize:
+        return
+    vector_bytes, n_lanes, *cover = row_cover(width, itemsize, channels, rows, most, widest)
+    assert vector_bytes <= widest and n_lanes == vector_bytes // itemsize
+    assert tuple(cover) == row_tiles(width, n_lanes, channels, rows, most)
+
+    def computed(n):
+        vectors, full, last_vectors, last_col = row_tiles(width, n, channels, rows, most)
+        return (full * vectors + (last_vectors if last_col >= 0 else 0)) * n
+    for other in (32, 64):
+        n = other // itemsize
+        if other <= widest and width >= n:
+            assert computed(n_lanes) < computed(n) or (computed(n_lanes) == computed(n) and vector_bytes >= other)
+
+
+def test_row_cover_on_the_papers_rows():
+    """c1's 160 float32 columns: ten 64-byte vectors where the target has them (one 2 x 10 tile per
+    row for a rank-2 core); c2's 36 columns keep 32-byte vectors (40 columns computed, not 48)."""
+    assert row_cover(160, 4, 2, 1, 10, 64) == (64, 16, 10, 1, 10, -1)
+    assert row_cover(160, 4, 2, 1, 10, 32) == (32, 8, 10, 2, 10, -1)
+    assert row_cover(36, 4, 3, 1, 8, 64)[:2] == (32, 8)

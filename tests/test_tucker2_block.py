@@ -72,11 +72,12 @@ def test_eq8_pointwise_into_a_padded_buffer_writes_the_interior_and_zeros_the_bo
     assert np.all(out == 0.0)
 
 
-@pytest.mark.parametrize("R_t, registers", [(1, 16), (2, 16), (3, 16), (2, 32), (5, 32)])
-def test_fused_block_in_float32_is_bit_identical_to_its_three_convolutions(R_t, registers, rng):
-    """Each output is summed in the order of the three convolutions: the same float32 bits (c1-like, rows of 83)."""
+@pytest.mark.parametrize("R_t, registers, width", [(1, 16, 83), (2, 16, 83), (3, 16, 83), (2, 32, 96), (5, 32, 83)])
+def test_fused_block_in_float32_is_bit_identical_to_its_three_convolutions(R_t, registers, width, rng):
+    """Each output is summed in the order of the three convolutions: the same float32 bits (c1-like
+    rows of 83, or of 96: six 64-byte vectors with 32 registers)."""
     first, core, last, b = _factors(rng, 4, 2, R_t, 6, (3, 5, 5), np.float32)
-    x = rng.uniform(-1, 1, (1, 4, 4, 6, 83)).astype(np.float32)
+    x = rng.uniform(-1, 1, (1, 4, 4, 6, width)).astype(np.float32)
     with vector_registers(registers):
         y = tucker2_conv3d(x, first, core, last, b, padding=(1, 2, 2))
     assert y.dtype == np.float32

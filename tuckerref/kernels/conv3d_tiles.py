@@ -31,7 +31,7 @@ from ._checks import window_output_dims
 from .pool import _nan_max
 from .simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_max_store, tile_mix_max_store,
                    tile_mix_store, tile_store)
-from .tiling import max_tile_channels, row_tiles, tile_channels, tile_shape
+from .tiling import max_tile_channels, row_cover, tile_channels, tile_shape
 
 
 # No fastmath in this module (said explicitly, or a callee would inherit it from a fastmath
@@ -240,7 +240,8 @@ def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, rel
     dtype = xp.dtype
     groups, pool_array = _tile_plan(xp.shape, weight.shape, tuple(stride), out.shape,
                                     None if mix is None else len(mix[0]),
-                                    None if pool is None else tuple(pool), bool(relu), dtype, simd.VECTOR_REGISTERS)
+                                    None if pool is None else tuple(pool), bool(relu), dtype, simd.VECTOR_REGISTERS,
+                                    simd.VECTOR_BYTES)
     T = weight.shape[0]
     bias = np.zeros(T, dtype) if bias is None else bias
     u, c = (None, None) if mix is None else (np.ascontiguousarray(mix[0], dtype).reshape(-1),
@@ -256,12 +257,13 @@ def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, rel
 
 
 @lru_cache(maxsize=256)
-def _tile_plan(xp_shape, weight_shape, stride, out_shape, mixed_outputs, pool, relu, dtype, registers):
+def _tile_plan(xp_shape, weight_shape, stride, out_shape, mixed_outputs, pool, relu, dtype, registers, widest):
     """The shape-only part of :func:`forward_tiles_padded`, checked and computed once per geometry
     (a batch-1 network calls with the same shapes every time, and building tiles and size arrays
     costs more than the small layers' arithmetic): for each channel group, (t_first, blocks,
     channels, (tile, last tile), dims), and the pooling array (kd, kh, kw, relu). The kernels only
-    read these arrays, which are shared between calls."""
+    read these arrays, which are shared between calls. ``registers`` and ``widest`` (vector
+    bytes) describe the target's register file."""
     T, kernel = weight_shape[0], weight_shape[2:]
     Fo, Ho, Wo = window_output_dims(xp_shape[2:], kernel, stride, (0, 0, 0))
     pooled = (Fo, Ho, Wo) if pool is None else window_output_dims((Fo, Ho, Wo), pool, pool, (0, 0, 0))
@@ -273,15 +275,15 @@ def _tile_plan(xp_shape, weight_shape, stride, out_shape, mixed_outputs, pool, r
     if mixed_outputs is not None and not tiles_hold_all_channels(T, registers):
         raise ValueError(f"a mixed tile store needs the {T} channels in one tile "
                          f"(at most {max_tile_channels(registers)} on this target)")
-    n_lanes = lanes(dtype)
     C = tile_channels(T, registers)
     two_rows = stride[1] == 1 and Ho >= 2 and (pool is None or pool[1] >= 2)
     groups = []
     for t_first, blocks, channels in [(0, T // C, C)] + ([(T - T % C, 1, T % C)] if T % C else []):
         most, rows = tile_shape(channels, two_rows, registers)
-        vectors, full, last_vectors, last_col = row_tiles(Wo, n_lanes, channels, rows, most)
+        width, n_lanes, vectors, full, last_vectors, last_col = row_cover(Wo, dtype.itemsize, channels, rows, most,
+                                                                          widest)
         dims = np.array(xp_shape + (out_shape[1], t_first, blocks) + tuple(kernel)
                         + (Fo, Ho, Wo, stride[0], stride[1], vectors * n_lanes, full, last_col), np.int64)
-        groups.append((t_first, blocks, channels,
-                       (RegisterTile(channels, vectors, rows), RegisterTile(channels, last_vectors, rows)), dims))
+        groups.append((t_first, blocks, channels, (RegisterTile(channels, vectors, rows, width),
+                                                   RegisterTile(channels, last_vectors, rows, width)), dims))
     return tuple(groups), None if pool is None else np.array(pool + (int(relu),), np.int64)

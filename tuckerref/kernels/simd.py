@@ -15,8 +15,8 @@ unit height stride), output row r takes the same input row through kernel row j 
 input vector also feeds every row: that is what keeps a one-channel tile from being limited by
 loads rather than FMAs.
 
-Numba has no vector type, so this module adds one (``Vector``: an LLVM ``<L x float>`` of
-:data:`VECTOR_BYTES` bytes) and intrinsics that work on a tuple of them: :func:`tile_broadcast`
+Numba has no vector type, so this module adds one (``Vector``: an LLVM ``<L x float>`` of 32
+or 64 bytes, as the tile says; :data:`VECTOR_BYTES` is the widest this target has) and intrinsics that work on a tuple of them: :func:`tile_broadcast`
 (fill from one value per channel, e.g. the bias), :func:`tile_fma` (one reduction step) and
 :func:`tile_fma_rows` (the same on some of the tile's rows), :func:`tile_store`, and
 :func:`tile_mix_store` (a 1x1x1 convolution of the tile's channels, for a Tucker-2 block's last
@@ -24,7 +24,11 @@ factor, eq. 10, stored as it is computed). A :class:`RegisterTile` argument fixe
 shape at compile time, so each shape is its own (cached) specialisation and LLVM allocates
 the accumulators to registers; :mod:`.tiling` picks the shapes for the target's register file
 (:data:`VECTOR_REGISTERS`). Everything is plain LLVM IR (``llvm.fmuladd``), so the code is
-portable: a target without 256-bit vectors splits each vector in two.
+portable: a target without vectors of the tile's width splits each vector in two or four.
+
+On targets with AVX-512F the tiles can use 64-byte vectors (zmm): the same accumulators then
+cover twice the columns with half the instructions and loads per FMA. A tile's vector width is
+part of its type (:class:`RegisterTile`), so each width is its own cached specialisation.
 
 The intrinsics index flat, C-contiguous arrays with element offsets and do no bounds checks;
 the callers guarantee that every vector read or written lies inside its array.
@@ -38,55 +42,76 @@ from numba.core.errors import RequireLiteralValue
 from numba.extending import (NativeValue, intrinsic, models, overload_attribute, register_model, typeof_impl,
                              unbox)
 
-#: Bytes per SIMD vector: AVX2's 256-bit registers (8 float32 or 4 float64 lanes).
-VECTOR_BYTES = 32
+#: Bytes per SIMD vector a register tile may use: 256-bit vectors on every x86 target with AVX2,
+#: 512-bit ones where the target has AVX-512F.
+VECTOR_WIDTHS = (32, 64)
 
-#: The most vector registers of any target (x86 with AVX-512VL): no tile may need more.
+#: The most vector registers of any target (x86 with AVX-512): no tile may need more.
 MAX_VECTOR_REGISTERS = 32
 
 
-def vector_registers(features: str | None = None) -> int:
-    """256-bit vector registers of the target Numba compiles for: 32 with AVX-512VL, else 16.
-
-    ``features`` is an LLVM feature string ("+avx2,+avx512vl,..."); by default the one Numba
-    compiles with (``NUMBA_CPU_FEATURES`` when set, else the host's).
-    """
+def _target_features(features):
+    """The LLVM feature string given, else the one Numba compiles with (``NUMBA_CPU_FEATURES`` when
+    set, else the host's), as a set of "+feature" / "-feature" entries."""
     if features is None:
         from numba.core import config
         from numba.core.codegen import get_host_cpu_features
         features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
-    return 32 if "+avx512vl" in str(features).split(",") else 16
+    return set(str(features).split(","))
+
+
+def vector_registers(features: str | None = None) -> int:
+    """Vector registers of the target Numba compiles for: 32 with AVX-512VL (whose EVEX encoding
+    reaches ymm16-ymm31, and zmm16-zmm31), else 16.
+
+    ``features`` is an LLVM feature string ("+avx2,+avx512vl,..."); by default the one Numba
+    compiles with (``NUMBA_CPU_FEATURES`` when set, else the host's).
+    """
+    return 32 if "+avx512vl" in _target_features(features) else 16
+
+
+def vector_bytes(features: str | None = None) -> int:
+    """The widest SIMD vector the register tiles use on the target (``features`` as in
+    :func:`vector_registers`): 64 bytes with AVX-512F and AVX-512VL (32 zmm registers), else 32."""
+    have = _target_features(features)
+    return 64 if {"+avx512f", "+avx512vl"} <= have else 32
 
 
 #: Vector registers of this target; the tile shapes of :mod:`.tiling` are chosen for it.
 VECTOR_REGISTERS = vector_registers()
 
+#: The widest vector of this target, in bytes; :func:`.tiling.row_cover` picks each convolution's.
+VECTOR_BYTES = vector_bytes()
 
-def lanes(dtype) -> int:
-    """Lanes of one SIMD vector of ``dtype`` (a NumPy or Numba float type)."""
+
+def lanes(dtype, vector_bytes: int = 32) -> int:
+    """Lanes of one SIMD vector of ``vector_bytes`` bytes of ``dtype`` (a NumPy or Numba float type)."""
     bits = dtype.bitwidth if isinstance(dtype, types.Number) else dtype.itemsize * 8
-    return VECTOR_BYTES * 8 // bits
+    return vector_bytes * 8 // bits
 
 
 class RegisterTile:
-    """Shape of a register tile: ``rows`` output rows x ``channels`` channels x ``vectors`` SIMD vectors.
+    """Shape of a register tile: ``rows`` output rows x ``channels`` channels x ``vectors`` SIMD
+    vectors of ``vector_bytes`` bytes each.
 
     Passed to a kernel as an argument, it makes the shape a compile-time constant.
     """
 
-    def __init__(self, channels: int, vectors: int, rows: int = 1):
+    def __init__(self, channels: int, vectors: int, rows: int = 1, vector_bytes: int = 32):
         if min(channels, vectors, rows) < 1:
             raise ValueError(f"a register tile needs >= 1 row, channel and vector, got "
                              f"rows={rows}, channels={channels}, vectors={vectors}")
         if rows * channels * (vectors + 1) + 1 > MAX_VECTOR_REGISTERS:
             raise ValueError(f"tile of {rows} x {channels} x {vectors} needs more than {MAX_VECTOR_REGISTERS} "
                              f"vector registers")
-        self.channels, self.vectors, self.rows = channels, vectors, rows
+        if vector_bytes not in VECTOR_WIDTHS:
+            raise ValueError(f"a register tile's vectors are {VECTOR_WIDTHS} bytes wide, got {vector_bytes}")
+        self.channels, self.vectors, self.rows, self.vector_bytes = channels, vectors, rows, vector_bytes
         # Numba types this object on every kernel call; the type is built once, here.
-        self._numba_type_ = RegisterTileType(channels, vectors, rows)
+        self._numba_type_ = RegisterTileType(channels, vectors, rows, vector_bytes)
 
     def __repr__(self):
-        return f"RegisterTile({self.channels}, {self.vectors}, rows={self.rows})"
+        return f"RegisterTile({self.channels}, {self.vectors}, rows={self.rows}, vector_bytes={self.vector_bytes})"
 
 
 class Vector(types.Type):
@@ -98,9 +123,9 @@ class Vector(types.Type):
 
 
 class RegisterTileType(types.Type):
-    def __init__(self, channels, vectors, rows):
-        self.channels, self.vectors, self.rows = channels, vectors, rows
-        super().__init__(name=f"RegisterTile({channels}, {vectors}, rows={rows})")
+    def __init__(self, channels, vectors, rows, vector_bytes):
+        self.channels, self.vectors, self.rows, self.vector_bytes = channels, vectors, rows, vector_bytes
+        super().__init__(name=f"RegisterTile({channels}, {vectors}, rows={rows}, vector_bytes={vector_bytes})")
 
 
 @register_model(Vector)
@@ -142,7 +167,7 @@ def _tile_rows(tile):
 
 
 def _accumulators(tile, dtype):
-    return types.UniTuple(Vector(dtype, lanes(dtype)), tile.rows * tile.channels * tile.vectors)
+    return types.UniTuple(Vector(dtype, lanes(dtype, tile.vector_bytes)), tile.rows * tile.channels * tile.vectors)
 
 
 def _address(context, builder, array_type, array, offset):
@@ -183,7 +208,7 @@ def tile_broadcast(typingctx, tile, values, start):
     """acc[r, k, v] = broadcast(values[start + k]) for every row r, channel k and vector v."""
     _check_flat("values", values)
     acc = _accumulators(tile, values.dtype)
-    n = lanes(values.dtype)
+    n = acc.dtype.lanes
 
     def codegen(context, builder, sig, args):
         _, array, first = args

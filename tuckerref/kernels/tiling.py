@@ -5,7 +5,7 @@ R*C*V accumulators, R*C broadcast weights and one input vector in vector registe
 reduction of eq. (1). Each reduction step loads V input vectors and R*C weights and issues R*C*V
 FMAs, so the bigger the tile, the fewer loads per FMA, until the registers run out and it spills.
 How many there are depends on the target Numba compiles for: 16 with AVX2, 32 with AVX-512VL
-(whose EVEX encoding reaches ymm16-ymm31 in 256-bit code), see :func:`.simd.vector_registers`.
+(whose EVEX encoding reaches ymm16-ymm31 and zmm16-zmm31), see :func:`.simd.vector_registers`.
 
 The shapes in :data:`TILE_VECTORS` were measured best on the paper's c1 shapes (bench/RESULTS.md):
 with 16 registers 3 x 4, 2 x 5 and, for one channel, two rows of 5; with 32 registers every
@@ -14,8 +14,14 @@ is what makes a Tucker-2 core's time follow its FLOPs whatever its rank R_t. A s
 uses two output rows, so that each input vector feeds two FMAs (the input row serves output
 row h' through kernel row j and row h'+1 through j-1).
 
+The vectors are 32 bytes wide, or 64 on a target with AVX-512 (:func:`row_cover` decides per
+convolution). The counts in :data:`TILE_VECTORS` hold for either width, since the registers
+limit them the same way: on the paper's c1 rows (160 float32 columns, ten 64-byte vectors) the
+6 x 4 and 2 x 10 tiles measured best among 6 x 4, 3 x 5, 3 x 7 and 2 x 10 for six channels and
+2 x 10, 2 x 5 and two-row 2 x 2 x 5 for two (bench/RESULTS.md).
+
 Tile shapes change speed only: every output is summed in the same (s, i, j, l) order whatever
-the shape, so results are bit-identical across shapes and register files.
+the shape, so results are bit-identical across shapes, vector widths and register files.
 """
 from __future__ import annotations
 
@@ -96,3 +102,25 @@ def row_tiles(out_width: int, n_lanes: int, channels: int, rows: int, max_vector
                     out_width - last_vectors * n_lanes if rest else -1)
     return best[1:]
 
+
+
+def row_cover(out_width: int, itemsize: int, channels: int, rows: int, max_vectors: int, widest: int) -> tuple:
+    """The vector width and :func:`row_tiles` cover of an output row: (vector_bytes, lanes, vectors,
+    full, last_vectors, last_col).
+
+    Of the widths up to ``widest`` bytes (32, and 64 on targets with AVX-512) whose vector fits in
+    the row, the widest whose tiles compute no more columns than a narrower width's: wider vectors
+    issue fewer instructions and loads per FMA, but a flush last tile of 64-byte vectors can
+    recompute more overlapping columns (c2's 36 float32 columns: 48 with 16 lanes, 40 with 8).
+    Needs out_width >= the lanes of a 32-byte vector.
+    """
+    best = None
+    for vector_bytes in (32, 64):
+        n_lanes = vector_bytes // itemsize
+        if vector_bytes > widest or out_width < n_lanes:
+            continue
+        vectors, full, last_vectors, last_col = row_tiles(out_width, n_lanes, channels, rows, max_vectors)
+        computed = (full * vectors + (last_vectors if last_col >= 0 else 0)) * n_lanes
+        if best is None or computed <= best[0]:
+            best = (computed, vector_bytes, n_lanes, vectors, full, last_vectors, last_col)
+    return best[1:]
