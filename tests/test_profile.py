@@ -135,3 +135,20 @@ def test_table2_records_the_openmp_wait_policy_it_ran_under(monkeypatch, tmp_pat
     assert main(["table2", "--input-shape", *map(str, SHAPE), "--repeats", "1", "--warmup", "0", "--threads", "1",
                  "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "table2.json").read_text())["omp_wait_policy"] == "passive"
+
+
+def test_table2_times_a_batch_of_clips_when_asked(tmp_path):
+    import json
+    from tuckerref.cli import main
+    assert main(["table2", "--input-shape", *map(str, SHAPE), "--batch", "2", "--repeats", "1", "--warmup", "0",
+                 "--threads", "1", "--out", str(tmp_path)]) == 0
+    table = json.loads((tmp_path / "table2.json").read_text())
+    assert table["batch"] == 2 and table["profiles"]["original"]["input_shape"][0] == 2
+
+
+@pytest.mark.parametrize("batch", ["0", "-3"])
+def test_table2_rejects_a_batch_below_one_naming_it(batch, tmp_path, capsys):
+    from tuckerref.cli import main
+    assert main(["table2", "--input-shape", *map(str, SHAPE), "--batch", batch, "--out", str(tmp_path)]) != 0
+    assert f"--batch must be a positive integer, got {batch}" in capsys.readouterr().err
+    assert not (tmp_path / "table2.json").exists()

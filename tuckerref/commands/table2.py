@@ -177,6 +177,8 @@ def register(sub):
     p.add_argument("--backend", choices=sorted(PROFILERS), default="numba", help="what is timed")
     p.add_argument("--input-shape", type=int, nargs=4, default=None, metavar=("C", "F", "H", "W"),
                    help=f"clip shape (default: the weights file's, else {PAPER_INPUT_SHAPE})")
+    p.add_argument("--batch", type=int, default=1,
+                   help="clips per forward pass (default 1, as the paper's batch-1 latency; the numba backend only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/table2", help="output folder (default runs/table2)")
     p.set_defaults(func=run)
@@ -214,8 +216,10 @@ def run(args):
     wait_policy = sleep_idle_workers()  # before anything starts Numba's threads
     check_repeats(args.repeats, args.warmup)
     check_threads(args.threads)
+    if isinstance(args.batch, bool) or int(args.batch) != args.batch or args.batch < 1:
+        raise ValueError(f"--batch must be a positive integer, got {args.batch!r}")
     original, compressed, shape = load_networks(args)
-    x = np.random.default_rng(args.seed).random((1,) + shape, dtype=np.float32)
+    x = np.random.default_rng(args.seed).random((args.batch,) + shape, dtype=np.float32)
     table = build_table(original, compressed, x, get_profiler(args.backend), repeats=args.repeats,
                         warmup=args.warmup, threads=args.threads, clock=args.clock)
     table.update(plan=args.plan, ranks=args.ranks, method=args.method, weights=args.weights,
