@@ -24,16 +24,14 @@ non-arithmetic kernels (the 1x1x1 factors that only move memory) show up.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numba
 import numpy as np
 from numba.core.registry import CPUDispatcher
 
-from tuckerref.compress import compress_network
+from _rounds import paper_networks, parse_round_args
 from tuckerref.flops import count_network
-from tuckerref.models import PAPER_INPUT_SHAPE, thetis_net
 from tuckerref.nn import no_grad
 
 
@@ -73,19 +71,8 @@ def replay(calls, timings=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=15, help="timed rounds (medians reported)")
-    p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
-    args = p.parse_args(argv)
-    if args.repeats < 1:
-        p.error("--repeats must be >= 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            p.error("--threads must be >= 1")
-        numba.set_num_threads(args.threads)
-    original = thetis_net(PAPER_INPUT_SHAPE, seed=0).eval()
-    compressed = compress_network(original, plan="table2", ranks="paper", method="hosvd").eval()
-    x = np.random.default_rng(0).random((1,) + PAPER_INPUT_SHAPE, dtype=np.float32)
+    args = parse_round_args(__doc__, argv)
+    original, compressed, x = paper_networks()
     nets = {"original": original, "compressed": compressed}
     with no_grad():
         for net in nets.values():
@@ -107,7 +94,7 @@ def main(argv=None):
                 samples[key].append(time.perf_counter() - t0)
             replay(calls["compressed"], per_call)
     ms = {key: float(np.median(v)) * 1e3 for key, v in samples.items()}
-    flops = {name: count_network(net, PAPER_INPUT_SHAPE).flops for name, net in nets.items()}
+    flops = {name: count_network(net, x.shape[1:]).flops for name, net in nets.items()}
     print(f"batch 1, {numba.get_num_threads()} thread(s), medians of {args.repeats} rounds (round robin)")
     print(f"{'network':<12} {'library ms':>11} {'kernels only ms':>16} {'Python ms':>10} {'Python share':>13} {'kernel calls':>13}")
     for name in nets:

@@ -12,7 +12,6 @@ Idle OpenMP workers sleep, as in ``tuckerref table2``.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -22,32 +21,19 @@ from tuckerref.profile import sleep_idle_workers
 sleep_idle_workers()  # before Numba starts its threads
 
 import numba  # noqa: E402
-import numpy as np  # noqa: E402
 
-from tuckerref.compress import compress_network  # noqa: E402
+from _rounds import paper_networks, parse_round_args  # noqa: E402
 from tuckerref.kernels import simd  # noqa: E402
-from tuckerref.models import PAPER_INPUT_SHAPE, thetis_net  # noqa: E402
 from tuckerref.nn import no_grad  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=15, help="timed rounds (medians reported)")
-    p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
-    args = p.parse_args(argv)
-    if args.repeats < 1:
-        p.error("--repeats must be >= 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            p.error("--threads must be >= 1")
-        numba.set_num_threads(args.threads)
+    args = parse_round_args(__doc__, argv)
     widest = simd.VECTOR_BYTES
     if widest == 32:
         print("bench/vector_width.py: this target has no 64-byte vectors (no AVX-512); nothing to compare")
         return 0
-    original = thetis_net(PAPER_INPUT_SHAPE, seed=0).eval()
-    compressed = compress_network(original, plan="table2", ranks="paper", method="hosvd").eval()
-    x = np.random.default_rng(0).random((1,) + PAPER_INPUT_SHAPE, dtype=np.float32)
+    original, compressed, x = paper_networks()
     nets = {"original": original, "compressed": compressed}
     widths = (widest, 32)
     samples = {(name, width): [] for name in nets for width in widths}

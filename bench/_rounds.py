@@ -1,0 +1,38 @@
+"""What the whole-pass benchmarks share: their command line and the paper's two networks.
+
+Not a benchmark itself; ``bench/orchestration.py`` and ``bench/vector_width.py`` import it (run
+as scripts, their folder is on ``sys.path``).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numba
+import numpy as np
+
+from tuckerref.compress import compress_network
+from tuckerref.models import PAPER_INPUT_SHAPE, thetis_net
+
+
+def parse_round_args(doc: str, argv=None):
+    """``--repeats`` (timed rounds, >= 1) and ``--threads`` (Numba threads, set here when given)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds (medians reported)")
+    p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all cores)")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error("--threads must be >= 1")
+        numba.set_num_threads(args.threads)
+    return args
+
+
+def paper_networks() -> tuple:
+    """(original, compressed, x): the paper's network (random weights, seed 0), its Table 2
+    compression with the paper's ranks, both in eval mode, and one random clip (batch 1)."""
+    original = thetis_net(PAPER_INPUT_SHAPE, seed=0).eval()
+    compressed = compress_network(original, plan="table2", ranks="paper", method="hosvd").eval()
+    x = np.random.default_rng(0).random((1,) + PAPER_INPUT_SHAPE, dtype=np.float32)
+    return original, compressed, x
