@@ -152,3 +152,30 @@ def test_table2_rejects_a_batch_below_one_naming_it(batch, tmp_path, capsys):
     assert main(["table2", "--input-shape", *map(str, SHAPE), "--batch", batch, "--out", str(tmp_path)]) != 0
     assert f"--batch must be a positive integer, got {batch}" in capsys.readouterr().err
     assert not (tmp_path / "table2.json").exists()
+
+
+def test_table2_total_speedup_per_round_is_each_rounds_original_over_compressed_time(nets):
+    """Round robin pairs round k of both networks: the spread is that of t_orig[k] / t_comp[k]."""
+    from tuckerref.commands.table2 import build_table, render, round_ratios
+    net, comp, x = nets
+    table = build_table(net, comp, x, profile_network, repeats=3, warmup=0, threads=1)
+    spread = table["total"]["improvement"]["observed_speedup_rounds"]
+    totals = table["profiles"]
+    ratios = np.array(totals["original"]["total"]["wall"]["samples"]) / totals["compressed"]["total"]["wall"]["samples"]
+    assert spread["rounds"] == 3 and spread["median"] == pytest.approx(np.median(ratios))
+    assert spread["min"] == pytest.approx(ratios.min()) and spread["max"] == pytest.approx(ratios.max())
+    assert spread["min"] <= spread["q1"] <= spread["median"] <= spread["q3"] <= spread["max"]
+    assert "round by round" in render(table)
+    assert round_ratios([4.0, 6.0, 9.0], [2.0, 2.0, 3.0]) == {"median": 3.0, "q1": 2.5, "q3": 3.0, "min": 2.0,
+                                                              "max": 3.0, "rounds": 3}
+
+
+def test_table2_gives_no_round_spread_for_a_backend_that_times_one_network_after_the_other(nets):
+    from tuckerref.commands.table2 import build_table, render
+
+    def one_after_the_other(net, x, **kwargs):
+        return profile_network(net, x, **kwargs)
+    net, comp, x = nets
+    table = build_table(net, comp, x, one_after_the_other, repeats=1, warmup=0, threads=1)
+    assert "observed_speedup_rounds" not in table["total"]["improvement"]
+    assert "round by round" not in render(table)

@@ -7,7 +7,8 @@ improvement factors: storage (weights), theoretical speed-up (FLOPs ratio) and o
 the total time is the whole forward pass. Sub-layers are timed one by one; with the numba backend
 a Tucker-2 block's own time is its fused forward pass, and the total is the inference pass with all
 its fusions (:mod:`tuckerref.nn.fusion`), every figure of both networks timed round robin
-(:func:`tuckerref.profile.profile_networks`). Prints the table and writes ``table2.md`` and
+(:func:`tuckerref.profile.profile_networks`), so the total speed-up is also given round by round
+(median, quartiles and range of the per-round ratios). Prints the table and writes ``table2.md`` and
 ``table2.json`` (atomically) to ``--out``. Idle OpenMP worker threads sleep during the run
 (:func:`tuckerref.profile.sleep_idle_workers`, recorded as ``omp_wait_policy``), so that CPU-time
 readings do not carry a spinning worker's tick-sampled time.
@@ -26,7 +27,8 @@ import numpy as np
 from ..flops import count_network
 from ..models import PAPER_INPUT_SHAPE, thetis_net
 from ..nn import Conv3d, Linear, Sequential
-from ..profile import PROFILERS, check_repeats, check_threads, get_profiler, profile_each, sleep_idle_workers
+from ..profile import (PROFILERS, check_repeats, check_threads, get_profiler, profile_each, profile_network,
+                       sleep_idle_workers)
 from ..report import compact, markdown_table, milliseconds, ratio, write_json, write_text
 
 
@@ -108,12 +110,25 @@ def build_table(original: Sequential, compressed: Sequential, x: np.ndarray, pro
         o, c = r["original"], r["compressed"]
         r["improvement"] = {"weights": o["params"] / c["params"], "theoretical_speedup": o["flops"] / c["flops"],
                             "observed_speedup": o["time"]["median_s"] / c["time"]["median_s"]}
+    if profiler is profile_network:  # timed round robin: round k of both networks belongs together
+        total["improvement"]["observed_speedup_rounds"] = round_ratios(
+            profiles["original"].total.clock(clock).samples, profiles["compressed"].total.clock(clock).samples)
     return {"input_shape": list(input_shape), "batch": int(x.shape[0]), "clock": clock,
             "backend": profiles["original"].backend, "repeats": profiles["original"].repeats,
             "warmup": profiles["original"].warmup, "threads": profiles["original"].threads,
             "rows": rows, "other": other, "total": total,
             "counts": {k: v.as_dict() for k, v in counts.items()},
             "profiles": {k: v.as_dict() for k, v in profiles.items()}}
+
+
+def round_ratios(before: list, after: list) -> dict:
+    """Spread of the speed-up over the rounds of a round-robin measurement: before[k] / after[k] for
+    each round k, as its median, quartiles and range. On a shared machine the ratio of the two
+    medians (Table 2's figure) moves from run to run; this says by how much within one run."""
+    ratios = np.asarray(before, dtype=float) / np.asarray(after, dtype=float)
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3), "min": float(ratios.min()),
+            "max": float(ratios.max()), "rounds": int(ratios.size)}
 
 
 def _breakdown(parts: list) -> str:
@@ -159,7 +174,13 @@ def render(table: dict) -> str:
                   "(total) also fuses each convolution with the max pooling and ReLU after it, so it can take "
                   "less than the sum of the rows. Both networks are timed round robin, one call of every "
                   "figure per round.")
-    return "\n\n".join([title, markdown_table(head, body), markdown_table(speed_head, speed)])
+    parts = [title, markdown_table(head, body), markdown_table(speed_head, speed)]
+    spread = imp.get("observed_speedup_rounds")
+    if spread:
+        parts.append(f"Total speed-up round by round (original / compressed, {spread['rounds']} rounds): median "
+                     f"x{spread['median']:.2f}, quartiles x{spread['q1']:.2f}-x{spread['q3']:.2f}, range "
+                     f"x{spread['min']:.2f}-x{spread['max']:.2f}.")
+    return "\n\n".join(parts)
 
 
 def register(sub):
