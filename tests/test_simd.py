@@ -74,8 +74,8 @@ def test_vector_registers_are_32_only_where_avx512vl_reaches_ymm16_to_ymm31(feat
     assert vector_registers(features) == registers
 
 
-@pytest.mark.parametrize("features, widest", [("+avx2,+fma,+avx512f,+avx512vl", 64), ("+avx2,+fma,+avx512f,-avx512vl", 32),
-                                              ("+avx2,+fma", 32), ("", 32)])
+@pytest.mark.parametrize("features, widest", [("+avx2,+fma,+avx512f,+avx512vl", 64),
+                                              ("+avx2,+fma,+avx512f,-avx512vl", 32), ("+avx2,+fma", 32), ("", 32)])
 def test_64_byte_vectors_only_where_avx512_gives_32_zmm_registers(features, widest):
     assert vector_bytes(features) == widest
 

@@ -16,7 +16,8 @@ input vector also feeds every row: that is what keeps a one-channel tile from be
 loads rather than FMAs.
 
 Numba has no vector type, so this module adds one (``Vector``: an LLVM ``<L x float>`` of 32
-or 64 bytes, as the tile says; :data:`VECTOR_BYTES` is the widest this target has) and intrinsics that work on a tuple of them: :func:`tile_broadcast`
+or 64 bytes, as the tile says; :data:`VECTOR_BYTES` is the widest this target has) and
+intrinsics that work on a tuple of them: :func:`tile_broadcast`
 (fill from one value per channel, e.g. the bias), :func:`tile_fma` (one reduction step) and
 :func:`tile_fma_rows` (the same on some of the tile's rows), :func:`tile_store`, and
 :func:`tile_mix_store` (a 1x1x1 convolution of the tile's channels, for a Tucker-2 block's last
