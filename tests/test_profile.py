@@ -128,13 +128,17 @@ def test_timing_commands_let_idle_openmp_workers_sleep_unless_the_user_chose_a_p
     assert profile_module.os.environ["OMP_WAIT_POLICY"] == "active"
 
 
-def test_table2_records_the_openmp_wait_policy_it_ran_under(monkeypatch, tmp_path):
+def test_table2_records_the_openmp_wait_policy_and_register_file_it_ran_under(monkeypatch, tmp_path):
     import json
     from tuckerref.cli import main
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert main(["table2", "--input-shape", *map(str, SHAPE), "--repeats", "1", "--warmup", "0", "--threads", "1",
                  "--out", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "table2.json").read_text())["omp_wait_policy"] == "passive"
+    record = json.loads((tmp_path / "table2.json").read_text())
+    assert record["omp_wait_policy"] == "passive"
+    from tuckerref.kernels import simd
+    assert record["register_file"] == {"vector_registers": simd.VECTOR_REGISTERS,
+                                       "widest_vector_bytes": simd.VECTOR_BYTES}
 
 
 def test_table2_times_a_batch_of_clips_when_asked(tmp_path):
@@ -179,3 +183,15 @@ def test_table2_gives_no_round_spread_for_a_backend_that_times_one_network_after
     table = build_table(net, comp, x, one_after_the_other, repeats=1, warmup=0, threads=1)
     assert "observed_speedup_rounds" not in table["total"]["improvement"]
     assert "round by round" not in render(table)
+
+
+def test_scaling_records_the_register_file_its_kernels_chose_tiles_for(tmp_path):
+    import json
+    from tuckerref.cli import main
+    from tuckerref.kernels import simd
+    assert main(["scaling", "--layer", "c2", "--ranks", "1,2", "--input-shape", *map(str, SHAPE), "--repeats", "1",
+                 "--warmup", "0", "--threads", "1", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "scaling.json").read_text())
+    assert record["register_file"] == {"vector_registers": simd.VECTOR_REGISTERS,
+                                       "widest_vector_bytes": simd.VECTOR_BYTES}
+    assert len(record["rows"]) == 4

@@ -158,6 +158,14 @@ def sleep_idle_workers() -> str:
     return os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
+def register_file() -> dict:
+    """The kernels' view of the target, for a timing run's record: its vector registers and its
+    widest SIMD vector in bytes (the register tiles' shapes and widths follow them, see
+    :mod:`tuckerref.kernels.tiling`), so figures from different machines are told apart."""
+    from .kernels import simd
+    return {"vector_registers": simd.VECTOR_REGISTERS, "widest_vector_bytes": simd.VECTOR_BYTES}
+
+
 @contextmanager
 def numba_threads(threads: int):
     """Run the block with Numba's thread count set to ``threads``, restoring the previous count."""

@@ -21,8 +21,8 @@ import numpy as np
 from ..flops import count_layer
 from ..models import PAPER_INPUT_SHAPE, feature_volume, thetis_net
 from ..nn import Conv3d, Linear, Sequential, no_grad
-from ..profile import (Stats, capture_inputs, check_repeats, check_threads, numba_threads, sleep_idle_workers,
-                       time_call)
+from ..profile import (Stats, capture_inputs, check_repeats, check_threads, numba_threads, register_file,
+                       sleep_idle_workers, time_call)
 from ..report import write_csv, write_json
 
 
@@ -267,7 +267,8 @@ def run(args):
     print_rows(rows, args.clock)
     print_fit(fit)
     meta = {"layer": args.layer, "input_shape": list(args.input_shape), "threads": threads, "repeats": args.repeats,
-            "warmup": args.warmup, "clock": args.clock, "backend": "numba", "omp_wait_policy": wait_policy}
+            "warmup": args.warmup, "clock": args.clock, "backend": "numba", "omp_wait_policy": wait_policy,
+            "register_file": register_file()}
     for path in write_results(args.out, rows, fit, meta, [("tuckerref", rows, fit, args.clock)]):
         print(f"wrote {path}")
     return 0

@@ -11,7 +11,8 @@ its fusions (:mod:`tuckerref.nn.fusion`), every figure of both networks timed ro
 (median, quartiles and range of the per-round ratios). Prints the table and writes ``table2.md`` and
 ``table2.json`` (atomically) to ``--out``. Idle OpenMP worker threads sleep during the run
 (:func:`tuckerref.profile.sleep_idle_workers`, recorded as ``omp_wait_policy``), so that CPU-time
-readings do not carry a spinning worker's tick-sampled time.
+readings do not carry a spinning worker's tick-sampled time; the JSON also records the target's
+vector registers and widest vector (``register_file``).
 
 Timing backends: ``--backend`` offers the keys of :data:`tuckerref.profile.PROFILERS`; a backend is
 a function ``(net, x, *, repeats, warmup, threads) -> NetworkProfile`` whose layer names are the
@@ -28,7 +29,7 @@ from ..flops import count_network
 from ..models import PAPER_INPUT_SHAPE, thetis_net
 from ..nn import Conv3d, Linear, Sequential
 from ..profile import (PROFILERS, check_repeats, check_threads, get_profiler, profile_each, profile_network,
-                       sleep_idle_workers)
+                       register_file, sleep_idle_workers)
 from ..report import compact, markdown_table, milliseconds, ratio, write_json, write_text
 
 
@@ -244,7 +245,7 @@ def run(args):
     table = build_table(original, compressed, x, get_profiler(args.backend), repeats=args.repeats,
                         warmup=args.warmup, threads=args.threads, clock=args.clock)
     table.update(plan=args.plan, ranks=args.ranks, method=args.method, weights=args.weights,
-                 omp_wait_policy=wait_policy)
+                 omp_wait_policy=wait_policy, register_file=register_file())
     text = render(table)
     print(text)
     for path in write_outputs(args.out, table, text):
