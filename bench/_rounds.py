@@ -1,16 +1,19 @@
-"""What the whole-pass benchmarks share: their command line and the paper's two networks.
+"""What the benchmarks share: the whole-pass scripts' command line and the paper's two networks,
+and a cap on the register tiles' vector width.
 
-Not a benchmark itself; ``bench/orchestration.py`` and ``bench/vector_width.py`` import it (run
-as scripts, their folder is on ``sys.path``).
+Not a benchmark itself; ``bench/orchestration.py``, ``bench/vector_width.py`` and
+``bench/kernels.py`` import it (run as scripts, their folder is on ``sys.path``).
 """
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 
 import numba
 import numpy as np
 
 from tuckerref.compress import compress_network
+from tuckerref.kernels import simd
 from tuckerref.models import PAPER_INPUT_SHAPE, thetis_net
 
 
@@ -36,3 +39,16 @@ def paper_networks() -> tuple:
     compressed = compress_network(original, plan="table2", ranks="paper", method="hosvd").eval()
     x = np.random.default_rng(0).random((1,) + PAPER_INPUT_SHAPE, dtype=np.float32)
     return original, compressed, x
+
+
+@contextmanager
+def tiles_of_at_most(nbytes: int):
+    """Run the block with register tiles of at most ``nbytes``-byte vectors (the target's widest is
+    restored after). Each width is its own compiled specialisation, so both can be timed in one
+    process."""
+    widest = simd.VECTOR_BYTES
+    simd.VECTOR_BYTES = min(nbytes, widest)
+    try:
+        yield
+    finally:
+        simd.VECTOR_BYTES = widest

@@ -55,6 +55,7 @@ from math import prod  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _rounds import tiles_of_at_most  # noqa: E402
 from tuckerref import conv3d, conv3d_backward  # noqa: E402
 from tuckerref.kernels import simd  # noqa: E402
 from tuckerref.flops import conv_multiplications  # noqa: E402
@@ -85,15 +86,9 @@ def round_robin_medians(fns: dict, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def with_vector_bytes(nbytes, fn):
-    """fn() with register tiles of at most ``nbytes``-byte vectors (each width is its own compiled
-    specialisation, so both can be timed in one process)."""
-    widest = simd.VECTOR_BYTES
-    simd.VECTOR_BYTES = nbytes
-    try:
-        return fn()
-    finally:
-        simd.VECTOR_BYTES = widest
+def forward_with_tiles_of(nbytes, x, w):
+    with tiles_of_at_most(nbytes):
+        return conv3d(x, w, padding=PADDING)
 
 
 def conv_macs(S, T, kernel, padding, clip=CLIP):
@@ -116,9 +111,8 @@ def main(args):
     # The two forward convolutions are timed together, round robin: their ratio is the figure
     # that says whether time follows FLOPs, and it must not depend on when each was measured.
     widths = sorted({simd.VECTOR_BYTES, 32}, reverse=True)  # the target's widest first
-    forward = round_robin_medians({(name, nbytes): (lambda x=x, w=w, nbytes=nbytes: with_vector_bytes(
-        nbytes, lambda: conv3d(x, w, padding=PADDING))) for name, (x, w, _, _) in arrays.items() for nbytes in widths},
-        args.repeats)
+    forward = round_robin_medians({(name, nbytes): (lambda x=x, w=w, nbytes=nbytes: forward_with_tiles_of(nbytes, x, w))
+                                   for name, (x, w, _, _) in arrays.items() for nbytes in widths}, args.repeats)
     for nbytes in widths:
         for name, S, T in CONVS:
             x, w, flop, shape = arrays[name]

@@ -22,7 +22,7 @@ sleep_idle_workers()  # before Numba starts its threads
 
 import numba  # noqa: E402
 
-from _rounds import paper_networks, parse_round_args  # noqa: E402
+from _rounds import paper_networks, parse_round_args, tiles_of_at_most  # noqa: E402
 from tuckerref.kernels import simd  # noqa: E402
 from tuckerref.nn import no_grad  # noqa: E402
 
@@ -37,18 +37,15 @@ def main(argv=None):
     nets = {"original": original, "compressed": compressed}
     widths = (widest, 32)
     samples = {(name, width): [] for name in nets for width in widths}
-    try:
-        with no_grad():
-            for round_ in range(args.repeats + 1):  # round 0 compiles or loads, untimed
-                for width in widths:
-                    simd.VECTOR_BYTES = width
+    with no_grad():
+        for round_ in range(args.repeats + 1):  # round 0 compiles or loads, untimed
+            for width in widths:
+                with tiles_of_at_most(width):
                     for name, net in nets.items():
                         t0 = time.perf_counter()
                         net(x)
                         if round_:
                             samples[name, width].append(time.perf_counter() - t0)
-    finally:
-        simd.VECTOR_BYTES = widest
     median = {key: statistics.median(t) for key, t in samples.items()}
     print(f"batch 1, {numba.get_num_threads()} thread(s), medians of {args.repeats} rounds (round robin)")
     for width in widths:

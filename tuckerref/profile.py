@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 from .flops import find_record
+from .kernels import simd
 from .nn import Module, Sequential, no_grad
 
 
@@ -162,7 +163,6 @@ def register_file() -> dict:
     """The kernels' view of the target, for a timing run's record: its vector registers and its
     widest SIMD vector in bytes (the register tiles' shapes and widths follow them, see
     :mod:`tuckerref.kernels.tiling`), so figures from different machines are told apart."""
-    from .kernels import simd
     return {"vector_registers": simd.VECTOR_REGISTERS, "widest_vector_bytes": simd.VECTOR_BYTES}
 
 

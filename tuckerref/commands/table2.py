@@ -238,7 +238,7 @@ def run(args):
     wait_policy = sleep_idle_workers()  # before anything starts Numba's threads
     check_repeats(args.repeats, args.warmup)
     check_threads(args.threads)
-    if isinstance(args.batch, bool) or int(args.batch) != args.batch or args.batch < 1:
+    if args.batch < 1:  # argparse has made it an int
         raise ValueError(f"--batch must be a positive integer, got {args.batch!r}")
     original, compressed, shape = load_networks(args)
     x = np.random.default_rng(args.seed).random((args.batch,) + shape, dtype=np.float32)

@@ -25,6 +25,8 @@ the shape, so results are bit-identical across shapes, vector widths and registe
 """
 from __future__ import annotations
 
+from .simd import VECTOR_WIDTHS
+
 #: (vector registers) -> {(channels, rows): SIMD vectors per tile row}. (1, 1) serves one-channel
 #: convolutions that cannot use two rows (height stride > 1, or a single output row).
 TILE_VECTORS = {
@@ -103,7 +105,6 @@ def row_tiles(out_width: int, n_lanes: int, channels: int, rows: int, max_vector
     return best[1:]
 
 
-
 def row_cover(out_width: int, itemsize: int, channels: int, rows: int, max_vectors: int, widest: int) -> tuple:
     """The vector width and :func:`row_tiles` cover of an output row: (vector_bytes, lanes, vectors,
     full, last_vectors, last_col).
@@ -115,7 +116,7 @@ def row_cover(out_width: int, itemsize: int, channels: int, rows: int, max_vecto
     Needs out_width >= the lanes of a 32-byte vector.
     """
     best = None
-    for vector_bytes in (32, 64):
+    for vector_bytes in VECTOR_WIDTHS:
         n_lanes = vector_bytes // itemsize
         if vector_bytes > widest or out_width < n_lanes:
             continue
