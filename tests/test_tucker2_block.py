@@ -45,7 +45,7 @@ def test_eqs_8_to_10_fused_block_equals_its_three_convolutions_float64_reference
     b = b if bias else None
     x = r.uniform(-1, 1, (N, S, 3, 4, width))
     with vector_registers(registers), \
-            mock.patch.object(KERNELS, "forward_tiles_padded", wraps=KERNELS.forward_tiles_padded) as tiles:
+            mock.patch.object(KERNELS, "fused_block", wraps=KERNELS.fused_block) as tiles:
         y = tucker2_conv3d(x, first, core, last, b, stride=stride, padding=pad)
     expect = conv3d_ref(conv3d_ref(conv3d_ref(x, first), core, stride=stride, padding=pad), last, b)
     np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)

@@ -41,8 +41,9 @@ from numba import literally, njit, prange, typeof, types
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
 from .activation import relu as relu_kernel
-from .conv3d_tiles import forward_tiles_padded, tiles_fit
+from .conv3d_tiles import PaddedTileConvolution, forward_tiles_padded, tiles_fit
 from .linear import _linear_forward
+from .padding import _pad, _padded
 from .pointwise import pointwise_forward, pointwise_grad_weight
 from .pool import max_pool3d_values
 
@@ -254,42 +255,6 @@ def conv_geometry(spatial, kernel, stride, padding, what="input"):
     return stride, padding, out_dims
 
 
-@njit(parallel=True, cache=True)
-def _copy_padded(x, out, pd, ph, pw):
-    """out[n, s, d + pd, h + ph, pw:pw + W] = x[n, s, d, h, :] and every other value of ``out``
-    (N, S, >= D + 2pd, >= H + 2ph, >= W + 2pw) 0: each value written once, one padded row per task."""
-    N, S, D, H, W = x.shape
-    Dp, Hp, Wp = out.shape[2], out.shape[3], out.shape[4]
-    for task in prange(N * S * Dp * Hp):
-        ns = task // (Dp * Hp)
-        d = (task // Hp) % Dp - pd
-        h = task % Hp - ph
-        row = out[ns // S, ns % S, d + pd, h + ph]
-        if 0 <= d < D and 0 <= h < H:
-            row[:pw] = 0
-            row[pw:pw + W] = x[ns // S, ns % S, d, h]
-            row[pw + W:] = 0
-        else:
-            row[:] = 0
-
-
-def _padded(x, padding, extra_rows=0):
-    """Zero-padded copy of x (N, S, D, H, W), with ``extra_rows`` more zero rows below each plane;
-    written in one pass (np.empty, then every value once)."""
-    pd, ph, pw = padding
-    N, S, D, H, W = x.shape
-    xp = np.empty((N, S, D + 2 * pd, H + 2 * ph + extra_rows, W + 2 * pw), x.dtype)
-    _copy_padded(x, xp, pd, ph, pw)
-    return xp
-
-
-def _pad(x, padding):
-    """Zero-padded copy of x (N, S, D, H, W) (x itself, made contiguous, when ``padding`` is 0)."""
-    if not any(padding):
-        return np.ascontiguousarray(x)
-    return _padded(x, padding)
-
-
 def _pad_planes(x, padding, tail):
     """Zero-pad x and flatten each (H, W) plane, leaving >= ``tail`` zeros after the last plane row.
 
@@ -369,10 +334,18 @@ def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu
     pooled = pooled_dims(out_dims, pool)
     if not (stride[2] == 1 and tiles_fit(out_dims[2], x.dtype)):
         return pool_then_relu(_conv3d_unchecked(x, weight, bias, stride, padding, out_dims), pool, relu)
-    out = np.empty(x.shape[:1] + weight.shape[:1] + pooled, x.dtype)
-    with threads_for(out.size * math.prod(pool) * weight[0].size):
-        forward_tiles_padded(_pad(x, padding), weight, bias, stride, out, pool=pool, relu=relu)
-    return out
+    return pooled_convolution(x.shape, weight, bias, stride, padding, pool, relu)(np.ascontiguousarray(x))
+
+
+def pooled_convolution(x_shape, weight, bias, stride, padding, pool, relu, keep_buffers=False):
+    """:func:`conv3d_max_pool3d` on the register tiles, prepared for inputs of shape ``x_shape``
+    (checked arguments of that function's dtype; unit width stride, output at least one vector wide)."""
+    out_shape = tuple(x_shape[:1]) + weight.shape[:1] + pooled_dims(
+        window_output_dims(x_shape[2:], weight.shape[2:], stride, padding), pool)
+    return PaddedTileConvolution(x_shape, weight, bias, stride, padding, out_shape, pool=pool, relu=relu,
+                                 dtype=weight.dtype, fill_work=math.prod(x_shape) if any(padding) else 0,
+                                 tile_work=math.prod(out_shape) * math.prod(pool) * weight[0].size,
+                                 keep_buffers=keep_buffers)
 
 
 def _forward_into(x, weight, bias, stride, padding, out):

@@ -28,6 +28,9 @@ from numba import njit, prange
 
 from . import simd
 from ._checks import window_output_dims
+from ._threads import threads_for
+from .padding import _copy_padded
+from .pointwise import pointwise_forward_padded
 from .pool import _nan_max
 from .simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_max_store, tile_mix_max_store,
                    tile_mix_store, tile_store)
@@ -221,6 +224,98 @@ def pack_tile_weights(weight, blocks, channels):
     return np.ascontiguousarray(weight.reshape(blocks, channels, S, kD, kH, kW).transpose(0, 2, 3, 4, 5, 1)).reshape(-1)
 
 
+class TileConvolution:
+    """:func:`forward_tiles_padded` prepared once for one geometry and one set of weights.
+
+    Construction does the shape-only work (:func:`_tile_plan`), packs the weights of each channel
+    group (:func:`pack_tile_weights`) and makes the bias and mix arrays contiguous; a call then only
+    runs the tile kernels, ``tiles(xp, out)``. The weights are copied: changing the layer's arrays
+    afterwards does not change a prepared convolution. Arguments as for :func:`forward_tiles_padded`,
+    with the shapes of ``xp`` and ``out`` instead of the arrays.
+    """
+
+    def __init__(self, xp_shape, weight, bias, stride, out_shape, mix=None, pool=None, relu=False, dtype=None):
+        if relu and pool is None:
+            raise ValueError("relu is fused only after a pooling (pool=...)")
+        dtype = np.dtype(weight.dtype if dtype is None else dtype)
+        weight = weight.astype(dtype, copy=False)
+        groups, pool_array = _tile_plan(tuple(xp_shape), weight.shape, tuple(stride), tuple(out_shape),
+                                        None if mix is None else len(mix[0]),
+                                        None if pool is None else tuple(pool), bool(relu), dtype,
+                                        simd.VECTOR_REGISTERS, simd.VECTOR_BYTES)
+        self.xp_shape, self.out_shape, self.dtype = tuple(xp_shape), tuple(out_shape), dtype
+        bias = np.zeros(weight.shape[0], dtype) if bias is None else bias.astype(dtype, copy=False)
+        u, c = (None, None) if mix is None else (np.ascontiguousarray(mix[0], dtype).reshape(-1),
+                                                 np.ascontiguousarray(mix[1], dtype))
+        extra = (u, c) if pool is None else (pool_array, u, c)
+        self._kernel = _tile_forward_impl if pool is None else _tile_pool_forward_impl
+        self._calls = [(pack_tile_weights(weight[t_first:t_first + blocks * channels], blocks, channels),
+                        np.ascontiguousarray(bias[t_first:t_first + blocks * channels]), tiles, dims, extra)
+                       for t_first, blocks, channels, tiles, dims in groups]
+
+    def __call__(self, xp, out):
+        """out = the (pooled, mixed) convolution of the padded ``xp``; both C-contiguous, of the prepared shapes."""
+        if xp.shape != self.xp_shape or out.shape != self.out_shape or not xp.dtype == out.dtype == self.dtype:
+            raise ValueError(f"prepared tile convolution: got xp {xp.shape} {xp.dtype} and out {out.shape} "
+                             f"{out.dtype}, prepared for {self.xp_shape} and {self.out_shape} {self.dtype}")
+        if not (out.flags.c_contiguous and xp.flags.c_contiguous):
+            raise ValueError(f"the tile kernels read and write flat views: xp (strides {xp.strides}) and out "
+                             f"(strides {out.strides}) must be C-contiguous")
+        flat_x, flat_out = xp.reshape(-1), out.reshape(-1)
+        for packed, bias, tiles, dims, extra in self._calls:
+            self._kernel(flat_x, packed, bias, flat_out, *tiles, dims, *extra)
+
+
+class PaddedTileConvolution:
+    """A register-tile convolution together with the pass that writes its zero-padded input.
+
+    ``first`` None: Xp is a zero-padded copy of x (x itself when there is no padding), and the
+    tiles compute eq. (1), optionally pooled. ``first`` = U_s^T (R_s, S): Xp is the zero-padded
+    Z = U_s^T X of eq. (8) (a 1x1x1 convolution commutes with zero padding), and ``weight`` is the
+    core of eq. (9), mixed by ``mix`` = (U_t, b) in the tiles' epilogue (eq. 10): a whole Tucker-2
+    block in two passes (:mod:`.tucker2`).
+
+    Everything that depends only on the shapes and weights is done once, at construction
+    (:class:`TileConvolution`, thread policies from the multiply-accumulate counts ``fill_work``
+    and ``tile_work``, :mod:`._threads`). With ``keep_buffers`` the padded input and the output
+    are allocated once too and reused by every call: then a call returns the same array each time,
+    overwritten, which suits a compiled inference pass (:mod:`tuckerref.nn.program`) and nothing
+    that keeps results across calls.
+    """
+
+    def __init__(self, x_shape, weight, bias, stride, padding, out_shape, *, first=None, mix=None, pool=None,
+                 relu=False, dtype, fill_work, tile_work, keep_buffers=False):
+        dtype = np.dtype(dtype)
+        self.x_shape, self.padding, self.dtype = tuple(x_shape), tuple(padding), dtype
+        channels = x_shape[1] if first is None else first.shape[0]
+        self.xp_shape = (x_shape[0], channels) + tuple(n + 2 * p for n, p in zip(x_shape[2:], padding))
+        self.tiles = TileConvolution(self.xp_shape, weight, bias, stride, out_shape, mix, pool, relu, dtype)
+        self._first = None if first is None else np.ascontiguousarray(first, dtype)
+        self._zeros = np.zeros(channels, dtype)
+        self._fill_work, self._tile_work = fill_work, tile_work
+        self._copies = first is not None or any(padding)
+        self._xp = np.empty(self.xp_shape, dtype) if keep_buffers and self._copies else None
+        self._out = np.empty(out_shape, dtype) if keep_buffers else None
+
+    def __call__(self, x):
+        """The convolution of ``x`` (C-contiguous, of the prepared shape and dtype)."""
+        if x.shape != self.x_shape or x.dtype != self.dtype:
+            raise ValueError(f"prepared convolution: got x {x.shape} {x.dtype}, prepared for {self.x_shape} "
+                             f"{self.dtype}")
+        xp = x
+        if self._copies:
+            xp = np.empty(self.xp_shape, self.dtype) if self._xp is None else self._xp
+            with threads_for(self._fill_work):
+                if self._first is None:
+                    _copy_padded(x, xp, *self.padding)
+                else:
+                    pointwise_forward_padded(x, self._first, self._zeros, xp, *self.padding)
+        out = np.empty(self.tiles.out_shape, self.dtype) if self._out is None else self._out
+        with threads_for(self._tile_work):
+            self.tiles(np.ascontiguousarray(xp), out)
+        return out
+
+
 def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, relu=False):
     """Register-tile convolution of the zero-padded input ``xp`` (N, S, Fp, Hp, Wp) into ``out``.
 
@@ -230,30 +325,9 @@ def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, rel
     and then ``relu`` applies max(., 0) to the pooled values.
     With ``mix = (U, c)``, U of shape (T_out, T) and c (T_out,), ``out`` has T_out channels and
     gets c + U * conv(x) instead, mixed in each tile's epilogue; that needs all T channels in one
-    tile (:func:`tiles_hold_all_channels`).
+    tile (:func:`tiles_hold_all_channels`). Computed in ``xp``'s dtype.
     """
-    if not (out.flags.c_contiguous and xp.flags.c_contiguous):
-        raise ValueError(f"the tile kernels read and write flat views: xp (strides {xp.strides}) and out "
-                         f"(strides {out.strides}) must be C-contiguous")
-    if relu and pool is None:
-        raise ValueError("relu is fused only after a pooling (pool=...)")
-    dtype = xp.dtype
-    groups, pool_array = _tile_plan(xp.shape, weight.shape, tuple(stride), out.shape,
-                                    None if mix is None else len(mix[0]),
-                                    None if pool is None else tuple(pool), bool(relu), dtype, simd.VECTOR_REGISTERS,
-                                    simd.VECTOR_BYTES)
-    T = weight.shape[0]
-    bias = np.zeros(T, dtype) if bias is None else bias
-    u, c = (None, None) if mix is None else (np.ascontiguousarray(mix[0], dtype).reshape(-1),
-                                             np.ascontiguousarray(mix[1], dtype))
-    for t_first, blocks, channels, tiles, dims in groups:
-        packed = pack_tile_weights(weight[t_first:t_first + blocks * channels], blocks, channels)
-        args = (xp.reshape(-1), packed, np.ascontiguousarray(bias[t_first:t_first + blocks * channels]),
-                out.reshape(-1), *tiles, dims)
-        if pool is None:
-            _tile_forward_impl(*args, u, c)
-        else:
-            _tile_pool_forward_impl(*args, pool_array, u, c)
+    TileConvolution(xp.shape, weight, bias, stride, out.shape, mix, pool, relu, xp.dtype)(xp, out)
 
 
 @lru_cache(maxsize=256)

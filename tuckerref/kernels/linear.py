@@ -80,7 +80,11 @@ def _validate(x, weight, bias, *, check_finite):
 def linear(x, weight, bias=None, *, check_finite=True):
     """y = x W^T + b for x (N, in), weight (out, in), bias (out,)."""
     x, weight, bias = _validate(x, weight, bias, check_finite=check_finite)
-    out = np.empty((x.shape[0], weight.shape[0]), x.dtype)
+    return linear_into(x, weight, bias, np.empty((x.shape[0], weight.shape[0]), x.dtype))
+
+
+def linear_into(x, weight, bias, out):
+    """out = x W^T + b for checked arrays of one dtype (C-contiguous x and weight); returns ``out``."""
     out[...] = 0 if bias is None else bias
     with threads_for(out.size * x.shape[1]):
         _linear_forward(x, weight, out)

@@ -30,8 +30,7 @@ from ._checks import as_triple, common_dtype, float_array, require_finite
 from ._threads import threads_for
 from . import simd
 from .conv3d import _forward_into, conv_geometry, pool_then_relu, pooled_dims
-from .conv3d_tiles import forward_tiles_padded, tiles_fit, tiles_hold_all_channels
-from .pointwise import pointwise_forward_padded
+from .conv3d_tiles import PaddedTileConvolution, tiles_fit, tiles_hold_all_channels
 
 
 def _check_factor(name, weight, layout):
@@ -70,18 +69,10 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
                 require_finite(a, name)
     x, first, core, last = (a.astype(dtype, copy=False) for a in (x, first, core, last))
     bias = None if bias is None else bias.astype(dtype, copy=False)
+    if g.fused:
+        return fused_block(g, first, core, last, bias, relu)(np.ascontiguousarray(x))
     N, T, R_s, R_t = x.shape[0], last.shape[0], first.shape[0], core.shape[0]
     stride, padding, pool, z_dims, out_dims = g.stride, g.padding, g.pool, g.z_dims, g.out_dims
-    if g.fused:
-        # U_s writes straight into the zero-padded input of the core, whose tiles mix by U_t.
-        zp = np.empty(g.padded_z_shape, dtype)  # all written, border zeros included
-        with threads_for(g.first_work):
-            pointwise_forward_padded(x, first.reshape(R_s, -1), np.zeros(R_s, dtype), zp, *padding)
-        out = np.empty(g.out_shape, dtype)
-        with threads_for(g.core_work):
-            forward_tiles_padded(zp, core, None, stride, out, pool=pool, relu=relu,
-                                 mix=(last.reshape(T, R_t), np.zeros(T, dtype) if bias is None else bias))
-        return out
     out = np.empty((N, T) + out_dims, dtype)
     z = np.empty((N, R_s) + z_dims, dtype)
     y = np.empty((N, R_t) + out_dims, dtype)
@@ -93,9 +84,24 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
     return out if pool is None else pool_then_relu(out, pool, relu)
 
 
+def fused_block(g, first, core, last, bias, relu=False, keep_buffers=False):
+    """The fused Tucker-2 block of geometry ``g`` (:func:`_block_geometry`, ``g.fused``), prepared:
+    U_s writes straight into the zero-padded input of the core, whose tiles mix by U_t
+    (:class:`~tuckerref.kernels.conv3d_tiles.PaddedTileConvolution`), then pool (``g.pool``) and,
+    with ``relu``, max(., 0). Checked arrays of one dtype."""
+    T, R_t = last.shape[:2]
+    dtype = core.dtype
+    mix = (last.reshape(T, R_t), np.zeros(T, dtype) if bias is None else bias)
+    return PaddedTileConvolution(g.x_shape, core, None, g.stride, g.padding, g.out_shape,
+                                 first=first.reshape(first.shape[0], -1), mix=mix, pool=g.pool, relu=relu,
+                                 dtype=dtype, fill_work=g.first_work, tile_work=g.core_work,
+                                 keep_buffers=keep_buffers)
+
+
 class _BlockGeometry(NamedTuple):
     """What a Tucker-2 block's shapes decide, checked once per geometry by :func:`_block_geometry`."""
 
+    x_shape: tuple
     stride: tuple
     padding: tuple
     pool: tuple | None
@@ -133,7 +139,7 @@ def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, st
     stride, padding, out_dims = conv_geometry(z_dims, core_shape[2:], stride, padding, "the core's input")
     pooled = out_dims if pool is None else pooled_dims(out_dims, pool)
     fused = stride[2] == 1 and tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t, registers)
-    return _BlockGeometry(stride, padding, pool, z_dims, out_dims,
+    return _BlockGeometry(tuple(x_shape), stride, padding, pool, z_dims, out_dims,
                           (N, T) + (pooled if fused else out_dims),
                           (N, R_s) + tuple(n + 2 * p for n, p in zip(z_dims, padding)), fused,
                           N * R_s * math.prod(z_dims) * S, N * R_t * math.prod(out_dims) * math.prod(core_shape[1:]))
