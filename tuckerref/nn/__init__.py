@@ -3,6 +3,7 @@ from .container import Sequential
 from .grad_mode import is_grad_enabled, no_grad
 from .layers import Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, ReLU
 from .module import Module, Parameter
+from .program import InferenceProgram, compile_inference
 
 LAYER_TYPES = {cls.__name__: cls for cls in (Conv3d, Linear, MaxPool3d, ReLU, Dropout, Dropout3d, Flatten)}
 
@@ -19,4 +20,5 @@ def from_spec(spec: dict) -> Module:
 
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv3d", "Linear", "MaxPool3d", "ReLU", "Dropout",
-           "Dropout3d", "Flatten", "from_spec", "LAYER_TYPES", "no_grad", "is_grad_enabled"]
+           "Dropout3d", "Flatten", "from_spec", "LAYER_TYPES", "no_grad", "is_grad_enabled", "InferenceProgram",
+           "compile_inference"]

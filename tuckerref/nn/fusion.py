@@ -16,6 +16,8 @@ under ``no_grad``, so a backward pass after it fails clearly instead of using st
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..kernels.conv3d import conv3d_max_pool3d
 from ..kernels.tucker2 import tucker2_conv3d
 from .layers import Conv3d, MaxPool3d, ReLU, _require_input
@@ -59,13 +61,19 @@ def _pools_in_one_pass(m) -> bool:
     return type(m) is MaxPool3d and m.stride == m.kernel_size and m.padding == (0, 0, 0)
 
 
-def _conv_pool_forward(conv, pool: MaxPool3d, relu: ReLU | None, x):
-    """``relu(pool(conv(x)))`` (without ``relu`` when it is None) in one pass, or None when ``conv``
-    is neither a Conv3d nor a Tucker-2 block."""
+def pooled_block(conv):
+    """The Tucker-2 layers of ``conv`` when it is a Tucker-2 block, None when it is a plain Conv3d,
+    and False when it is neither (then no convolution is fused with the pooling after it)."""
     from .container import Sequential  # here: the container module imports this one
-    block = tucker2_layers(conv.children()) if type(conv) is Sequential else None
-    if type(conv) is not Conv3d and block is None:
+    if type(conv) is Conv3d:
         return None
+    block = tucker2_layers(conv.children()) if type(conv) is Sequential else None
+    return False if block is None else block
+
+
+def _conv_pool_forward(conv, block, pool: MaxPool3d, relu: ReLU | None, x):
+    """``relu(pool(conv(x)))`` (without ``relu`` when it is None) in one pass; ``block`` is
+    :func:`pooled_block` of ``conv``."""
     pool._cache = None
     if relu is not None:
         relu._y = None
@@ -77,19 +85,49 @@ def _conv_pool_forward(conv, pool: MaxPool3d, relu: ReLU | None, x):
                              conv.padding, pool.kernel_size, relu=relu is not None, check_finite=False)
 
 
-def inference_forward(modules, x):
-    """Run ``modules`` in order on ``x`` without gradients, fusing the sequences the module docstring lists."""
+class Group(NamedTuple):
+    """One step of an inference pass: ``kind`` "block" (a Tucker-2 block's three layers, ``block``),
+    "pooled" (``modules`` = (conv, pool) or (conv, pool, relu), ``block`` the conv's Tucker-2 layers
+    or None) or "layer" (``modules`` = (one module,), run by its own forward)."""
+
+    kind: str
+    modules: tuple
+    block: tuple | None = None
+
+
+def inference_groups(modules) -> list:
+    """``modules`` split into the :class:`Group` steps that :func:`inference_forward` runs, fused where
+    the module docstring says."""
     modules = list(modules)
     block = tucker2_layers(modules)
     if block is not None:
-        return tucker2_forward(block, x)
-    i = 0
+        return [Group("block", tuple(modules), block)]
+    groups, i = [], 0
     while i < len(modules):
         if i + 1 < len(modules) and _pools_in_one_pass(modules[i + 1]):
-            relu = modules[i + 2] if i + 2 < len(modules) and type(modules[i + 2]) is ReLU else None
-            y = _conv_pool_forward(modules[i], modules[i + 1], relu, x)
-            if y is not None:
-                x, i = y, i + (2 if relu is None else 3)
+            block = pooled_block(modules[i])
+            if block is not False:
+                size = 3 if i + 2 < len(modules) and type(modules[i + 2]) is ReLU else 2
+                groups.append(Group("pooled", tuple(modules[i:i + size]), block))
+                i += size
                 continue
-        x, i = modules[i].forward(x), i + 1
+        groups.append(Group("layer", (modules[i],)))
+        i += 1
+    return groups
+
+
+def run_group(group: Group, x):
+    """One :class:`Group` of an inference pass on ``x``."""
+    if group.kind == "block":
+        return tucker2_forward(group.block, x)
+    if group.kind == "pooled":
+        conv, pool, *relu = group.modules
+        return _conv_pool_forward(conv, group.block, pool, relu[0] if relu else None, x)
+    return group.modules[0].forward(x)
+
+
+def inference_forward(modules, x):
+    """Run ``modules`` in order on ``x`` without gradients, fusing the sequences the module docstring lists."""
+    for group in inference_groups(modules):
+        x = run_group(group, x)
     return x
