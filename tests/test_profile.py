@@ -5,6 +5,7 @@ import pytest
 
 from tuckerref.compress import compress_network
 from tuckerref.models import thetis_net
+from tuckerref.nn import InferenceProgram
 from unittest import mock
 
 from tuckerref import profile as profile_module
@@ -97,8 +98,8 @@ def test_cli_bad_arguments_exit_2_with_a_message(capsys):
 
 def test_networks_profiled_together_are_timed_round_robin(nets):
     """Warm-up calls first, then ``repeats`` rounds, each timing every layer of the original and of
-    the compressed network (and both whole passes) once, in the same order; each figure keeps its
-    own calls' samples."""
+    the compressed network (and both whole passes, as the library runs them and as compiled
+    programs) once, in the same order; each figure keeps its own calls' samples."""
     net, comp, x = nets
     calls = []
 
@@ -108,15 +109,19 @@ def test_networks_profiled_together_are_timed_round_robin(nets):
 
     with mock.patch.object(profile_module, "time_call", recorder):
         original, compressed = profile_each(profile_network, [net, comp], x, repeats=3, warmup=2, threads=1)
-    n = len(original.names()) + len(compressed.names()) + 2
+    n = len(original.names()) + len(compressed.names()) + 4
     warm, timed = calls[:n], calls[n:]
     assert all((r, w) == (0, 2) for _, r, w in warm) and all((r, w) == (1, 0) for _, r, w in timed)
     order = [fn for fn, _, _ in warm]
     assert [fn for fn, _, _ in timed] == order * 3
-    assert order[len(original.names())] == net.forward and order[-1] == comp.forward  # the totals close each network
+    # each network's calls close with its whole pass, then the same pass compiled
+    first_total = len(original.names())
+    assert order[first_total] == net.forward and order[-2] == comp.forward
+    assert isinstance(order[first_total + 1], InferenceProgram) and isinstance(order[-1], InferenceProgram)
     # the first figure's samples are its own calls: index n, 2n and 3n (1-based: n + 1, 2n + 1, 3n + 1)
     assert original[original.names()[0]].wall.samples == [n + 1, 2 * n + 1, 3 * n + 1]
-    assert compressed.total.wall.samples == [2 * n, 3 * n, 4 * n]
+    assert compressed.total.wall.samples == [2 * n - 1, 3 * n - 1, 4 * n - 1]
+    assert compressed.program.wall.samples == [2 * n, 3 * n, 4 * n]
 
 
 def test_timing_commands_let_idle_openmp_workers_sleep_unless_the_user_chose_a_policy(monkeypatch):

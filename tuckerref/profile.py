@@ -6,7 +6,9 @@ untimed and ``repeats`` timed calls (taken round robin over all layers, and over
 when several are profiled together: :func:`profile_networks`), in wall time (``time.perf_counter``) and process CPU time
 (``time.process_time``, summed over all threads, so it exceeds wall time when several threads
 work). A composite layer (a Sequential, e.g. a Tucker-2 replacement) is timed as a whole *and*
-through its sub-layers. The whole forward pass is timed the same way.
+through its sub-layers. The whole forward pass is timed the same way, and so is the same pass as a
+compiled inference program (:mod:`tuckerref.nn.program`: the checks, weight packing and allocations
+done once), so that the Python around the kernels can be told from the kernels.
 
 Threads: ``threads=k`` sets Numba's thread count for the measurement (restored afterwards);
 ``threads=1`` is the "embedded" setting. The timing commands also let OpenMP's idle worker threads
@@ -31,6 +33,7 @@ import numpy as np
 from .flops import find_record
 from .kernels import simd
 from .nn import Module, Sequential, no_grad
+from .nn.program import compile_inference
 
 
 @dataclass
@@ -91,6 +94,8 @@ class NetworkProfile:
     warmup: int
     threads: int
     backend: str = "numba"
+    #: The same pass as a compiled inference program (:mod:`tuckerref.nn.program`), when the backend has one.
+    program: LayerTiming | None = None
 
     def __getitem__(self, name: str) -> LayerTiming:
         """Timing by dotted name ("c1", "c1.0", ...)."""
@@ -102,6 +107,7 @@ class NetworkProfile:
     def as_dict(self) -> dict:
         return {"backend": self.backend, "input_shape": list(self.input_shape), "repeats": self.repeats,
                 "warmup": self.warmup, "threads": self.threads, "total": self.total.as_dict(),
+                "program": None if self.program is None else self.program.as_dict(),
                 "layers": [t.as_dict() for t in self.layers]}
 
 
@@ -221,7 +227,8 @@ def time_call(fn, x: np.ndarray, repeats: int, warmup: int, fresh_input: bool = 
 
 def _timed_calls(net: Sequential, inputs: dict, x: np.ndarray) -> list:
     """(name, kind, forward, input, fresh_input) of every layer and sub-layer of ``net``, depth first, then
-    of the whole forward pass under the name "total"."""
+    of the whole forward pass under the name "total", and of the same pass compiled
+    (:func:`tuckerref.nn.program.compile_inference`) under the name "program"."""
     calls = []
 
     def walk(seq, prefix):
@@ -233,6 +240,7 @@ def _timed_calls(net: Sequential, inputs: dict, x: np.ndarray) -> list:
 
     walk(net, "")
     calls.append(("total", "Sequential", net.forward, x, _mutates_input(net)))
+    calls.append(("program", "InferenceProgram", compile_inference(net, x.shape, x.dtype), x, False))
     return calls
 
 
@@ -285,10 +293,10 @@ def profile_networks(nets: list, x: np.ndarray, *, repeats: int = 10, warmup: in
     for net, xi, net_calls in zip(nets, xs, calls):
         samples = {name: (walls[i + j], cpus[i + j]) for j, (name, *_) in enumerate(net_calls)}
         i += len(net_calls)
-        total = LayerTiming(name="total", kind="Sequential", wall=Stats(samples["total"][0]),
-                            cpu=Stats(samples["total"][1]))
+        total, program = (LayerTiming(name=name, kind=kind, wall=Stats(samples[name][0]), cpu=Stats(samples[name][1]))
+                          for name, kind in (("total", "Sequential"), ("program", "InferenceProgram")))
         profiles.append(NetworkProfile(layers=_timing_tree(net, samples), total=total, input_shape=tuple(xi.shape),
-                                       repeats=repeats, warmup=warmup, threads=threads))
+                                       repeats=repeats, warmup=warmup, threads=threads, program=program))
     return profiles
 
 
