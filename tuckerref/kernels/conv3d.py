@@ -334,7 +334,7 @@ def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu
     pooled = pooled_dims(out_dims, pool)
     if not (stride[2] == 1 and tiles_fit(out_dims[2], x.dtype)):
         return pool_then_relu(_conv3d_unchecked(x, weight, bias, stride, padding, out_dims), pool, relu)
-    return pooled_convolution(x.shape, weight, bias, stride, padding, pool, relu)(np.ascontiguousarray(x))
+    return pooled_convolution(x.shape, weight, bias, stride, padding, pool, relu)(x)
 
 
 def pooled_convolution(x_shape, weight, bias, stride, padding, pool, relu, keep_buffers=False):

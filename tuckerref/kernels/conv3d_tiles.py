@@ -291,18 +291,18 @@ class PaddedTileConvolution:
         self.xp_shape = (x_shape[0], channels) + tuple(n + 2 * p for n, p in zip(x_shape[2:], padding))
         self.tiles = TileConvolution(self.xp_shape, weight, bias, stride, out_shape, mix, pool, relu, dtype)
         self._first = None if first is None else np.ascontiguousarray(first, dtype)
-        self._zeros = np.zeros(channels, dtype)
+        self._zeros = None if first is None else np.zeros(channels, dtype)  # U_s has no bias
         self._fill_work, self._tile_work = fill_work, tile_work
         self._copies = first is not None or any(padding)
         self._xp = np.empty(self.xp_shape, dtype) if keep_buffers and self._copies else None
         self._out = np.empty(out_shape, dtype) if keep_buffers else None
 
     def __call__(self, x):
-        """The convolution of ``x`` (C-contiguous, of the prepared shape and dtype)."""
+        """The convolution of ``x`` (of the prepared shape and dtype; made C-contiguous if it is not)."""
         if x.shape != self.x_shape or x.dtype != self.dtype:
             raise ValueError(f"prepared convolution: got x {x.shape} {x.dtype}, prepared for {self.x_shape} "
                              f"{self.dtype}")
-        xp = x
+        xp = x = np.ascontiguousarray(x)
         if self._copies:
             xp = np.empty(self.xp_shape, self.dtype) if self._xp is None else self._xp
             with threads_for(self._fill_work):
@@ -312,7 +312,7 @@ class PaddedTileConvolution:
                     pointwise_forward_padded(x, self._first, self._zeros, xp, *self.padding)
         out = np.empty(self.tiles.out_shape, self.dtype) if self._out is None else self._out
         with threads_for(self._tile_work):
-            self.tiles(np.ascontiguousarray(xp), out)
+            self.tiles(xp, out)
         return out
 
 

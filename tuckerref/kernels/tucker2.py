@@ -70,7 +70,7 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
     x, first, core, last = (a.astype(dtype, copy=False) for a in (x, first, core, last))
     bias = None if bias is None else bias.astype(dtype, copy=False)
     if g.fused:
-        return fused_block(g, first, core, last, bias, relu)(np.ascontiguousarray(x))
+        return fused_block(g, first, core, last, bias, relu)(x)
     N, T, R_s, R_t = x.shape[0], last.shape[0], first.shape[0], core.shape[0]
     stride, padding, pool, z_dims, out_dims = g.stride, g.padding, g.pool, g.z_dims, g.out_dims
     out = np.empty((N, T) + out_dims, dtype)
@@ -108,7 +108,6 @@ class _BlockGeometry(NamedTuple):
     z_dims: tuple           # spatial dims of Z = U_s^T X (those of x)
     out_dims: tuple         # spatial dims of the core's output
     out_shape: tuple        # the block's result (pooled when pool is set, on the fused path)
-    padded_z_shape: tuple   # the core's zero-padded input on the fused path
     fused: bool             # U_s into the padded input, then the core's tiles mix by U_t
     first_work: int         # multiply-accumulates of U_s and of the core (thread policy)
     core_work: int
@@ -140,6 +139,5 @@ def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, st
     pooled = out_dims if pool is None else pooled_dims(out_dims, pool)
     fused = stride[2] == 1 and tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t, registers)
     return _BlockGeometry(tuple(x_shape), stride, padding, pool, z_dims, out_dims,
-                          (N, T) + (pooled if fused else out_dims),
-                          (N, R_s) + tuple(n + 2 * p for n, p in zip(z_dims, padding)), fused,
+                          (N, T) + (pooled if fused else out_dims), fused,
                           N * R_s * math.prod(z_dims) * S, N * R_t * math.prod(out_dims) * math.prod(core_shape[1:]))
