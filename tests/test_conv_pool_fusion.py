@@ -10,7 +10,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from reference import conv3d_ref, max_pool3d_ref, vector_registers
 from tuckerref import conv3d, conv3d_max_pool3d, max_pool3d_values, relu
@@ -72,6 +72,61 @@ def test_fused_tucker2_block_pooling_equals_eqs_8_to_10_then_window_maxima(S, R_
     with vector_registers(registers):
         y = tucker2_conv3d(x, first, core, last, b, padding=(0, 1, 1), pool=pool, relu=with_relu)
     np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
+
+
+def _pooled_block(x, first, core, last, b, stride, padding, pool):
+    """The prepared pooled Tucker-2 block (with ReLU) that computes Z = U_s^T X in its tile threads."""
+    from tuckerref.kernels import simd
+    from tuckerref.kernels.tucker2 import _block_geometry, fused_block
+    g = _block_geometry(x.shape, first.shape, core.shape, last.shape, b.shape, stride, padding, pool, x.dtype,
+                        simd.VECTOR_REGISTERS)
+    assert g.fused
+    return fused_block(g, first, core, last, b, relu=True)
+
+
+@settings(max_examples=12)
+@given(N=st.integers(1, 3), S=st.integers(1, 3), R_s=st.integers(1, 3), R_t=st.integers(1, 3), T=st.integers(1, 4),
+       F=st.integers(2, 7), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+       stride_dh=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pad=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 1)),
+       pool=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)), chunks=st.integers(1, 7),
+       seed=st.integers(0, 2**31 - 1))
+def test_eqs_8_to_10_then_pooling_with_z_computed_in_chunks_of_planes_float64_reference(
+        N, S, R_s, R_t, T, F, kernel, stride_dh, pad, pool, chunks, seed):
+    """A pooled Tucker-2 block computes the padded Z = U_s^T X (eq. 8) in its tile tasks, each over a
+    run of pooling window planes (n, f_q) that may span clips: whatever the number of runs, the
+    result is relu(max_pool(conv(conv(conv(X, U_s^T), C), U_t) + b)), and one fused kernel ran."""
+    r = np.random.default_rng(seed)
+    stride = (stride_dh[0], stride_dh[1], 1)
+    x = r.uniform(-1, 1, (N, S, F, 7, 9))
+    first, core = r.uniform(-1, 1, (R_s, S, 1, 1, 1)), r.uniform(-1, 1, (R_t, R_s) + kernel)
+    last, b = r.uniform(-1, 1, (T, R_t, 1, 1, 1)), r.uniform(-1, 1, T)
+    out_dims = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[2:], pad, kernel, stride)]
+    assume(min(out_dims) >= 1 and out_dims[2] >= 4 and all(o // q >= 1 for o, q in zip(out_dims, pool)))
+    expect = conv3d_ref(conv3d_ref(conv3d_ref(x, first), core, stride=stride, padding=pad), last, b)
+    with mock.patch.object(TILES, "_tile_pool_first_impl", wraps=TILES._tile_pool_first_impl) as fused:
+        y = _pooled_block(x, first, core, last, b, stride, pad, pool)(x, chunks=chunks)
+    assert fused.call_count == 1
+    np.testing.assert_allclose(y, _pool_then_relu(expect, pool, True), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [83, 96])
+def test_z_computed_in_the_tile_threads_gives_the_bits_of_the_two_passes(width, rng):
+    """float32, c1-like rows: U_s's pass into a padded buffer, then the pooled tiles, and the block
+    that computes Z in its tile tasks (in 1 to 4 runs of planes) give the same bits."""
+    from tuckerref.kernels.pointwise import pointwise_forward_padded
+    x = rng.uniform(-1, 1, (2, 4, 6, 8, width)).astype(np.float32)
+    first = rng.uniform(-1, 1, (2, 4, 1, 1, 1)).astype(np.float32)
+    core = rng.uniform(-1, 1, (2, 2, 3, 5, 5)).astype(np.float32)
+    last, b = rng.uniform(-1, 1, (6, 2, 1, 1, 1)).astype(np.float32), rng.uniform(-1, 1, 6).astype(np.float32)
+    padding, pool = (1, 2, 2), (2, 4, 4)
+    zp = np.empty((2, 2, 8, 12, width + 4), np.float32)
+    pointwise_forward_padded(x, first.reshape(2, 4), np.zeros(2, np.float32), zp, *padding)
+    y = np.empty((2, 6, 3, 2, width // 4), np.float32)
+    TILES.forward_tiles_padded(zp, core, None, (1, 1, 1), y, mix=(last.reshape(6, 2), b), pool=pool, relu=True)
+    block = _pooled_block(x, first, core, last, b, (1, 1, 1), padding, pool)
+    for chunks in (1, 2, 3, 4):
+        np.testing.assert_array_equal(block(x, chunks=chunks), y)
 
 
 @pytest.mark.parametrize("width", [83, 96])

@@ -16,6 +16,10 @@ plain store:
   the full-resolution output never reaches memory either, and rows or columns that the pooling's
   floor drops are not computed.
 
+A pooled Tucker-2 block goes one step further: its tile tasks also compute the zero-padded
+Z = U_s^T X of eq. (8) they read, a few planes at a time (:func:`_tile_pool_first_impl`), so the
+whole block is one parallel pass over the clip.
+
 Every output is summed in the same (s, i, j, l) order whatever the tile shape or epilogue, so the
 results are bit-identical to the plain store followed by the separate layers.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -30,7 +35,7 @@ from . import simd
 from ._checks import window_output_dims
 from ._threads import threads_for
 from .padding import _copy_padded
-from .pointwise import pointwise_forward_padded
+from .pointwise import _mix_padded_row, pointwise_forward_padded
 from .pool import _nan_max
 from .simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_max_store, tile_mix_max_store,
                    tile_mix_store, tile_store)
@@ -169,42 +174,114 @@ def _pool_columns(rows, channels, Wo, out, out_first, out_plane, Wq, kw, relu):
             out[at + wq] = m
 
 
+@njit(fastmath=False, cache=True)
+def _pool_window_row(tile, last, xp, x_window, x_strides, wt, bias, b, out, out_first, out_plane, kernel, geometry,
+                     window, u, c, T):
+    """The pooled outputs of one pooling window row for channel block ``b``: its kd x kh output rows,
+    every tile merging its rows into a running maximum of one row per channel (-inf first, rows in
+    the order max pooling scans them; a few KiB that stay in L1), then each run of kw columns
+    reduced (:func:`_pool_columns`) and stored from ``out_first`` (channels ``out_plane`` apart).
+
+    ``x_window`` is the offset in ``xp`` of the window's first input row (plane f_q*kd*sd, row
+    h_q*kh*sh), ``x_strides`` = (channel, plane, row) strides of ``xp``, and ``window`` = (kd, kh,
+    kw, relu, sd, sh, Wo, Wq). R-row tiles need kh >= R; the last row block of a window is placed
+    flush with its bottom (a row merged twice leaves the maximum as it is).
+    """
+    kd, kh, kw, relu, sd, sh, Wo, Wq = window
+    R = tile.rows
+    xi, xj = x_strides[1], x_strides[2]
+    rows = np.full((tile.channels if u is None else T) * Wo, -np.inf, xp.dtype)
+    for i in range(kd):
+        for j0 in range(0, kh, R):
+            j = min(j0, kh - R)
+            _tile_row_block(tile, last, xp, wt, bias, b, rows, 0, (Wo, 0), x_window + i * sd * xi + j * sh * xj,
+                            x_strides, kernel, geometry, u, c, T, True)
+    _pool_columns(rows, tile.channels if u is None else T, Wo, out, out_first, out_plane, Wq, kw, relu != 0)
+
+
+@njit(fastmath=False, cache=True)
+def _pool_geometry(dims, pool):
+    """(Fq, Hq, Wq) and the ``window`` tuple of :func:`_pool_window_row` from ``dims`` and ``pool``."""
+    Wo = dims[_WO]
+    kd, kh, kw = pool[0], pool[1], pool[2]
+    Fq, Hq, Wq = dims[_FO] // kd, dims[_HO] // kh, Wo // kw
+    return Fq, Hq, Wq, (kd, kh, kw, pool[3], dims[_SD], dims[_SH], Wo, Wq)
+
+
 @njit(parallel=True, fastmath=False, cache=True)
 def _tile_pool_forward_impl(xp, wt, bias, out, tile, last, dims, pool, u, c):
     """Max pooling (kernel = stride = (kd, kh, kw), no padding) of the convolution of
     :func:`_tile_forward_impl`, into the pooled ``out`` (N, T, Fo // kd, Ho // kh, Wo // kw);
     ``pool`` = (kd, kh, kw, relu), with relu = 1 for a ReLU after the pooling.
 
-    Each task computes the kd x kh output rows of one pooling window row (n, f_q, h_q) for one
-    channel block, every tile merging its rows into a running maximum of one row per channel
-    (-inf first, rows in the order max pooling scans them; a few KiB that stay in L1), then
-    reduces each run of kw columns (:func:`_pool_columns`). Output rows beyond the last whole
-    window are never computed. R-row tiles need kh >= R; the last row block of a window is placed
-    flush with its bottom (a row merged twice leaves the maximum as it is).
+    Each task computes one pooling window row (n, f_q, h_q) of one channel block
+    (:func:`_pool_window_row`). Output rows beyond the last whole window are never computed.
     """
     N, T, t_first, blocks = dims[_N], dims[_T], dims[_T_FIRST], dims[_BLOCKS]
-    S, Fp, Hp, Wp = dims[_S], dims[_FP], dims[_HP], dims[_WP]
-    Wo, sd, sh = dims[_WO], dims[_SD], dims[_SH]
+    S = dims[_S]
     x_strides, kernel, geometry = _unpack(dims, tile)
-    kd, kh, kw, relu = pool[0], pool[1], pool[2], pool[3] != 0
-    Fq, Hq, Wq = dims[_FO] // kd, dims[_HO] // kh, Wo // kw
-    C, R = tile.channels, tile.rows
-    stored = C if u is None else T  # channels one task writes
+    Fq, Hq, Wq, window = _pool_geometry(dims, pool)
+    kd, kh, sd, sh = window[0], window[1], window[4], window[5]
+    C = tile.channels
     for task in prange(N * Fq * Hq * blocks):
         n = task // (Fq * Hq * blocks)
         fq = (task // (Hq * blocks)) % Fq
         hq = (task // blocks) % Hq
         b = task % blocks
-        rows = np.full(stored * Wo, -np.inf, xp.dtype)
-        for i in range(kd):
-            fo = fq * kd + i
-            for j0 in range(0, kh, R):
-                j = min(j0, kh - R)
-                x_row = ((n * S * Fp + fo * sd) * Hp + (hq * kh + j) * sh) * Wp
-                _tile_row_block(tile, last, xp, wt, bias, b, rows, 0, (Wo, 0), x_row, x_strides, kernel, geometry,
-                                u, c, T, True)
-        out_first = (((n * T + t_first + b * C) * Fq + fq) * Hq + hq) * Wq
-        _pool_columns(rows, stored, Wo, out, out_first, Fq * Hq * Wq, Wq, kw, relu)
+        x_window = n * S * x_strides[0] + fq * kd * sd * x_strides[1] + hq * kh * sh * x_strides[2]
+        _pool_window_row(tile, last, xp, x_window, x_strides, wt, bias, b, out,
+                         (((n * T + t_first + b * C) * Fq + fq) * Hq + hq) * Wq, Fq * Hq * Wq, kernel, geometry,
+                         window, u, c, T)
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def _tile_pool_first_impl(x, first, zeros, zp, wt, bias, out, tile, last, dims, pool, u, c, fill):
+    """A whole pooled Tucker-2 block (eqs. 8-10, then max pooling) in one parallel pass.
+
+    Z = U_s^T X (eq. 8) is computed by the threads that convolve it, a few zero-padded planes at a
+    time, just before the tiles read them, instead of in a pass of its own over the whole clip:
+    the padded Z never makes a round trip through memory, and the block wakes the worker threads
+    once. ``x`` (N, S, F, H, W) flat; ``first`` U_s^T (R_s, S) and ``zeros`` (R_s,);
+    ``dims``, ``pool``, ``u``, ``c`` as for :func:`_tile_pool_forward_impl`, describing the
+    padded Z (N, R_s, Fp, Hp, Wp). ``fill`` = (S, F, H, W, pd, ph, pw, chunks, capacity).
+
+    The units (n, f_q) are split into ``chunks`` runs of consecutive units, one task each. A task
+    keeps the padded planes of Z its windows need in its own part of ``zp`` (``capacity`` planes of
+    R_s x Hp x Wp, planes of one clip consecutive), computing each plane once
+    (:func:`.pointwise._mix_padded_row`, the bits of :func:`.pointwise.pointwise_forward_padded`);
+    neighbouring tasks both compute the planes their windows share. Then it runs the pooling
+    window rows of each unit (:func:`_pool_window_row`): the same tiles, so the same bits as U_s's
+    pass followed by :func:`_tile_pool_forward_impl`.
+    """
+    N, T, R_s, Fp, Hp, Wp = dims[_N], dims[_T], dims[_S], dims[_FP], dims[_HP], dims[_WP]
+    S, F, H, W, pd, ph, pw = fill[0], fill[1], fill[2], fill[3], fill[4], fill[5], fill[6]
+    chunks, capacity = fill[7], fill[8]
+    _, kernel, geometry = _unpack(dims, tile)
+    Fq, Hq, Wq, window = _pool_geometry(dims, pool)
+    kd, kh, sd, sh = window[0], window[1], window[4], window[5]
+    kD = kernel[1]
+    plane = R_s * Hp * Wp
+    z_strides = (Hp * Wp, plane, Wp)  # Z planes in a task's part of zp: (plane, channel, row, column)
+    units = N * Fq
+    for k in prange(chunks):
+        part = k * capacity * plane
+        clip, base, next_plane = -1, 0, 0
+        for unit in range(k * units // chunks, (k + 1) * units // chunks):
+            n, fq = unit // Fq, unit % Fq
+            lo = fq * kd * sd
+            if n != clip:
+                clip, base, next_plane = n, lo, lo
+            while next_plane < lo + (kd - 1) * sd + kD:  # padded planes the unit's windows read
+                f = next_plane - pd
+                for h in range(Hp):
+                    _mix_padded_row(x, ((n * S * F + f) * H + h - ph) * W, F * H * W, first, zeros, zp,
+                                    part + (next_plane - base) * plane + h * Wp, Hp * Wp, W, pw, Wp,
+                                    0 <= f < F and 0 <= h - ph < H)
+                next_plane += 1
+            for hq in range(Hq):
+                _pool_window_row(tile, last, zp, part + (lo - base) * plane + hq * kh * sh * Wp, z_strides, wt,
+                                 bias, 0, out, ((n * T * Fq + fq) * Hq + hq) * Wq, Fq * Hq * Wq, kernel, geometry,
+                                 window, u, c, T)
 
 
 def tiles_fit(out_width, dtype) -> bool:
@@ -244,6 +321,7 @@ class TileConvolution:
                                         None if pool is None else tuple(pool), bool(relu), dtype,
                                         simd.VECTOR_REGISTERS, simd.VECTOR_BYTES)
         self.xp_shape, self.out_shape, self.dtype = tuple(xp_shape), tuple(out_shape), dtype
+        self.pool = None if pool is None else tuple(pool)
         bias = np.zeros(weight.shape[0], dtype) if bias is None else bias.astype(dtype, copy=False)
         u, c = (None, None) if mix is None else (np.ascontiguousarray(mix[0], dtype).reshape(-1),
                                                  np.ascontiguousarray(mix[1], dtype))
@@ -265,6 +343,13 @@ class TileConvolution:
         for packed, bias, tiles, dims, extra in self._calls:
             self._kernel(flat_x, packed, bias, flat_out, *tiles, dims, *extra)
 
+    def with_first(self, x, first, zeros, zp, out, fill):
+        """A pooled, mixed convolution whose padded input Z = U_s^T X its own threads compute from
+        ``x`` (:func:`_tile_pool_first_impl`; ``fill`` its int64 array). Flat C-contiguous arrays,
+        checked by the caller (:class:`PaddedTileConvolution`)."""
+        (packed, bias, tiles, dims, extra), = self._calls  # a mixed store: one channel group
+        _tile_pool_first_impl(x, first, zeros, zp, packed, bias, out, *tiles, dims, *extra, fill)
+
 
 class PaddedTileConvolution:
     """A register-tile convolution together with the pass that writes its zero-padded input.
@@ -273,7 +358,8 @@ class PaddedTileConvolution:
     tiles compute eq. (1), optionally pooled. ``first`` = U_s^T (R_s, S): Xp is the zero-padded
     Z = U_s^T X of eq. (8) (a 1x1x1 convolution commutes with zero padding), and ``weight`` is the
     core of eq. (9), mixed by ``mix`` = (U_t, b) in the tiles' epilogue (eq. 10): a whole Tucker-2
-    block in two passes (:mod:`.tucker2`).
+    block in two passes (:mod:`.tucker2`), or in one when it is pooled, the tile tasks computing
+    the padded Z planes they read (:func:`_tile_pool_first_impl`).
 
     Everything that depends only on the shapes and weights is done once, at construction
     (:class:`TileConvolution`, thread policies from the multiply-accumulate counts ``fill_work``
@@ -294,15 +380,27 @@ class PaddedTileConvolution:
         self._zeros = None if first is None else np.zeros(channels, dtype)  # U_s has no bias
         self._fill_work, self._tile_work = fill_work, tile_work
         self._copies = first is not None or any(padding)
-        self._xp = np.empty(self.xp_shape, dtype) if keep_buffers and self._copies else None
+        self._fused = first is not None and pool is not None
+        self._keep = keep_buffers
+        self._xp = np.empty(self.xp_shape, dtype) if keep_buffers and self._copies and not self._fused else None
+        self._zp = None
         self._out = np.empty(out_shape, dtype) if keep_buffers else None
 
-    def __call__(self, x):
-        """The convolution of ``x`` (of the prepared shape and dtype; made C-contiguous if it is not)."""
+    def __call__(self, x, chunks=None):
+        """The convolution of ``x`` (of the prepared shape and dtype; made C-contiguous if it is not).
+
+        A pooled Tucker-2 block computes Z in its tiles' threads (:meth:`_fused_block`), in
+        ``chunks`` runs of pooling window planes (default: one per thread in use).
+        """
         if x.shape != self.x_shape or x.dtype != self.dtype:
             raise ValueError(f"prepared convolution: got x {x.shape} {x.dtype}, prepared for {self.x_shape} "
                              f"{self.dtype}")
         xp = x = np.ascontiguousarray(x)
+        out = np.empty(self.tiles.out_shape, self.dtype) if self._out is None else self._out
+        if self._fused:
+            with threads_for(self._fill_work + self._tile_work):
+                self._fused_block(x, out, chunks)
+            return out
         if self._copies:
             xp = np.empty(self.xp_shape, self.dtype) if self._xp is None else self._xp
             with threads_for(self._fill_work):
@@ -310,10 +408,29 @@ class PaddedTileConvolution:
                     _copy_padded(x, xp, *self.padding)
                 else:
                     pointwise_forward_padded(x, self._first, self._zeros, xp, *self.padding)
-        out = np.empty(self.tiles.out_shape, self.dtype) if self._out is None else self._out
         with threads_for(self._tile_work):
             self.tiles(xp, out)
         return out
+
+    def _fused_block(self, x, out, chunks):
+        """U_s, core, mix and pooling in one parallel pass (:func:`_tile_pool_first_impl`): each of
+        ``chunks`` tasks keeps the padded Z planes of its pooling window planes (units (n, f_q))."""
+        N, S, F, H, W = self.x_shape
+        _, R_s, Fp, Hp, Wp = self.xp_shape
+        (_, _, _, dims, _), = self.tiles._calls
+        kd, sd, kD = self.tiles.pool[0], dims[_SD], dims[_KD]
+        units = N * (dims[_FO] // kd)
+        chunks = min(units, numba.get_num_threads() if chunks is None else int(chunks))
+        if chunks < 1:
+            raise ValueError(f"chunks must be >= 1, got {chunks}")
+        # planes of the longest run of units of one clip: its first window and kd*sd per further unit
+        capacity = min(Fp, (-(-units // chunks) - 1) * kd * sd + (kd - 1) * sd + kD)
+        size = chunks * capacity * R_s * Hp * Wp
+        zp = self._zp if self._zp is not None and self._zp.size >= size else np.empty(size, self.dtype)
+        if self._keep:
+            self._zp = zp
+        fill = np.array((S, F, H, W) + self.padding + (chunks, capacity), np.int64)
+        self.tiles.with_first(x.reshape(-1), self._first, self._zeros, zp, out.reshape(-1), fill)
 
 
 def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, relu=False):

@@ -54,6 +54,25 @@ def pointwise_forward(x, w, bias, out):
             _mix_span(xf, n * S * P + p0, P, w, t, bias[t], of, (n * T + t) * P + p0, m)
 
 
+@njit(fastmath=True, cache=True)
+def _mix_padded_row(xf, x_start, x_channel_stride, w, bias, of, out_start, out_channel_stride, W, pw, Wp, inside):
+    """One padded row of every output channel t: of[out_start + t*out_channel_stride + pw + p] =
+    bias[t] + sum_s w[t, s] * xf[x_start + s*x_channel_stride + p] for p < W, and 0 on the row's
+    2*pw border values; a row wholly in the padding (``inside`` False) is all 0. Flat arrays.
+
+    Compiled on its own with fastmath, so that the padded pass of :func:`pointwise_forward_padded`
+    and a fused one (:mod:`.conv3d_tiles`) give the same bits as :func:`pointwise_forward`.
+    """
+    for t in range(w.shape[0]):
+        row = out_start + t * out_channel_stride
+        if inside:
+            of[row:row + pw] = 0
+            _mix_span(xf, x_start, x_channel_stride, w, t, bias[t], of, row + pw, W)
+            of[row + pw + W:row + Wp] = 0
+        else:
+            of[row:row + Wp] = 0
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def pointwise_forward_padded(x, w, bias, out, pd, ph, pw):
     """The same, x (N, S, D, H, W) into a zero-padded out (N, T, D + 2pd, H + 2ph, W + 2pw).
@@ -71,15 +90,9 @@ def pointwise_forward_padded(x, w, bias, out, pd, ph, pw):
         n = task // (Dp * Hp)
         d = (task // Hp) % Dp - pd
         h = task % Hp - ph
-        inside = 0 <= d < D and 0 <= h < H
-        for t in range(T):
-            row = (((n * T + t) * Dp + d + pd) * Hp + h + ph) * Wp
-            if inside:
-                of[row:row + pw] = 0
-                _mix_span(xf, ((n * S * D + d) * H + h) * W, D * H * W, w, t, bias[t], of, row + pw, W)
-                of[row + pw + W:row + Wp] = 0
-            else:
-                of[row:row + Wp] = 0
+        _mix_padded_row(xf, ((n * S * D + d) * H + h) * W, D * H * W, w, bias, of,
+                        ((n * T * Dp + d + pd) * Hp + h + ph) * Wp, Dp * Hp * Wp, W, pw, Wp,
+                        0 <= d < D and 0 <= h < H)
 
 
 @njit(parallel=True, fastmath=True, cache=True)

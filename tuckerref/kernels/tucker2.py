@@ -12,7 +12,9 @@ FLOP count does not see, and in a compressed network they weigh as much as a ten
 When one register tile holds all R_t core channels (R_t <= 3, or R_t <= 6 on a target with 32
 vector registers; the paper's ranks are 2 and 3), U_s writes Z straight into the padded buffer
 and each core tile mixes its channels by U_t before it stores, so Z' never reaches memory
-(:func:`tuckerref.kernels.simd.tile_mix_store`). Each output is summed in
+(:func:`tuckerref.kernels.simd.tile_mix_store`). Followed by a max pooling (c1 and c2 of the
+paper), the block is a single parallel pass: the core's tile tasks compute the padded planes of Z
+they read, and Z never reaches memory either. Each output is summed in
 the same order as the three convolutions would sum it. Otherwise, and for shapes the register
 tiles do not cover, the three convolutions run in turn.
 
@@ -88,7 +90,8 @@ def fused_block(g, first, core, last, bias, relu=False, keep_buffers=False):
     """The fused Tucker-2 block of geometry ``g`` (:func:`_block_geometry`, ``g.fused``), prepared:
     U_s writes straight into the zero-padded input of the core, whose tiles mix by U_t
     (:class:`~tuckerref.kernels.conv3d_tiles.PaddedTileConvolution`), then pool (``g.pool``) and,
-    with ``relu``, max(., 0). Checked arrays of one dtype."""
+    with ``relu``, max(., 0); with a pooling, the tile tasks compute the padded planes of U_s's
+    output themselves, just before they read them. Checked arrays of one dtype."""
     T, R_t = last.shape[:2]
     dtype = core.dtype
     mix = (last.reshape(T, R_t), np.zeros(T, dtype) if bias is None else bias)
