@@ -84,11 +84,11 @@ def _pooled_block(x, first, core, last, b, stride, padding, pool):
     return fused_block(g, first, core, last, b, relu=True)
 
 
-@settings(max_examples=12)
+@settings(max_examples=10)
 @given(N=st.integers(1, 3), S=st.integers(1, 3), R_s=st.integers(1, 3), R_t=st.integers(1, 3), T=st.integers(1, 4),
-       F=st.integers(2, 7), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+       F=st.integers(2, 7), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3), st.just(3)),
        stride_dh=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-       pad=st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 1)),
+       pad=st.tuples(st.integers(0, 2), st.integers(0, 2), st.just(1)),
        pool=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)), chunks=st.integers(1, 7),
        seed=st.integers(0, 2**31 - 1))
 def test_eqs_8_to_10_then_pooling_with_z_computed_in_chunks_of_planes_float64_reference(
@@ -110,11 +110,11 @@ def test_eqs_8_to_10_then_pooling_with_z_computed_in_chunks_of_planes_float64_re
     np.testing.assert_allclose(y, _pool_then_relu(expect, pool, True), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("width", [83, 96])
-def test_z_computed_in_the_tile_threads_gives_the_bits_of_the_two_passes(width, rng):
-    """float32, c1-like rows: U_s's pass into a padded buffer, then the pooled tiles, and the block
+def test_z_computed_in_the_tile_threads_gives_the_bits_of_the_two_passes(rng):
+    """float32, c1-like rows of 83 (whole tiles and a flush one): U_s's pass into a padded buffer, then the pooled tiles, and the block
     that computes Z in its tile tasks (in 1 to 4 runs of planes) give the same bits."""
     from tuckerref.kernels.pointwise import pointwise_forward_padded
+    width = 83
     x = rng.uniform(-1, 1, (2, 4, 6, 8, width)).astype(np.float32)
     first = rng.uniform(-1, 1, (2, 4, 1, 1, 1)).astype(np.float32)
     core = rng.uniform(-1, 1, (2, 2, 3, 5, 5)).astype(np.float32)
