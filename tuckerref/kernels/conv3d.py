@@ -332,7 +332,7 @@ def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu
     x, weight, bias, stride, padding, out_dims = _validate(x, weight, bias, stride, padding, check_finite=check_finite)
     pool = as_triple(pool, "pool", minimum=1)
     pooled = pooled_dims(out_dims, pool)
-    if not (stride[2] == 1 and tiles_fit(out_dims[2], x.dtype)):
+    if not tiles_fit(stride, out_dims[2], x.dtype):
         return pool_then_relu(_conv3d_unchecked(x, weight, bias, stride, padding, out_dims), pool, relu)
     return pooled_convolution(x.shape, weight, bias, stride, padding, pool, relu)(x)
 
@@ -360,7 +360,7 @@ def _forward_into(x, weight, bias, stride, padding, out):
         # a matrix-vector product over the flattened clip (l1 of the paper's network as a convolution).
         out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
         _linear_forward(np.ascontiguousarray(x).reshape(N, -1), weight.reshape(T, -1), out.reshape(N, T))
-    elif stride[2] == 1 and tiles_fit(out.shape[4], x.dtype):
+    elif tiles_fit(stride, out.shape[4], x.dtype):
         _forward_tiles(x, weight, bias, padding, stride, out)
     elif _uses_planes(stride):
         _forward_planes(x, weight, bias, padding, stride[0], out)

@@ -189,14 +189,15 @@ def _pool_window_row(tile, last, xp, x_window, x_strides, wt, bias, b, out, out_
     """
     kd, kh, kw, relu, sd, sh, Wo, Wq = window
     R = tile.rows
+    stored = tile.channels if u is None else T  # channels the task writes
     xi, xj = x_strides[1], x_strides[2]
-    rows = np.full((tile.channels if u is None else T) * Wo, -np.inf, xp.dtype)
+    rows = np.full(stored * Wo, -np.inf, xp.dtype)
     for i in range(kd):
         for j0 in range(0, kh, R):
             j = min(j0, kh - R)
             _tile_row_block(tile, last, xp, wt, bias, b, rows, 0, (Wo, 0), x_window + i * sd * xi + j * sh * xj,
                             x_strides, kernel, geometry, u, c, T, True)
-    _pool_columns(rows, tile.channels if u is None else T, Wo, out, out_first, out_plane, Wq, kw, relu != 0)
+    _pool_columns(rows, stored, Wo, out, out_first, out_plane, Wq, kw, relu != 0)
 
 
 @njit(fastmath=False, cache=True)
@@ -284,9 +285,9 @@ def _tile_pool_first_impl(x, first, zeros, zp, wt, bias, out, tile, last, dims, 
                                  window, u, c, T)
 
 
-def tiles_fit(out_width, dtype) -> bool:
-    """True when the output rows are at least one SIMD vector wide (the tile kernels' condition)."""
-    return out_width >= lanes(np.dtype(dtype))
+def tiles_fit(stride, out_width, dtype) -> bool:
+    """The tile kernels' condition: unit width stride and output rows at least one SIMD vector wide."""
+    return stride[2] == 1 and out_width >= lanes(np.dtype(dtype))
 
 
 def tiles_hold_all_channels(T, registers=None) -> bool:
@@ -321,7 +322,6 @@ class TileConvolution:
                                         None if pool is None else tuple(pool), bool(relu), dtype,
                                         simd.VECTOR_REGISTERS, simd.VECTOR_BYTES)
         self.xp_shape, self.out_shape, self.dtype = tuple(xp_shape), tuple(out_shape), dtype
-        self.pool = None if pool is None else tuple(pool)
         bias = np.zeros(weight.shape[0], dtype) if bias is None else bias.astype(dtype, copy=False)
         u, c = (None, None) if mix is None else (np.ascontiguousarray(mix[0], dtype).reshape(-1),
                                                  np.ascontiguousarray(mix[1], dtype))
@@ -381,6 +381,10 @@ class PaddedTileConvolution:
         self._fill_work, self._tile_work = fill_work, tile_work
         self._copies = first is not None or any(padding)
         self._fused = first is not None and pool is not None
+        if self._fused:  # units (n, f_q) and the padded Z planes of one unit's windows (kd*sd more per unit)
+            step = pool[0] * stride[0]
+            self._units, self._unit_planes = (out_shape[0] * out_shape[2],
+                                              (step, step - stride[0] + weight.shape[2]))
         self._keep = keep_buffers
         self._xp = np.empty(self.xp_shape, dtype) if keep_buffers and self._copies and not self._fused else None
         self._zp = None
@@ -415,16 +419,14 @@ class PaddedTileConvolution:
     def _fused_block(self, x, out, chunks):
         """U_s, core, mix and pooling in one parallel pass (:func:`_tile_pool_first_impl`): each of
         ``chunks`` tasks keeps the padded Z planes of its pooling window planes (units (n, f_q))."""
-        N, S, F, H, W = self.x_shape
+        _, S, F, H, W = self.x_shape
         _, R_s, Fp, Hp, Wp = self.xp_shape
-        (_, _, _, dims, _), = self.tiles._calls
-        kd, sd, kD = self.tiles.pool[0], dims[_SD], dims[_KD]
-        units = N * (dims[_FO] // kd)
-        chunks = min(units, numba.get_num_threads() if chunks is None else int(chunks))
+        step, window = self._unit_planes
+        chunks = min(self._units, numba.get_num_threads() if chunks is None else int(chunks))
         if chunks < 1:
             raise ValueError(f"chunks must be >= 1, got {chunks}")
         # planes of the longest run of units of one clip: its first window and kd*sd per further unit
-        capacity = min(Fp, (-(-units // chunks) - 1) * kd * sd + (kd - 1) * sd + kD)
+        capacity = min(Fp, (-(-self._units // chunks) - 1) * step + window)
         size = chunks * capacity * R_s * Hp * Wp
         zp = self._zp if self._zp is not None and self._zp.size >= size else np.empty(size, self.dtype)
         if self._keep:
@@ -436,7 +438,7 @@ class PaddedTileConvolution:
 def forward_tiles_padded(xp, weight, bias, stride, out, mix=None, pool=None, relu=False):
     """Register-tile convolution of the zero-padded input ``xp`` (N, S, Fp, Hp, Wp) into ``out``.
 
-    Needs unit width stride, an output at least one SIMD vector wide (:func:`tiles_fit`) and
+    Needs unit width stride and an output at least one SIMD vector wide (:func:`tiles_fit`), and
     C-contiguous ``xp`` and ``out``. ``out`` is (N, T, Fo, Ho, Wo), or, with ``pool = (kd, kh, kw)``
     (a max pooling with that kernel and stride and no padding), (N, T, Fo // kd, Ho // kh, Wo // kw),
     and then ``relu`` applies max(., 0) to the pooled values.
@@ -459,7 +461,7 @@ def _tile_plan(xp_shape, weight_shape, stride, out_shape, mixed_outputs, pool, r
     Fo, Ho, Wo = window_output_dims(xp_shape[2:], kernel, stride, (0, 0, 0))
     pooled = (Fo, Ho, Wo) if pool is None else window_output_dims((Fo, Ho, Wo), pool, pool, (0, 0, 0))
     expected = (xp_shape[0], T if mixed_outputs is None else mixed_outputs) + pooled
-    if stride[2] != 1 or not tiles_fit(Wo, dtype) or out_shape != expected or min(pooled) < 1:
+    if not tiles_fit(stride, Wo, dtype) or out_shape != expected or min(pooled) < 1:
         raise ValueError(f"tile kernels: output {out_shape}, expected {expected}, for padded input {xp_shape}, "
                          f"kernel {kernel}, stride {stride}, pool {pool} (unit width stride and an output "
                          f"at least {lanes(dtype)} wide needed)")

@@ -140,7 +140,7 @@ def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, st
     z_dims = tuple(x_shape[2:])
     stride, padding, out_dims = conv_geometry(z_dims, core_shape[2:], stride, padding, "the core's input")
     pooled = out_dims if pool is None else pooled_dims(out_dims, pool)
-    fused = stride[2] == 1 and tiles_fit(out_dims[2], dtype) and tiles_hold_all_channels(R_t, registers)
+    fused = tiles_fit(stride, out_dims[2], dtype) and tiles_hold_all_channels(R_t, registers)
     return _BlockGeometry(tuple(x_shape), stride, padding, pool, z_dims, out_dims,
                           (N, T) + (pooled if fused else out_dims), fused,
                           N * R_s * math.prod(z_dims) * S, N * R_t * math.prod(out_dims) * math.prod(core_shape[1:]))

@@ -140,7 +140,7 @@ def _fused_tucker2(block, x_shape, dtype, pool=None, relu=False):
 def _fused_pooled_conv(conv: Conv3d, x_shape, pool, relu, dtype):
     """The prepared convolution + pooling (+ ReLU), or None when the register tiles do not apply."""
     out_width = conv.output_shape(x_shape[1:])[3]
-    if conv.stride[2] != 1 or not tiles_fit(out_width, dtype):
+    if not tiles_fit(conv.stride, out_width, dtype):
         return None
     return _FusedStep(pooled_convolution(tuple(x_shape), _array(conv.weight, dtype), _array(conv.bias, dtype),
                                          conv.stride, conv.padding, pool, relu, keep_buffers=True))
