@@ -235,6 +235,13 @@ def _tile_pool_forward_impl(xp, wt, bias, out, tile, last, dims, pool, u, c):
                          window, u, c, T)
 
 
+@njit(cache=True)
+def unit_planes(kd, sd, kD):
+    """The padded input planes the pooling windows of one unit (n, f_q) read: its kd output planes,
+    sd apart, each reading kD, so (kd - 1) * sd + kD, starting at f_q * kd * sd."""
+    return (kd - 1) * sd + kD
+
+
 @njit(parallel=True, fastmath=False, cache=True)
 def _tile_pool_first_impl(x, first, zeros, zp, wt, bias, out, tile, last, dims, pool, u, c, fill):
     """A whole pooled Tucker-2 block (eqs. 8-10, then max pooling) in one parallel pass.
@@ -272,7 +279,7 @@ def _tile_pool_first_impl(x, first, zeros, zp, wt, bias, out, tile, last, dims, 
             lo = fq * kd * sd
             if n != clip:
                 clip, base, next_plane = n, lo, lo
-            while next_plane < lo + (kd - 1) * sd + kD:  # padded planes the unit's windows read
+            while next_plane < lo + unit_planes(kd, sd, kD):
                 f = next_plane - pd
                 for h in range(Hp):
                     _mix_padded_row(x, ((n * S * F + f) * H + h - ph) * W, F * H * W, first, zeros, zp,
@@ -382,9 +389,8 @@ class PaddedTileConvolution:
         self._copies = first is not None or any(padding)
         self._fused = first is not None and pool is not None
         if self._fused:  # units (n, f_q) and the padded Z planes of one unit's windows (kd*sd more per unit)
-            step = pool[0] * stride[0]
             self._units, self._unit_planes = (out_shape[0] * out_shape[2],
-                                              (step, step - stride[0] + weight.shape[2]))
+                                              (pool[0] * stride[0], unit_planes(pool[0], stride[0], weight.shape[2])))
         self._keep = keep_buffers
         self._xp = np.empty(self.xp_shape, dtype) if keep_buffers and self._copies and not self._fused else None
         self._zp = None
