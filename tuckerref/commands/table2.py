@@ -192,7 +192,8 @@ def render(table: dict) -> str:
         parts.append(f"The same passes as compiled inference programs (tuckerref.nn.program: checks, weight packing "
                      f"and allocations done once): original {milliseconds(program['original']['median_s'])} ms, "
                      f"compressed {milliseconds(program['compressed']['median_s'])} ms, observed speed-up "
-                     f"**x{program['observed_speedup']:.2f}**; round by round {_spread(program['observed_speedup_rounds'])}.")
+                     f"**x{program['observed_speedup']:.2f}**; round by round "
+                     f"{_spread(program['observed_speedup_rounds'])}.")
     return "\n\n".join(parts)
 
 

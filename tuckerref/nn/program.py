@@ -80,6 +80,8 @@ class _ConvStep(_Kept):
 
 
 class _LinearStep(_Kept):
+    """One linear layer, y = x W^T + b, into a kept buffer."""
+
     def __init__(self, layer: Linear, x_shape, dtype):
         self.weight, self.bias = _array(layer.weight, dtype), _array(layer.bias, dtype)
         self.out = np.empty((x_shape[0], layer.out_features), dtype)
