@@ -153,9 +153,9 @@ def test_c3d_batchnorm_is_folded_into_every_convolution(c3d_gap):
     assert len(convs) == 8
     assert c3d_gap.result.folded == [(c, "bn" + c[len("conv"):]) for c in convs]
     assert "batchnorm3d" not in c3d_gap.kinds.values()
-    assert "BatchNorm3d" not in c3d_gap.net_c().split("/* ---- the network")[0].split("*/", 1)[1]
-    # the folded convolutions' parameters are not the engine's own: the exported bias is the folded one
-    assert all(s.folded_with for s in c3d_gap.result.steps if s.path in convs)
+    text = c3d_gap.net_c()
+    assert "Batch normalisation at inference" not in text and "/* bn1a: BatchNorm3d, folded into conv1a */" in text
+    assert all(s.folded_with == "bn" + s.path[len("conv"):] for s in c3d_gap.result.steps if s.path in convs)
 
 
 @needs_cc
@@ -187,6 +187,9 @@ def test_eqs8_10_compressed_c3d_in_c_matches_engine(c3d_compressed):
     kinds = c3d_compressed.kinds
     assert kinds["conv1a.0"] == "conv3d" and kinds["conv1a.1"] == "pointwise"
     assert [kinds[f"conv5b.{i}"] for i in range(3)] == ["pointwise", "conv3d", "pointwise"]
+    # each BatchNorm3d folds into the last factor of the block before it
+    assert c3d_compressed.result.folded[:2] == [("conv1a.1", "bn1a"), ("conv2a.2", "bn2a")]
+    assert len(c3d_compressed.result.folded) == 8
     assert_logits_match(c3d_compressed.logits, c3d_compressed.reference)
 
 
@@ -228,6 +231,10 @@ def test_export_names_an_unsupported_layer_before_writing_anything(tmp_path):
                                          bn=BatchNorm3d(2, track_running_stats=False)))
     with pytest.raises(ValueError, match="'bn'.*running statistics"):
         export_c(batch_stats, tmp_path / "out", input_shape=(1, 3, 3, 3))
+    ceil = AvgPool3d(2)
+    ceil.ceil_mode = True  # the engine's AvgPool3d refuses it; the exporter would compute other windows
+    with pytest.raises(ValueError, match="'1'.*ceil_mode"):
+        export_c(Sequential(ReLU(), ceil), tmp_path / "out", input_shape=(1, 3, 3, 3))
     assert not (tmp_path / "out").exists()
 
 

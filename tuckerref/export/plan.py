@@ -15,8 +15,8 @@ running statistics. Unknown layers raise before anything is generated.
 the caller's input, the last writes the logits, the others ping-pong between two buffers A and B
 carved from one caller-provided scratch array: A starts at its beginning, B ends at its end, so
 the scratch must hold, at every step, the live A tensor plus the live B tensor. ReLU runs in
-place, and so does a BatchNorm3d that is not folded. The size returned is the maximum of that sum over the steps, the least a two-buffer
-schedule can do.
+place, and so does a BatchNorm3d that is not folded. The size returned is the maximum of that
+sum over the steps, the least a two-buffer schedule can do.
 """
 from __future__ import annotations
 
@@ -85,6 +85,8 @@ def _kind(module: Module, path: str) -> str:
     if isinstance(module, MaxPool3d):
         return "maxpool3d"
     if isinstance(module, AvgPool3d):
+        if getattr(module, "ceil_mode", False):
+            raise ValueError(f"cannot export layer {path!r} ({module!r}): ceil_mode=True is not supported")
         return "avgpool3d"
     if isinstance(module, AdaptiveAvgPool3d):
         return "adaptive_avgpool3d"
@@ -172,13 +174,12 @@ def plan_network(net: Module, input_shape, fold: bool = True) -> list[Step]:
     folded_leaves, partner = _folded(net, fold)
     steps = []
     for path, module in leaves:
-        out_shape, flops = _count(module, shape, path)  # raises ValueError naming the layer for a bad shape
-        if isinstance(module, BatchNorm3d) and path in partner:
+        if isinstance(module, BatchNorm3d) and path in partner:  # folded: computes nothing
+            out_shape, _ = _count(module, shape, path)
             steps.append(Step(path, IDENTITY, module, shape, out_shape, 0, folded_with=partner[path]))
         else:
-            if path in partner:  # the Conv3d with the BatchNorm3d folded in: its new weight and bias
-                module = folded_leaves[path]
-                out_shape, flops = _count(module, shape, path)
+            module = folded_leaves[path] if path in partner else module  # a Conv3d with its folded weight, bias
+            out_shape, flops = _count(module, shape, path)  # raises ValueError naming the layer for a bad shape
             steps.append(Step(path, _kind(module, path), module, shape, out_shape, flops, _arrays(module, path),
                               partner.get(path)))
         shape = out_shape

@@ -19,7 +19,7 @@ NET_H = Template("""\
  *
  * Layers in execution order, with their output shape and FLOPs (the authors' counting convention:
  * a convolution costs T*I'*(2*S*Lambda - 1) plus I' with a bias, a linear layer (2*in - 1)*out
- * plus out with a bias; pooling and ReLU count zero):
+ * plus out with a bias; max pooling and ReLU count zero, other layers as tuckerref.flops counts them):
  *
 $layer_table
  */
@@ -357,9 +357,10 @@ static void $func(const float *restrict x, float *restrict y)
 
 AVGPOOL3D_EQUATION = """\
  * 3-D average pooling (PyTorch avg_pool3d):
- *   Y(c, f', h', w') = (1 / N) sum_{i, j, l} X(c, f'*stride_F + i - pad_F, h'*stride_H + j - pad_H, w'*stride_W + l - pad_W),
- * the zero padding adding nothing to the sum. N is divisor_override when given, else with
- * count_include_pad the window's cells inside the padded input, else its cells inside the input.
+ *   Y(c, f', h', w') = (1 / N) sum_{i, j, l} X(c, f_i, h_j, w_l),
+ *   f_i = f'*stride_F + i - pad_F (likewise h_j, w_l), the zero padding adding nothing to the sum.
+ * N is divisor_override when given, else with count_include_pad the window's volume (floor mode
+ * keeps every window inside the padded input), else the window's cells inside the input.
 """
 
 AVGPOOL3D = Template("""\
@@ -402,10 +403,6 @@ AVGPOOL3D_DIVISOR = {
     "override": "const float n = {value};  /* divisor_override */",
     "inside": "const float n = (float)((fb - fa) * (hb - ha) * (wb - wa));  /* cells inside the input */",
     "window": "const float n = (float)(KD * KH * KW);  /* the whole window, padding included */",
-    "padded": ("/* the window's cells inside the padded input (ceil_mode lets the last window run past it) */\n"
-               "                    const float n = (float)(((f0 + KD < D + PD ? f0 + KD : D + PD) - f0)\n"
-               "                                            * ((h0 + KH < H + PH ? h0 + KH : H + PH) - h0)\n"
-               "                                            * ((w0 + KW < W + PW ? w0 + KW : W + PW) - w0));"),
 }
 
 ADAPTIVE_AVGPOOL3D_EQUATION = """\

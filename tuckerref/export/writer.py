@@ -73,8 +73,7 @@ def _description(step: Step) -> str:
         return f"MaxPool3d kernel {m.kernel_size}, stride {m.stride}, padding {m.padding}"
     if isinstance(m, AvgPool3d):
         return (f"AvgPool3d kernel {m.kernel_size}, stride {m.stride}, padding {m.padding}, "
-                f"count_include_pad={m.count_include_pad}, divisor_override={m.divisor_override}"
-                + (", ceil_mode=True" if getattr(m, "ceil_mode", False) else ""))
+                f"count_include_pad={m.count_include_pad}, divisor_override={m.divisor_override}")
     if isinstance(m, AdaptiveAvgPool3d):
         return f"AdaptiveAvgPool3d output {step.out_shape[1:]}"
     if isinstance(m, BatchNorm3d):
@@ -91,9 +90,8 @@ def _avgpool_divisor(m) -> str:
     """AVGPOOL3D's declaration of its divisor n for ``m``'s options (PyTorch avg_pool3d)."""
     if m.divisor_override:
         return tpl.AVGPOOL3D_DIVISOR["override"].format(value=_float_literal(float(m.divisor_override)))
-    if not m.count_include_pad:
-        return tpl.AVGPOOL3D_DIVISOR["inside"]
-    return tpl.AVGPOOL3D_DIVISOR["padded" if getattr(m, "ceil_mode", False) else "window"]
+    # floor mode: every window lies inside the padded input, so counting the padding gives the window size
+    return tpl.AVGPOOL3D_DIVISOR["window" if m.count_include_pad else "inside"]
 
 
 def _macro_block(rows) -> str:
@@ -193,7 +191,8 @@ class _Generator:
             label = "-" if step.kind == IDENTITY else str(index)
             index += step.kind != IDENTITY
             flops = _identity_note(step) if step.kind == IDENTITY else f"{step.flops:>18,}"
-            rows.append(f" *   {label:>3}  {step.path:<16} {step.layer_type:<{type_w}} {_dims(step.out_shape):<22} {flops}")
+            rows.append(f" *   {label:>3}  {step.path:<16} {step.layer_type:<{type_w}} "
+                        f"{_dims(step.out_shape):<22} {flops}")
         rows.append(f" *        {'total':<16} {'':<{type_w}} {'':<22} {self.total_flops:>18,}")
         flops = _macro_block([(f"NET_FLOPS_{self.func_ident[s.path][len('layer_'):].upper()}", f"{s.flops}.0", "")
                               for s in self.computing])
