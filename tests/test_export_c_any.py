@@ -159,6 +159,14 @@ def test_c3d_batchnorm_is_folded_into_every_convolution(c3d_gap):
 
 
 @needs_cc
+def test_c3d_binary_times_every_computing_layer_and_no_folded_one(c3d_gap):
+    timed, timings = run_c(c3d_gap.binary, c3d_gap.clips[:1], repeats=1, warmup=0)
+    np.testing.assert_array_equal(timed, c3d_gap.logits[:1])
+    computing = [s.path for s in c3d_gap.result.steps if s.kind != "identity"]
+    assert [name for name, _, _ in timings] == computing and "bn1a" not in computing and "drop6" not in computing
+
+
+@needs_cc
 def test_c3d_pool5_pads_height_and_width_and_stays_non_empty(c3d_fc):
     pool5 = next(s for s in c3d_fc.result.steps if s.path == "pool5")
     assert pool5.kind == "maxpool3d" and pool5.module.padding == (0, 1, 1)
@@ -211,6 +219,10 @@ def test_avg_pool_network_steps_and_in_place_affine_batchnorm(avgpool_built):
     text = avgpool_built.net_c()
     for option in ("count_include_pad=False", "divisor_override=3", "(bn2 folded in)", "param_conv2_bias[t]"):
         assert option in text
+    weights = (avgpool_built.result.outdir / "weights.c").read_text()
+    for name, shape in (("bn0.running_mean", (2,)), ("bn0.running_var", (2,)), ("bn3.running_var", (3,))):
+        assert f"/* {name} {shape} */" in weights
+    assert "bn2." not in weights and "bn3.weight" not in weights  # folded; affine=False
     steps = avgpool_built.result.steps
     placements = dict(zip([s.path for s in steps], place_buffers(steps)[0]))
     assert placements["bn0"].src == "input" and placements["bn3"].src == placements["bn3"].dst
