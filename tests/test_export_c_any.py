@@ -124,7 +124,7 @@ def avgpool_network():
     (affine maps, the second in place) and after a bias-free convolution (folded, bias created)."""
     net = Sequential(OrderedDict(
         bn0=BatchNorm3d(2), conv1=Conv3d(2, 4, 3, stride=(1, 2, 1), padding=(1, 0, 1), rng=0), relu1=ReLU(),
-        pool1=AvgPool3d((2, 3, 3), stride=(1, 2, 2), padding=(1, 1, 1)),
+        pool1=AvgPool3d((2, 2, 3), stride=(1, 2, 2), padding=(1, 1, 1)),
         pool2=AvgPool3d(3, stride=1, padding=1, count_include_pad=False),
         ident=Identity(), conv2=Conv3d(4, 3, (1, 2, 2), padding=(0, 1, 0), bias=False, rng=1), bn2=BatchNorm3d(3),
         pool3=AvgPool3d(2, stride=2, padding=1, divisor_override=3), bn3=BatchNorm3d(3, affine=False),
@@ -226,6 +226,48 @@ def test_avg_pool_network_steps_and_in_place_affine_batchnorm(avgpool_built):
     steps = avgpool_built.result.steps
     placements = dict(zip([s.path for s in steps], place_buffers(steps)[0]))
     assert placements["bn0"].src == "input" and placements["bn3"].src == placements["bn3"].dst
+
+
+# -- PyTorch as the oracle ---------------------------------------------------------------------------------
+
+def torch_twin(net: Module):
+    """The same network in PyTorch (torch.nn layers of the same names, configuration and state_dict), eval mode."""
+    import torch
+    from torch import nn as tnn
+
+    def build(m):
+        if isinstance(m, Sequential):
+            return tnn.Sequential(OrderedDict((name, build(child)) for name, child in m.named_children()))
+        if isinstance(m, Conv3d):
+            return tnn.Conv3d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=m.bias is not None)
+        if isinstance(m, BatchNorm3d):
+            return tnn.BatchNorm3d(m.num_features, eps=m.eps, affine=m.affine)
+        if isinstance(m, MaxPool3d):
+            return tnn.MaxPool3d(m.kernel_size, m.stride, m.padding)
+        if isinstance(m, AvgPool3d):
+            return tnn.AvgPool3d(m.kernel_size, m.stride, m.padding, count_include_pad=m.count_include_pad,
+                                 divisor_override=m.divisor_override)
+        if isinstance(m, AdaptiveAvgPool3d):
+            return tnn.AdaptiveAvgPool3d(m.output_size)
+        if isinstance(m, Linear):
+            return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        if isinstance(m, Dropout):
+            return tnn.Dropout(m.p)
+        return {ReLU: tnn.ReLU, Flatten: tnn.Flatten, Identity: tnn.Identity}[type(m)]()
+
+    twin = build(net)
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in net.state_dict().items()})
+    return twin.eval()
+
+
+@needs_cc
+@pytest.mark.parametrize("which", ["c3d_fc", "c3d_compressed", "avgpool_built"])
+def test_c_logits_match_pytorch_running_the_same_network(which, request):
+    torch = pytest.importorskip("torch")
+    built = request.getfixturevalue(which)
+    with torch.no_grad():
+        expected = torch_twin(built.net)(torch.from_numpy(built.clips)).numpy()
+    assert_logits_match(built.logits, expected)
 
 
 # -- errors ---------------------------------------------------------------------------------------------
