@@ -150,8 +150,8 @@ def _arrays(module: Module, path: str) -> list:
 
 def _folded(net: Module, fold: bool) -> tuple[dict, dict]:
     """({path: leaf} of ``net`` with every Conv3d + BatchNorm3d pair folded, {path: partner path} of the pairs)."""
-    if not fold or not isinstance(net, Sequential):
-        return {}, {}
+    if not fold or not isinstance(net, Sequential) or not any(isinstance(m, BatchNorm3d) for _, m in _leaves(net)):
+        return {}, {}  # nothing to fold: no copy of the network
     folded_net, pairs = fold_batchnorm(net, report=True)
     partner = {}
     for conv, bn in pairs:
