@@ -26,5 +26,8 @@ def run(args):
     print(f"{len([s for s in result.steps if s.kind != 'identity'])} computing layers, "
           f"{result.param_floats:,} parameters, scratch {result.scratch_floats:,} floats, "
           f"input {' x '.join(map(str, input_shape))}")
+    if result.folded:
+        print("folded BatchNorm3d into the convolution before it: "
+              + ", ".join(f"{bn} into {conv}" for conv, bn in result.folded))
     print(f"build: make -C {result.outdir}    run: {result.outdir}/net [-t N] INPUT.f32 LOGITS.f32")
     return 0

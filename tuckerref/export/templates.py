@@ -19,7 +19,7 @@ NET_H = Template("""\
  *
  * Layers in execution order, with their output shape and FLOPs (the authors' counting convention:
  * a convolution costs T*I'*(2*S*Lambda - 1) plus I' with a bias, a linear layer (2*in - 1)*out
- * plus out with a bias; pooling and ReLU count zero):
+ * plus out with a bias; max pooling and ReLU count zero, other layers as tuckerref.flops counts them):
  *
 $layer_table
  */
@@ -355,6 +355,115 @@ static void $func(const float *restrict x, float *restrict y)
 }
 """)
 
+AVGPOOL3D_EQUATION = """\
+ * 3-D average pooling (PyTorch avg_pool3d):
+ *   Y(c, f', h', w') = (1 / N) sum_{i, j, l} X(c, f_i, h_j, w_l),
+ *   f_i = f'*stride_F + i - pad_F (likewise h_j, w_l), the zero padding adding nothing to the sum.
+ * N is divisor_override when given, else with count_include_pad the window's volume (floor mode
+ * keeps every window inside the padded input), else the window's cells inside the input.
+"""
+
+AVGPOOL3D = Template("""\
+static void $func(const float *restrict x, float *restrict y)
+{
+    /* input: C channels of D x H x W; output: C channels of OD x OH x OW */
+    const int C = $C, D = $D, H = $H, W = $W;
+    const int OD = $OD, OH = $OH, OW = $OW;
+    /* window, stride and zero padding */
+    const int KD = $KD, KH = $KH, KW = $KW;
+    const int SD = $SD, SH = $SH, SW = $SW;
+    const int PD = $PD, PH = $PH, PW = $PW;
+    int c, od, oh, ow, f, h, w;
+
+    for (c = 0; c < C; ++c)
+        for (od = 0; od < OD; ++od)
+            for (oh = 0; oh < OH; ++oh)
+                for (ow = 0; ow < OW; ++ow) {
+                    /* the window starts at (f0, h0, w0) of the unpadded input, possibly in the padding */
+                    const int f0 = od * SD - PD, h0 = oh * SH - PH, w0 = ow * SW - PW;
+                    /* its cells inside the input: fa..fb-1, ha..hb-1, wa..wb-1 */
+                    const int fa = f0 < 0 ? 0 : f0, fb = f0 + KD < D ? f0 + KD : D;
+                    const int ha = h0 < 0 ? 0 : h0, hb = h0 + KH < H ? h0 + KH : H;
+                    const int wa = w0 < 0 ? 0 : w0, wb = w0 + KW < W ? w0 + KW : W;
+                    $divisor
+                    float sum = 0.0f;
+                    for (f = fa; f < fb; ++f)
+                        for (h = ha; h < hb; ++h) {
+                            const float *const xrow = x + ((c * D + f) * H + h) * W;
+                            for (w = wa; w < wb; ++w)
+                                sum += xrow[w];
+                        }
+                    y[((c * OD + od) * OH + oh) * OW + ow] = sum / n;
+                }
+}
+""")
+
+#: The declaration of AVGPOOL3D's divisor n, by pooling option.
+AVGPOOL3D_DIVISOR = {
+    "override": "const float n = {value};  /* divisor_override */",
+    "inside": "const float n = (float)((fb - fa) * (hb - ha) * (wb - wa));  /* cells inside the input */",
+    "window": "const float n = (float)(KD * KH * KW);  /* the whole window, padding included */",
+}
+
+ADAPTIVE_AVGPOOL3D_EQUATION = """\
+ * 3-D adaptive average pooling (PyTorch adaptive_avg_pool3d): output index o of an axis of input
+ * size n and output size m averages the input cells floor(o*n/m) .. ceil((o+1)*n/m) - 1,
+ *   Y(c, f', h', w') = mean of X(c, f, h, w) over that box (output 1 x 1 x 1: global average pooling).
+"""
+
+ADAPTIVE_AVGPOOL3D = Template("""\
+static void $func(const float *restrict x, float *restrict y)
+{
+    /* input: C channels of D x H x W; output: C channels of OD x OH x OW */
+    const int C = $C, D = $D, H = $H, W = $W;
+    const int OD = $OD, OH = $OH, OW = $OW;
+    int c, od, oh, ow, f, h, w;
+
+    for (c = 0; c < C; ++c)
+        for (od = 0; od < OD; ++od)
+            for (oh = 0; oh < OH; ++oh)
+                for (ow = 0; ow < OW; ++ow) {
+                    /* the box fa..fb-1, ha..hb-1, wa..wb-1 (floor of the start, ceiling of the end) */
+                    const int fa = od * D / OD, fb = ((od + 1) * D + OD - 1) / OD;
+                    const int ha = oh * H / OH, hb = ((oh + 1) * H + OH - 1) / OH;
+                    const int wa = ow * W / OW, wb = ((ow + 1) * W + OW - 1) / OW;
+                    float sum = 0.0f;
+                    for (f = fa; f < fb; ++f)
+                        for (h = ha; h < hb; ++h) {
+                            const float *const xrow = x + ((c * D + f) * H + h) * W;
+                            for (w = wa; w < wb; ++w)
+                                sum += xrow[w];
+                        }
+                    y[((c * OD + od) * OH + oh) * OW + ow] = sum / (float)((fb - fa) * (hb - ha) * (wb - wa));
+                }
+}
+""")
+
+BATCHNORM3D_EQUATION = """\
+ * Batch normalisation at inference (PyTorch batch_norm, eval mode, running statistics):
+ *   Y(c, p) = (X(c, p) - mean(c)) / sqrt(var(c) + eps) * gamma(c) + beta(c),
+ * computed as X(c, p) * scale(c) + shift(c). Runs in place when x == y.
+"""
+
+BATCHNORM3D = Template("""\
+static void $func(const float *x, float *y)
+{
+    const int C = $C, P = $P;  /* channels, positions per channel */
+    const float eps = $eps;
+    const float *const mean = $mean, *const var = $var;  /* running statistics, (C,) */
+    int c, p;
+
+    for (c = 0; c < C; ++c) {
+        const float scale = $gamma / sqrtf(var[c] + eps);
+        const float shift = $beta - mean[c] * scale;
+        const float *const xc = x + c * P;
+        float *const yc = y + c * P;
+        for (p = 0; p < P; ++p)
+            yc[p] = xc[p] * scale + shift;
+    }
+}
+""")
+
 RELU_EQUATION = """\
  * ReLU: y = max(x, 0), NaN stays NaN. Runs in place when x == y.
 """
@@ -399,7 +508,7 @@ $declarations
 
 WEIGHTS_C = Template("""\
 /* weights.c: parameters of $title, float32.
- * One array per PyTorch parameter, its name and shape in a comment. Every value is printed with
+ * One array per PyTorch parameter or buffer, its name and shape in a comment. Every value is printed with
  * 9 significant digits, which reads back as exactly the same float32. */
 #include "weights.h"
 $arrays""")

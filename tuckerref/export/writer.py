@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_path
-from ..nn import Conv3d, Linear, MaxPool3d
+from ..nn import AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Linear, MaxPool3d
 from . import templates as tpl
 from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
 
@@ -31,6 +31,11 @@ class ExportResult:
     steps: list
     scratch_floats: int
     param_floats: int
+
+    @property
+    def folded(self) -> list:
+        """[(Conv3d path, BatchNorm3d path)] of the batch normalisations folded into their convolutions."""
+        return [(s.folded_with, s.path) for s in self.steps if s.kind == IDENTITY and s.folded_with]
 
 
 def _dims(shape) -> str:
@@ -59,13 +64,34 @@ def _buffer(place: str, size: int) -> str:
 def _description(step: Step) -> str:
     m = step.module
     if isinstance(m, Conv3d):
+        folded = f" ({step.folded_with} folded in)" if step.folded_with else ""
         return (f"Conv3d {m.in_channels} -> {m.out_channels}, kernel {m.kernel_size}, stride {m.stride}, "
-                f"padding {m.padding}, {'with' if m.bias is not None else 'no'} bias")
+                f"padding {m.padding}, {'with' if m.bias is not None else 'no'} bias{folded}")
     if isinstance(m, Linear):
         return f"Linear {m.in_features} -> {m.out_features}, {'with' if m.bias is not None else 'no'} bias"
     if isinstance(m, MaxPool3d):
         return f"MaxPool3d kernel {m.kernel_size}, stride {m.stride}, padding {m.padding}"
+    if isinstance(m, AvgPool3d):
+        return (f"AvgPool3d kernel {m.kernel_size}, stride {m.stride}, padding {m.padding}, "
+                f"count_include_pad={m.count_include_pad}, divisor_override={m.divisor_override}")
+    if isinstance(m, AdaptiveAvgPool3d):
+        return f"AdaptiveAvgPool3d output {step.out_shape[1:]}"
+    if isinstance(m, BatchNorm3d):
+        return f"BatchNorm3d {m.num_features} channels, eps {m.eps:g}, running statistics"
     return step.layer_type
+
+
+def _identity_note(step: Step) -> str:
+    """Why an identity step generates no code."""
+    return f"folded into {step.folded_with}" if step.folded_with else "identity at inference"
+
+
+def _avgpool_divisor(m) -> str:
+    """AVGPOOL3D's declaration of its divisor n for ``m``'s options (PyTorch avg_pool3d)."""
+    if m.divisor_override:
+        return tpl.AVGPOOL3D_DIVISOR["override"].format(value=_float_literal(float(m.divisor_override)))
+    # floor mode: every window lies inside the padded input, so counting the padding gives the window size
+    return tpl.AVGPOOL3D_DIVISOR["window" if m.count_include_pad else "inside"]
 
 
 def _macro_block(rows) -> str:
@@ -79,12 +105,12 @@ def _macro_block(rows) -> str:
 class _Generator:
     """Renders one network; holds the identifiers chosen for its layers and parameters."""
 
-    def __init__(self, net, input_shape, weights_format):
+    def __init__(self, net, input_shape, weights_format, fold=True):
         if weights_format not in WEIGHTS_FORMATS:
             raise ValueError(f"weights_format must be one of {WEIGHTS_FORMATS}, got {weights_format!r}")
         self.format = weights_format
         self.input_shape = tuple(int(v) for v in input_shape)
-        self.steps = plan_network(net, self.input_shape)
+        self.steps = plan_network(net, self.input_shape, fold)
         self.placements, self.scratch = place_buffers(self.steps)
         self.computing = [s for s in self.steps if s.kind != IDENTITY]
         self.params = [(name, data) for s in self.steps for name, data in s.params]
@@ -100,9 +126,9 @@ class _Generator:
         name = next((n for n, _ in step.params if n.endswith("." + which) or n == which), None)
         return None if name is None else self.param_ident[name]
 
-    def _init(self, step: Step, index: str) -> str:
-        bias = self._weight(step, "bias")
-        return f"{bias}[{index}]" if bias else "0.0f"
+    def _init(self, step: Step, index: str, which: str = "bias", default: str = "0.0f") -> str:
+        bias = self._weight(step, which)
+        return f"{bias}[{index}]" if bias else default
 
     def layer_function(self, step: Step) -> str:
         func = self.func_ident[step.path]
@@ -129,6 +155,25 @@ class _Generator:
             body = tpl.MAXPOOL3D.substitute(func=func, C=C, D=D, H=H, W=W, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
                                             KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW)
             equation = tpl.MAXPOOL3D_EQUATION
+        elif step.kind == "avgpool3d":
+            (C, D, H, W), (_, OD, OH, OW) = step.in_shape, step.out_shape
+            (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
+            body = tpl.AVGPOOL3D.substitute(func=func, C=C, D=D, H=H, W=W, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
+                                            KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
+                                            divisor=_avgpool_divisor(m))
+            equation = tpl.AVGPOOL3D_EQUATION
+        elif step.kind == "adaptive_avgpool3d":
+            (C, D, H, W), (_, OD, OH, OW) = step.in_shape, step.out_shape
+            body = tpl.ADAPTIVE_AVGPOOL3D.substitute(func=func, C=C, D=D, H=H, W=W, OD=OD, OH=OH, OW=OW)
+            equation = tpl.ADAPTIVE_AVGPOOL3D_EQUATION
+        elif step.kind == "batchnorm3d":
+            body = tpl.BATCHNORM3D.substitute(func=func, C=step.in_shape[0], P=int(np.prod(step.in_shape[1:])),
+                                              eps=_float_literal(np.float32(m.eps)),
+                                              mean=self._weight(step, "running_mean"),
+                                              var=self._weight(step, "running_var"),
+                                              gamma=self._init(step, "c", "weight", "1.0f"),
+                                              beta=self._init(step, "c", "bias", "0.0f"))
+            equation = tpl.BATCHNORM3D_EQUATION
         elif step.kind == "relu":
             body, equation = tpl.RELU.substitute(func=func, N=step.in_size), tpl.RELU_EQUATION
         else:  # copy
@@ -141,12 +186,14 @@ class _Generator:
     # -- net.h -------------------------------------------------------------------------------
     def net_h(self) -> str:
         rows, index = [], 0
+        type_w = max([10] + [len(s.layer_type) for s in self.steps])
         for step in self.steps:
             label = "-" if step.kind == IDENTITY else str(index)
             index += step.kind != IDENTITY
-            flops = "identity at inference" if step.kind == IDENTITY else f"{step.flops:>18,}"
-            rows.append(f" *   {label:>3}  {step.path:<16} {step.layer_type:<10} {_dims(step.out_shape):<22} {flops}")
-        rows.append(f" *        {'total':<16} {'':<10} {'':<22} {self.total_flops:>18,}")
+            flops = _identity_note(step) if step.kind == IDENTITY else f"{step.flops:>18,}"
+            rows.append(f" *   {label:>3}  {step.path:<16} {step.layer_type:<{type_w}} "
+                        f"{_dims(step.out_shape):<22} {flops}")
+        rows.append(f" *        {'total':<16} {'':<{type_w}} {'':<22} {self.total_flops:>18,}")
         flops = _macro_block([(f"NET_FLOPS_{self.func_ident[s.path][len('layer_'):].upper()}", f"{s.flops}.0", "")
                               for s in self.computing])
         c, f, h, w = self.input_shape
@@ -157,7 +204,7 @@ class _Generator:
                  ("NET_OUTPUT_SIZE", self.steps[-1].out_size, "logits per clip"),
                  ("NET_SCRATCH_FLOATS", self.scratch, "scratch floats net_forward needs"),
                  ("NET_PARAM_FLOATS", self.param_floats, "floats of all parameters"),
-                 ("NET_NUM_LAYERS", len(self.computing), "layers that compute (dropout and flatten do not)"),
+                 ("NET_NUM_LAYERS", len(self.computing), "layers that compute (identities, folded batch norms do not)"),
                  ("NET_TOTAL_FLOPS", f"{self.total_flops}.0", "FLOPs of one forward pass")]
         if blob:
             sizes.append(("NET_WEIGHTS_BLOB", 1, "parameters come from a file: call net_load_weights first"))
@@ -184,7 +231,7 @@ class _Generator:
         lines, index = [], 0
         for step, place in zip(self.steps, self.placements):
             if place is None:
-                lines.append(f"    /* {step.path}: {step.layer_type}, the identity at inference */")
+                lines.append(f"    /* {step.path}: {step.layer_type}, {_identity_note(step)} */")
                 continue
             func = self.func_ident[step.path]
             src, dst = _buffer(place.src, step.in_size), _buffer(place.dst, step.out_size)
@@ -239,20 +286,22 @@ class _Generator:
         return out
 
 
-def export_c(net, outdir, input_shape=None, weights_format="array") -> ExportResult:
+def export_c(net, outdir, input_shape=None, weights_format="array", fold=True) -> ExportResult:
     """Write a standalone C99 implementation of ``net`` (inference, float32, batch 1) into ``outdir``.
 
     ``input_shape`` is the per-sample (C, F, H, W) clip shape, by default ``net.input_shape``.
     ``weights_format`` "array" compiles the parameters in (weights.h/weights.c, one ``const float``
     array per PyTorch parameter); "blob" writes weights.bin, read at run time by ``net_load_weights``.
     The layers implement eq. (1) (convolution), eqs. (8)/(10) (1x1x1 convolution), linear layers,
-    max pooling and ReLU; dropout and flatten are the identity at inference.
+    max, average and adaptive average pooling, batch normalisation with running statistics and ReLU;
+    dropout, identity and flatten are the identity at inference. With ``fold`` (the default) each
+    BatchNorm3d right after a Conv3d is folded into it (``ExportResult.folded`` lists the pairs).
     """
     if input_shape is None:
         input_shape = getattr(net, "input_shape", None)
         if input_shape is None:
             raise ValueError("the network records no input shape; pass input_shape=(C, F, H, W)")
-    gen = _Generator(net, input_shape, weights_format)
+    gen = _Generator(net, input_shape, weights_format, fold)
     contents = gen.files()  # render everything before writing anything
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
