@@ -97,16 +97,16 @@ class _Reader:
         if not tt.HasField("shape"):
             raise ValueError(f"{self.path}: input {inp.name!r} has no shape; a static (N, C, D, H, W) shape is needed")
         dims = list(tt.shape.dim)
-        if len(dims) != 5:
-            raise ValueError(f"{self.path}: input {inp.name!r} has {len(dims)} dimensions; "
-                             "a video network takes a 5-D (N, C, D, H, W) input")
+        if len(dims) < 2:
+            raise ValueError(f"{self.path}: input {inp.name!r} has {len(dims)} dimensions; a batch axis and at "
+                             "least one more are needed, e.g. (N, C, D, H, W)")
         per_sample = []
         for k, d in enumerate(dims[1:], start=1):
             if not d.HasField("dim_value") or d.dim_value < 1:
                 what = repr(d.dim_param) if d.HasField("dim_param") else "unknown"
-                raise ValueError(f"{self.path}: input {inp.name!r} has a dynamic shape: dimension {k} "
-                                 f"({'NCDHW'[k]}) is {what}; export the model with a static input shape "
-                                 "(only the batch dimension may be symbolic)")
+                raise ValueError(f"{self.path}: input {inp.name!r} has a dynamic shape: dimension {k} is {what}; "
+                                 "export the model with a static input shape (only the batch dimension, 0, "
+                                 "may be symbolic)")
             per_sample.append(int(d.dim_value))
         first = dims[0]
         self.batch = int(first.dim_value) if first.HasField("dim_value") and first.dim_value > 0 else None
@@ -317,10 +317,10 @@ class _Reader:
 # -- layer handlers: (reader, node, attrs) -> [_Layer] ---------------------------------------------------------
 def _conv(r, node, attrs):
     from ..nn import Conv3d
-    r.require_volume(node)
     w = r.const(node, 1, "weight")
     if w.ndim != 5:
         r.fail(node, f"a {w.ndim - 2}-D convolution (weight shape {w.shape}); only 3-D convolutions are supported")
+    r.require_volume(node)
     if int(attrs.get("group", 1)) != 1:
         r.fail(node, f"group {attrs['group']}: only group 1 is supported (no grouped or depthwise convolution)")
     if "kernel_shape" in attrs and tuple(attrs["kernel_shape"]) != w.shape[2:]:
@@ -371,9 +371,11 @@ def _relu(r, node, attrs):
 
 
 def _pool_kernel(r, node, attrs):
-    r.require_volume(node)
     if "kernel_shape" not in attrs:
         r.fail(node, "it has no kernel_shape")
+    if len(attrs["kernel_shape"]) != 3:
+        r.fail(node, f"a {len(attrs['kernel_shape'])}-D {node.op_type}; only 3-D pooling is supported")
+    r.require_volume(node)
     kernel, stride, padding = r.window(node, attrs, attrs["kernel_shape"])
     if any(2 * p > k for p, k in zip(padding, kernel)):
         r.fail(node, f"padding {padding} exceeds half the kernel {kernel} (PyTorch's limit)")
@@ -671,7 +673,7 @@ def _layer_names(layers, tuckerref_made):
 
 # -- entry points ----------------------------------------------------------------------------------------------
 def load_onnx_model(path):
-    """``onnx.load`` of ``path`` (external data resolved from its folder), checked; ValueError naming the file."""
+    """``onnx.load`` of ``path`` (external data resolved from its folder); ValueError naming the file."""
     onnx = require_onnx()
     path = Path(path)
     if not path.is_file():
@@ -683,18 +685,24 @@ def load_onnx_model(path):
                          f"{type(exc).__name__}: {exc}") from None
     if not model.HasField("graph") or not model.opset_import or model.ir_version < 3:
         raise ValueError(f"{path} is not an ONNX model (no graph, opset or IR version: a foreign or truncated file)")
+    return model
+
+
+def network_from_model(model, source="<in-memory model>", dtype=None):
+    """The network of an ``onnx.ModelProto`` (checked first); ``source`` names it in error messages."""
+    onnx = require_onnx()
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise ValueError(f"{path} is not a valid ONNX model: {exc}") from None
-    return model
+        raise ValueError(f"{source} is not a valid ONNX model: {exc}") from None
+    return _Reader(source, model, None if dtype is None else np.dtype(dtype)).run()
 
 
 def read_onnx_with_meta(path, dtype=None):
     """(network, meta) of :func:`read_onnx`; meta records the file, its producer and opset."""
     path = Path(path)
     model = load_onnx_model(path)
-    net = _Reader(path, model, None if dtype is None else np.dtype(dtype)).run()
+    net = network_from_model(model, path, dtype)
     meta = {"imported_from": str(path),
             "onnx_producer": f"{model.producer_name} {model.producer_version}".strip(),
             "onnx_opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
@@ -703,7 +711,7 @@ def read_onnx_with_meta(path, dtype=None):
 
 def read_onnx(path, dtype=None):
     """Read the chain network in ONNX model ``path`` into an eval-mode ``Sequential`` whose ``input_shape``
-    is the model's per-sample (C, D, H, W) input shape. ``dtype`` defaults to the input's (float32 or
+    is the model's per-sample input shape, (C, D, H, W) for a video network. ``dtype`` defaults to the input's (float32 or
     float64). Raises ValueError naming the file (and the node and op type) for anything unsupported."""
     return read_onnx_with_meta(path, dtype)[0]
 

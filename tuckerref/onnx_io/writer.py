@@ -50,7 +50,7 @@ class _Writer:
         self.current = INPUT_NAME
 
     def tensor(self, name, array):
-        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32),
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array, dtype=np.float32, order="C"),
                                                                    name))
         return name
 
