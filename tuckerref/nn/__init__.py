@@ -1,11 +1,14 @@
 """Layers over the Numba kernels, with PyTorch's names, semantics and default initialisation."""
 from .container import Sequential
 from .grad_mode import is_grad_enabled, no_grad
-from .layers import Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, ReLU
+from .layers import Conv3d, Dropout, Dropout3d, Flatten, Identity, Linear, MaxPool3d, ReLU
 from .module import Module, Parameter
+from .normalization import BatchNorm3d
+from .pooling import AdaptiveAvgPool3d, AvgPool3d
 from .program import InferenceProgram, compile_inference
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Conv3d, Linear, MaxPool3d, ReLU, Dropout, Dropout3d, Flatten)}
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv3d, Linear, MaxPool3d, ReLU, Dropout, Dropout3d, Flatten,
+                                             BatchNorm3d, AvgPool3d, AdaptiveAvgPool3d, Identity)}
 
 
 def from_spec(spec: dict) -> Module:
@@ -21,4 +24,4 @@ def from_spec(spec: dict) -> Module:
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv3d", "Linear", "MaxPool3d", "ReLU", "Dropout",
            "Dropout3d", "Flatten", "from_spec", "LAYER_TYPES", "no_grad", "is_grad_enabled", "InferenceProgram",
-           "compile_inference"]
+           "compile_inference", "BatchNorm3d", "AvgPool3d", "AdaptiveAvgPool3d", "Identity"]

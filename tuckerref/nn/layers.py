@@ -224,3 +224,19 @@ class Flatten(Module):
 
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
+
+
+class Identity(Module):
+    """y = x (PyTorch ``Identity``; constructor arguments are accepted and ignored, as there)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad):
+        return grad
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)

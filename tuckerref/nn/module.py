@@ -5,12 +5,25 @@ output gradient back to an input gradient while *accumulating* its parameters'
 gradients (``param.grad += ...``), as PyTorch's autograd does. Parameter names
 follow PyTorch (``c1.weight``, a Sequential's children ``c1.0.weight``), so a
 ``state_dict`` round-trips between the two.
+
+Buffers (:meth:`Module.register_buffer`) are arrays a module keeps that are not trained, such
+as a batch normalisation's running statistics. They are saved and loaded with the parameters:
+``state_dict`` lists, as PyTorch's does, a module's own parameters, then its own buffers, then
+its children's entries in order.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 
 import numpy as np
+
+
+def _buffer_array(value):
+    """``value`` as a C-contiguous array of any rank, a 0-d one included (None stays None)."""
+    if value is None:
+        return None
+    value = np.asarray(value)
+    return value if value.flags.c_contiguous else value.copy()
 
 
 class Parameter:
@@ -43,6 +56,7 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
         #: False for a network's first layer: its input gradient is never used, so skip it.
         object.__setattr__(self, "needs_input_grad", True)
@@ -54,7 +68,28 @@ class Module:
             self._parameters[name] = value
         elif name in self._parameters and value is None:
             del self._parameters[name]
+        elif name in self._buffers:
+            self._buffers[name] = _buffer_array(value)
+            value = self._buffers[name]
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for registry in (self._modules, self._parameters, self._buffers):
+            registry.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, array):
+        """Keep ``array`` as the buffer ``name`` (an attribute, saved in ``state_dict``, never trained).
+
+        ``None`` registers the name without an array (left out of ``state_dict``), as PyTorch does for
+        a batch normalisation without running statistics.
+        """
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"buffer name must be a non-empty string without '.', got {name!r}")
+        if name in self._parameters or name in self._modules:
+            raise ValueError(f"{type(self).__name__} already has a parameter or child named {name!r}")
+        self._buffers[name] = _buffer_array(array)
+        object.__setattr__(self, name, self._buffers[name])
 
     # -- computation ---------------------------------------------------------------------------
     def forward(self, x):
@@ -91,34 +126,70 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self, prefix=""):
+        """(name, array) of every buffer that holds an array, this module's first, then its children's."""
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield (f"{prefix}.{name}" if prefix else name), b
+        for name, child in self._modules.items():
+            yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
+    def _named_state(self, prefix=""):
+        """(name, owner, key, is_parameter) of every state entry in PyTorch's ``state_dict`` order:
+        own parameters, own buffers, then each child's entries."""
+        for key, p in self._parameters.items():
+            yield (f"{prefix}.{key}" if prefix else key), self, key, True
+        for key, b in self._buffers.items():
+            if b is not None:
+                yield (f"{prefix}.{key}" if prefix else key), self, key, False
+        for key, child in self._modules.items():
+            yield from child._named_state(f"{prefix}.{key}" if prefix else key)
+
     def num_parameters(self) -> int:
         return int(sum(p.data.size for p in self.parameters()))
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        """Copies of every parameter and buffer by name, in PyTorch's order (see the module docstring)."""
+        return OrderedDict((name, (owner._parameters[key].data if is_param else owner._buffers[key]).copy())
+                           for name, owner, key, is_param in self._named_state())
 
     def load_state_dict(self, state, strict: bool = True):
-        """Copy arrays into the parameters by name; shapes must match exactly."""
-        own = OrderedDict(self.named_parameters())
+        """Copy arrays into the parameters and buffers by name; shapes must match exactly, and each
+        keeps its own dtype (a buffer such as ``num_batches_tracked`` stays an integer)."""
+        own = OrderedDict((name, (owner, key, is_param)) for name, owner, key, is_param in self._named_state())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
             raise ValueError(f"state_dict mismatch: missing {missing}, unexpected {unexpected}")
-        for name, p in own.items():
+        for name, (owner, key, is_param) in own.items():
             if name not in state:
                 continue
+            current = owner._parameters[key].data if is_param else owner._buffers[key]
             value = np.asarray(state[name])
-            if value.shape != p.data.shape:
-                raise ValueError(f"state_dict entry {name!r} has shape {value.shape}, parameter expects {p.data.shape}")
-            p.data = np.ascontiguousarray(value, dtype=p.data.dtype)
+            if value.shape != current.shape:
+                what = "parameter" if is_param else "buffer"
+                raise ValueError(f"state_dict entry {name!r} has shape {value.shape}, {what} expects {current.shape}")
+            value = np.array(value, dtype=current.dtype, copy=True)
+            if is_param:
+                owner._parameters[key].data = value
+            else:
+                setattr(owner, key, value)
         return self
 
     def astype(self, dtype):
-        """Cast every parameter (and its gradient) to ``dtype`` in place."""
+        """Cast every parameter (and its gradient) and every floating-point buffer to ``dtype`` in place
+        (integer buffers such as ``num_batches_tracked`` keep their type, as in PyTorch)."""
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = None if p.grad is None else p.grad.astype(dtype)
+        for _, m in self.named_modules():
+            for key, b in list(m._buffers.items()):
+                if b is not None and b.dtype.kind == "f":
+                    setattr(m, key, b.astype(dtype))
         return self
 
     @property

@@ -14,8 +14,9 @@ each step holds its prepared kernel call and its output buffer:
   tiles: :class:`~tuckerref.kernels.conv3d_tiles.PaddedTileConvolution` with kept buffers (padded
   input and output allocated once, tile weights packed once);
 * any other convolution and linear layer: its kernel into a kept output buffer;
-* a ReLU: in place in the buffer of the step before it; dropout: nothing (the network runs as in
-  eval mode); a flatten: a view;
+* a ReLU: in place in the buffer of the step before it; a batch normalisation with running
+  statistics: its per-channel affine map y = s x + t, in place likewise; dropout and identity:
+  nothing (the network runs as in eval mode); a flatten: a view;
 * anything else: a copy of the module, run by its own forward pass.
 
 The results are bit-identical to ``net(x)`` under ``no_grad`` in eval mode: the same kernels sum the
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..kernels._threads import threads_for
 from ..kernels.activation import relu as relu_kernel
+from ..kernels.batchnorm import channel_affine_into
 from ..kernels.conv3d import _forward_into, pooled_convolution
 from ..kernels.conv3d_tiles import tiles_fit
 from ..kernels.linear import linear_into
@@ -39,8 +41,9 @@ from ..kernels import simd
 from .container import Sequential
 from .fusion import Group, inference_groups, run_group, tucker2_layers
 from .grad_mode import no_grad
-from .layers import Conv3d, Dropout, Flatten, Linear, ReLU
+from .layers import Conv3d, Dropout, Flatten, Identity, Linear, ReLU
 from .module import Module
+from .normalization import BatchNorm3d
 
 
 def _array(param, dtype):
@@ -98,6 +101,19 @@ class _ReLUStep:
 
     def __call__(self, x):
         return relu_kernel(x, inplace=self.in_place)
+
+
+class _AffineStep:
+    """A batch normalisation on its running statistics, y = s_c x + t_c per channel, in place when the
+    step before wrote x into a buffer of the program's own."""
+
+    def __init__(self, bn: BatchNorm3d, in_place, dtype):
+        scale, shift = bn.affine_map()
+        self.scale, self.shift = scale.astype(dtype), shift.astype(dtype)
+        self.in_place, self.owns_output = in_place, True
+
+    def __call__(self, x):
+        return channel_affine_into(x, self.scale, self.shift, x if self.in_place else np.empty_like(x))
 
 
 class _ViewStep:
@@ -176,7 +192,9 @@ def _steps(groups, x_shape, dtype, owns_input):
             step = _LinearStep(head, x_shape, dtype)
         elif type(head) is ReLU:
             step = _ReLUStep(in_place=owns_input)
-        elif type(head) is Flatten or isinstance(head, Dropout):
+        elif type(head) is BatchNorm3d and head.running_mean is not None:
+            step = _AffineStep(head, in_place=owns_input, dtype=dtype)
+        elif type(head) in (Flatten, Identity) or isinstance(head, Dropout):
             step = _ViewStep(flatten=type(head) is Flatten, owns_input=owns_input)
         if step is None:
             step = _ModuleStep(group)
@@ -219,7 +237,7 @@ class InferenceProgram:
 
     def describe(self) -> list:
         """The step kinds in order, e.g. ['fused', 'fused', 'conv', ...] (what was prepared, what runs generically)."""
-        names = {_FusedStep: "fused", _ConvStep: "conv", _LinearStep: "linear", _ReLUStep: "relu",
+        names = {_FusedStep: "fused", _ConvStep: "conv", _LinearStep: "linear", _ReLUStep: "relu", _AffineStep: "affine",
                  _ViewStep: "view", _ModuleStep: "module"}
         return [names[type(s)] for s in self.steps]
 
