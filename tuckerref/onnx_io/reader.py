@@ -618,7 +618,8 @@ _FOLDS = {
 def _layer_names(layers, tuckerref_made):
     """OrderedDict {child name: module}. A layer keeps the parameter path of its initializers when that is
     a plain identifier (``conv1`` for ``conv1.weight``); consecutive Conv3d (or Linear) layers with paths
-    ``X.0``, ``X.1``, ... become a nested Sequential ``X`` (a compressed layer, ``X.0.weight``). Layers
+    ``X.0``, ``X.1``, ... (X an identifier or a number) become a nested Sequential ``X`` (a compressed layer,
+    ``X.0.weight``), unless other layers' paths also start with ``X.``. Layers
     without parameters keep their node name in a model tuckerref wrote. Every other layer gets a name of
     its kind: conv1, bn1, relu1, pool1, avgpool1, gap1, flatten1, fc1, drop1, ..."""
     from ..nn import Sequential
@@ -626,7 +627,7 @@ def _layer_names(layers, tuckerref_made):
     while i < len(layers):                                 # nested groups X.0, X.1, ...
         head, _, index = (layers[i].path or "").rpartition(".")
         j = i
-        if _IDENTIFIER.match(head) and index == "0":
+        if _SEGMENT.match(head) and index == "0":
             kind = type(layers[i].module)
             while (j + 1 < len(layers) and layers[j + 1].path == f"{head}.{j + 1 - i}"
                    and type(layers[j + 1].module) is kind):

@@ -126,8 +126,7 @@ class _Writer:
 
 
 def _buffer(layer, name):
-    value = getattr(layer, name)
-    return getattr(value, "data", value)
+    return np.asarray(getattr(layer, name))
 
 
 def _pool_attrs(kernel, stride, padding):
