@@ -138,6 +138,32 @@ def test_imported_network_names_are_conv_bn_fc_when_initializers_are_nested(torc
                                        "bn3", "relu3", "avgpool1", "gap1", "flatten1", "fc1", "relu4", "fc2"]
 
 
+def test_imported_torch_network_compressed_and_exported_matches_onnxruntime(torch_exports, tmp_path):
+    """The user's path: PyTorch -> ONNX -> import -> fold BatchNorm -> compress -> export ONNX; onnxruntime
+    runs the compressed model with the engine's compressed logits."""
+    from tuckerref.fold import fold_batchnorm
+    path, x = torch_exports("torchscript-batchnorm", "fc")
+    net = fold_batchnorm(read_onnx(path))
+    compressed = compress_network(net, ranks={"conv1": [2, 3], "conv2": [3, 4], "conv3": [4, 5], "fc1": [6, 8]})
+    model = export_onnx(compressed, tmp_path / "compressed.onnx", batch_size=BATCH)
+    assert [n.op_type for n in model.graph.node].count("Conv") == 4 * 3     # three Tucker-2 convs and fc1
+    _assert_relative(_ort_logits(tmp_path / "compressed.onnx", x), _run_net(compressed, x))
+
+
+def test_external_data_is_read_from_the_model_folder(tmp_path, monkeypatch):
+    net = _tuckerref_net(batch_norm=False)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save_model(to_onnx(net), str(folder / "net.onnx"), save_as_external_data=True, location="net.weights",
+                    size_threshold=0)
+    monkeypatch.chdir(tmp_path)                            # not the model's folder
+    back = read_onnx(folder / "net.onnx")
+    for (name, a), (_, b) in zip(net.state_dict().items(), back.state_dict().items()):
+        np.testing.assert_array_equal(b, a, err_msg=name)
+    (folder / "net.weights").unlink()
+    _expect_error(tmp_path, folder / "net.onnx", "net.onnx")
+
+
 # -- tuckerref networks to onnxruntime ----------------------------------------------------------------------------
 def _tuckerref_net(batch_norm=True, seed=0):
     """A small chain with every exported layer kind (BatchNorm, average pooling and global pooling when

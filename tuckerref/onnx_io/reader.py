@@ -364,10 +364,11 @@ def _batchnorm(r, node, attrs):
 
 
 def _relu(r, node, attrs):
-    from ..nn import Conv3d, Linear, MaxPool3d, ReLU
+    from .. import nn
     # In place after a layer whose backward never reads its output (as models.thetis_net does).
-    inplace = bool(r.layers) and type(r.layers[-1].module) in (Conv3d, Linear, MaxPool3d)
-    return [_Layer(ReLU(inplace=inplace), "relu", node.name)]
+    safe = (nn.Conv3d, nn.Linear, nn.MaxPool3d, nn.BatchNorm3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d)
+    inplace = bool(r.layers) and type(r.layers[-1].module) in safe
+    return [_Layer(nn.ReLU(inplace=inplace), "relu", node.name)]
 
 
 def _pool_kernel(r, node, attrs):
