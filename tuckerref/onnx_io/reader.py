@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class _Layer:
     node: str
     path: str | None = None
     from_matmul: bool = False
-    names: list = field(default_factory=list)
 
 
 class _Reader:
@@ -110,7 +109,7 @@ class _Reader:
             per_sample.append(int(d.dim_value))
         first = dims[0]
         self.batch = int(first.dim_value) if first.HasField("dim_value") and first.dim_value > 0 else None
-        self.input_name, self.input_shape = inp.name, tuple(per_sample)
+        self.input_shape = tuple(per_sample)
         self.current, self.shape = inp.name, tuple(per_sample)
         self.shapes = {inp.name: self.shape}
 
@@ -690,13 +689,18 @@ def load_onnx_model(path):
     return model
 
 
-def network_from_model(model, source="<in-memory model>", dtype=None):
-    """The network of an ``onnx.ModelProto`` (checked first); ``source`` names it in error messages."""
-    onnx = require_onnx()
+def _check(model_or_path, source):
     try:
-        onnx.checker.check_model(model)
+        require_onnx().checker.check_model(model_or_path)
     except Exception as exc:
         raise ValueError(f"{source} is not a valid ONNX model: {exc}") from None
+
+
+def network_from_model(model, source="<in-memory model>", dtype=None, check=True):
+    """The network of an ``onnx.ModelProto`` (checked first unless ``check`` is False); ``source`` names it
+    in error messages."""
+    if check:
+        _check(model, source)
     return _Reader(source, model, None if dtype is None else np.dtype(dtype)).run()
 
 
@@ -704,7 +708,8 @@ def read_onnx_with_meta(path, dtype=None):
     """(network, meta) of :func:`read_onnx`; meta records the file, its producer and opset."""
     path = Path(path)
     model = load_onnx_model(path)
-    net = network_from_model(model, path, dtype)
+    _check(str(path), path)                                # the checker reads the file itself: no re-serialisation
+    net = network_from_model(model, path, dtype, check=False)
     meta = {"imported_from": str(path),
             "onnx_producer": f"{model.producer_name} {model.producer_version}".strip(),
             "onnx_opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}

@@ -140,12 +140,13 @@ def _adaptive_output(layer, shape):
 
 
 def to_onnx(net, input_shape=None, batch_size=1, dynamic_batch=False, fold_batchnorm=False, opset=17,
-            keep_dropout=False):
+            keep_dropout=False, check=True):
     """The ONNX ``ModelProto`` of ``net`` in evaluation form for per-sample ``input_shape`` (C, D, H, W)
     (default ``net.input_shape``) and a batch of ``batch_size`` (or a symbolic ``N`` with ``dynamic_batch``).
 
     ``fold_batchnorm`` folds every BatchNorm3d that follows a Conv3d into it first
-    (:func:`tuckerref.fold.fold_batchnorm`); the network itself is not changed."""
+    (:func:`tuckerref.fold.fold_batchnorm`); the network itself is not changed. ``check`` runs
+    ``onnx.checker.check_model`` with shape inference on the result."""
     onnx = require_onnx()
     if opset not in OPSETS:
         raise ValueError(f"opset must be one of {OPSETS}, got {opset!r}")
@@ -183,20 +184,29 @@ def to_onnx(net, input_shape=None, batch_size=1, dynamic_batch=False, fold_batch
     model = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="tuckerref",
                                    producer_version=__version__, ir_version=onnx.helper.find_min_ir_version_for(opsets))
     model.doc_string = "tuckerref network in evaluation form; input NCDHW float32"
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise ValueError(f"the ONNX model written for this network fails onnx.checker: {exc}") from None
+    if check:
+        _check(onnx, model)
     return model
 
 
+def _check(onnx, model_or_bytes):
+    try:
+        onnx.checker.check_model(model_or_bytes, full_check=True)
+    except Exception as exc:
+        raise ValueError(f"the ONNX model written for this network fails onnx.checker: {exc}") from None
+
+
 def export_onnx(net, path, input_shape=None, **options):
-    """Write :func:`to_onnx` of ``net`` to ``path`` atomically (nothing written on error); returns the model."""
+    """Write :func:`to_onnx` of ``net`` to ``path`` atomically (nothing written on error); returns the model.
+    The model is serialised once, and that serialisation is what the checker sees and the file holds."""
     from ..io import atomic_path
-    model = to_onnx(net, input_shape=input_shape, **options)
-    if model.ByteSize() >= 2 ** 31 - 1:
-        raise ValueError(f"the network's {model.ByteSize():,} bytes exceed protobuf's 2 GiB limit for one .onnx file")
     onnx = require_onnx()
+    model = to_onnx(net, input_shape=input_shape, check=False, **options)
+    try:
+        data = model.SerializeToString()
+    except ValueError as exc:                              # protobuf's 2 GiB limit on one message
+        raise ValueError(f"the network does not fit in one .onnx file: {exc}") from None
+    _check(onnx, data)
     with atomic_path(Path(path)) as tmp:
-        onnx.save_model(model, str(tmp), format="protobuf")
+        Path(tmp).write_bytes(data)
     return model
