@@ -244,11 +244,7 @@ def test_symbolic_batch_export_runs_any_batch_size():
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     x = _clip(3, batch=3)
     _assert_relative(_ort_logits(model, x), _run_net(net, x))
-    assert read_onnx_model(model).names() == [n for n in net.names() if n != "drop"]   # Dropout left out
-
-
-def read_onnx_model(model):
-    return network_from_model(model)
+    assert network_from_model(model).names() == [n for n in net.names() if n != "drop"]   # Dropout left out
 
 
 # -- round trip --------------------------------------------------------------------------------------------------
@@ -459,6 +455,34 @@ def test_conv_attributes_outside_the_engine_are_named(tmp_path, attrs, why):
     model = _model([helper.make_node("Conv", ["x", "w"], ["y"], name="odd_conv", **attrs)], {"w": w},
                    [1, channels, 6, 6, 6], [1, 2, None, None, None])
     _expect_error(tmp_path, model, "'odd_conv'", "(Conv)", why)
+
+
+@pytest.mark.parametrize("node, in_dims, why", [
+    (helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[2, 2, 2], strides=[2, 2, 2],
+                      ceil_mode=1), [1, 1, 5, 4, 4],
+     "ceil_mode 1"),
+    (helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[2, 2]), [1, 1, 4, 4], "2-D MaxPool"),
+    (helper.make_node("AveragePool", ["x"], ["y"], name="p", kernel_shape=[2, 2, 2], auto_pad="SAME_UPPER"),
+     [1, 1, 5, 4, 4], "asymmetric"),
+    (helper.make_node("ReduceMean", ["x"], ["y"], name="p", axes=[1, 2, 3, 4]), [1, 1, 4, 4, 4], "axes"),
+    (helper.make_node("Flatten", ["x"], ["y"], name="p", axis=2), [1, 1, 4, 4, 4], "axis 2"),
+    (helper.make_node("BatchNormalization", ["x", "s", "s", "s", "s"], ["y"], name="p", training_mode=1),
+     [1, 1, 4, 4, 4], "training_mode 1")])
+def test_pooling_and_shape_nodes_outside_the_engine_are_named(tmp_path, node, in_dims, why):
+    inits = {"s": np.ones(1, np.float32)} if node.op_type == "BatchNormalization" else {}
+    opset = 13 if node.op_type == "ReduceMean" else 17      # axes an attribute before opset 18
+    model = _model([node], inits, in_dims, [None] * len(in_dims), opset=opset)
+    _expect_error(tmp_path, model, "'p'", f"({node.op_type})", why)
+
+
+def test_export_errors_name_the_layer(tmp_path):
+    bn = nn.BatchNorm3d(2, track_running_stats=False)
+    net = nn.Sequential(OrderedDict([("conv", nn.Conv3d(1, 2, 1, rng=0)), ("bn", bn), ("flatten", nn.Flatten())]))
+    with pytest.raises(ValueError, match="'bn'.*running"):
+        export_onnx(net, tmp_path / "bn.onnx", input_shape=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match="input shape"):
+        to_onnx(net)
+    assert not (tmp_path / "bn.onnx").exists()
 
 
 def test_export_refuses_adaptive_pooling_with_uneven_windows():
