@@ -238,6 +238,25 @@ def test_exported_network_runs_in_onnxruntime_with_tuckerref_logits(variant, tmp
     _assert_relative(_ort_logits(path, x), _run_net(net, x))
 
 
+def test_c3d_with_batchnorm_exports_for_onnxruntime_and_reads_back_by_name(tmp_path):
+    from tuckerref.models import c3d
+    net = c3d(input_shape=(3, 16, 16, 16), num_classes=5, width=1 / 32, batch_norm=True, seed=0)
+    rng = np.random.default_rng(7)
+    for name, child in net.named_children():
+        if isinstance(child, nn.BatchNorm3d):
+            child.load_state_dict(_batchnorm(child.num_features, rng).state_dict())
+    net.eval()
+    x = _clip(8, batch=1, shape=(3, 16, 16, 16))
+    export_onnx(net, tmp_path / "c3d.onnx")
+    _assert_relative(_ort_logits(tmp_path / "c3d.onnx", x), _run_net(net, x))
+    back = read_onnx(tmp_path / "c3d.onnx")
+    assert back.names() == [n for n in net.names() if not n.startswith("drop")]
+    for (name, a), (other, b) in zip(net.state_dict().items(), back.state_dict().items()):
+        assert name == other
+        if a.dtype.kind == "f":
+            np.testing.assert_array_equal(b, a, err_msg=name)
+
+
 def test_symbolic_batch_export_runs_any_batch_size():
     net = _tuckerref_net(batch_norm=False)
     model = to_onnx(net, dynamic_batch=True, opset=18)
