@@ -40,7 +40,7 @@ def _leaves(module, prefix=""):
         raise ValueError(f"export to ONNX handles Sequential containers and leaf layers; {prefix or 'the network'} "
                          f"is a {type(module).__name__} with children")
     else:
-        yield prefix, module
+        yield prefix or type(module).__name__.lower(), module
 
 
 class _Writer:
