@@ -83,6 +83,14 @@ EXPORTS = {
 }
 
 
+def _torch_export(torch, model, x, path, **options):
+    """torch.onnx.export of ``model`` on clip ``x``, its deprecation and tracing warnings silenced."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(x),), str(path), verbose=False, **options)
+
+
 @pytest.fixture(scope="module")
 def torch_exports(tmp_path_factory):
     """{(exporter, head): (path, input clip)}, each model exported once per module (exports are slow)."""
@@ -103,10 +111,7 @@ def torch_exports(tmp_path_factory):
             if options.get("training") == "PRESERVE":
                 options["training"] = torch.onnx.TrainingMode.PRESERVE
             path = folder / f"{exporter}-{head}.onnx"
-            import warnings
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, (torch.from_numpy(x),), str(path), verbose=False, **options, **kwargs)
+            _torch_export(torch, model, x, path, **options, **kwargs)
             cache[exporter, head] = path, x
         return cache[exporter, head]
 
@@ -136,6 +141,31 @@ def test_imported_network_names_are_conv_bn_fc_when_initializers_are_nested(torc
     path, _ = torch_exports("torchscript-batchnorm", "gap")
     assert read_onnx(path).names() == ["conv1", "bn1", "relu1", "pool1", "conv2", "bn2", "relu2", "pool2", "conv3",
                                        "bn3", "relu3", "avgpool1", "gap1", "flatten1", "fc1", "relu4", "fc2"]
+
+
+def test_torchscript_view_with_dynamic_batch_reads_its_shape_computation(tmp_path):
+    """``h.view(h.size(0), -1)`` in a module's forward, exported with a dynamic batch axis, is a Reshape whose
+    shape comes from Shape, Gather, Unsqueeze and Concat nodes; top-level attribute names are kept."""
+    torch = pytest.importorskip("torch")
+    tnn = torch.nn
+
+    class Net(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.pool, self.fc6 = tnn.Conv3d(3, 4, 3, padding=1), tnn.MaxPool3d(2), tnn.Linear(64, 3)
+
+        def forward(self, x):
+            h = self.pool(torch.relu(self.conv1(x)))
+            return self.fc6(h.view(h.size(0), -1))
+
+    torch.manual_seed(1)
+    x = _clip(9, batch=3, shape=(3, 2, 8, 8))
+    path = tmp_path / "view.onnx"
+    _torch_export(torch, Net().eval(), x, path, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    assert "Shape" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    net = read_onnx(path)
+    assert net.names() == ["conv1", "relu1", "pool1", "flatten1", "fc6"]
+    _assert_relative(_run_net(net, x), _ort_logits(path, x))
 
 
 def test_imported_torch_network_compressed_and_exported_matches_onnxruntime(torch_exports, tmp_path):
