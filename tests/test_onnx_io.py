@@ -252,8 +252,9 @@ def test_exported_network_runs_in_onnxruntime_with_tuckerref_logits(variant, tmp
     if variant == "compressed":
         net = _compressed(net)
     if variant == "compressed-network":
-        net = compress_network(_tuckerref_net(batch_norm=False), ranks={"conv1": [2, 3], "conv2": [3, 4],
-                                                                       "fc1": [4, 5]}).eval()
+        # Algorithm 1: Tucker-1 conv1 (two Conv nodes), Tucker-2 conv2 and fc1 (three each), Tucker-1 fc2 (two Gemm)
+        net = compress_network(_tuckerref_net(batch_norm=False), plan="algorithm1",
+                               ranks={"conv1": 2, "conv2": [3, 4], "fc1": [4, 5], "fc2": 3}).eval()
     x = _clip(2)
     path = tmp_path / "net.onnx"
     model = export_onnx(net, path, batch_size=BATCH, fold_batchnorm=variant == "batchnorm-folded")
@@ -263,8 +264,10 @@ def test_exported_network_runs_in_onnxruntime_with_tuckerref_logits(variant, tmp
         assert ops.count("BatchNormalization") == 2 and "GlobalAveragePool" in ops and "AveragePool" in ops
     if variant == "batchnorm-folded":
         assert "BatchNormalization" not in ops
-    if variant.startswith("compressed"):
-        assert ops.count("Conv") >= 4
+    if variant == "compressed":
+        assert ops.count("Conv") == 4
+    if variant == "compressed-network":
+        assert ops.count("Conv") == 2 + 3 + 3 and ops.count("Gemm") == 2
     _assert_relative(_ort_logits(path, x), _run_net(net, x))
 
 
