@@ -293,13 +293,6 @@ class _Reader:
                                 "only ceil_mode 0 is supported")
         return tuple(kernel), tuple(strides), tuple(begin)
 
-    def layer_class(self, node, name):
-        from .. import nn
-        cls = getattr(nn, name, None)
-        if cls is None:
-            self.fail(node, f"this engine has no {name} layer")
-        return cls
-
     # -- result --------------------------------------------------------------------------------------------
     def _network(self):
         from ..nn import Sequential
@@ -337,8 +330,8 @@ def _conv(r, node, attrs):
 
 
 def _batchnorm(r, node, attrs):
+    from ..nn import BatchNorm3d
     r.require_volume(node)
-    cls = r.layer_class(node, "BatchNorm3d")
     if int(attrs.get("training_mode", 0)):
         r.fail(node, "training_mode 1: only the inference form (running statistics) is supported")
     if int(attrs.get("spatial", 1)) != 1:
@@ -353,7 +346,7 @@ def _batchnorm(r, node, attrs):
         arrays[key] = a
     eps = _tidy(attrs.get("epsilon", 1e-5))
     momentum = _tidy(1.0 - attrs.get("momentum", 0.9))
-    m = cls(channels, eps=eps, momentum=momentum, dtype=r.dtype)
+    m = BatchNorm3d(channels, eps=eps, momentum=momentum, dtype=r.dtype)
     state = OrderedDict((k, np.asarray(v, dtype=r.dtype)) for k, v in arrays.items())
     own = m.state_dict()
     if "num_batches_tracked" in own:
@@ -389,16 +382,16 @@ def _maxpool(r, node, attrs):
 
 
 def _avgpool(r, node, attrs):
-    cls = r.layer_class(node, "AvgPool3d")
+    from ..nn import AvgPool3d
     kernel, stride, padding = _pool_kernel(r, node, attrs)
-    m = cls(kernel, stride=stride, padding=padding, count_include_pad=bool(attrs.get("count_include_pad", 0)))
+    m = AvgPool3d(kernel, stride=stride, padding=padding, count_include_pad=bool(attrs.get("count_include_pad", 0)))
     return [_Layer(m, "avgpool", node.name)]
 
 
 def _global_pool(r, node, keepdims=True):
+    from ..nn import AdaptiveAvgPool3d, Flatten
     r.require_volume(node)
-    from ..nn import Flatten
-    layers = [_Layer(r.layer_class(node, "AdaptiveAvgPool3d")(1), "gap", node.name)]
+    layers = [_Layer(AdaptiveAvgPool3d(1), "gap", node.name)]
     if not keepdims:
         layers.append(_Layer(Flatten(), "flatten", node.name))
     return layers
