@@ -43,9 +43,8 @@ from math import prod
 
 import numpy as np
 
-from .models import feature_volume
-from .nn import Conv3d, Flatten, Linear, Module, Sequential
-from .tucker import partial_tucker, relative_error
+from .nn import Conv3d, Flatten, Linear, Module, Sequential, feature_volume
+from .tucker import check_rank, partial_tucker, relative_error
 from .vbmf import estimate_ranks
 
 PLANS = ("table2", "algorithm1")
@@ -77,9 +76,7 @@ def _decompose(kernel, modes, ranks, method, what):
     if not np.isfinite(kernel).all():
         raise ValueError(f"{what}: the kernel of shape {kernel.shape} holds NaN or infinite values")
     for m, r in zip(modes, ranks):
-        if isinstance(r, (bool, np.bool_)) or int(r) != r or not 1 <= int(r) <= kernel.shape[m]:
-            raise ValueError(f"{what}: rank {r!r} for mode {m} must be an integer in [1, {kernel.shape[m]}] "
-                             f"(kernel shape {kernel.shape})")
+        check_rank(r, m, kernel.shape, f"{what}: ")
     core, factors = partial_tucker(kernel, modes, ranks, method=method)
     return Decomposition(core, factors, tuple(modes), relative_error(kernel, core, factors, modes))
 

@@ -6,6 +6,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .nn import Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, ReLU, Sequential
+from .nn import feature_volume  # noqa: F401  (its home is tuckerref.nn; importable here as before)
 from .nn.init import as_rng
 
 PAPER_INPUT_SHAPE = (4, 28, 120, 160)
@@ -55,13 +56,3 @@ def thetis_net(input_shape=PAPER_INPUT_SHAPE, seed=None, num_classes=2, dropout=
     net.input_shape = input_shape
     return net
 
-
-def feature_volume(net: Sequential, input_shape, before: str) -> tuple:
-    """Per-sample shape entering child ``before`` (unflattened if a Flatten precedes it)."""
-    shape = tuple(input_shape)
-    for name, m in net.named_children():
-        if name == before:
-            return shape
-        if not isinstance(m, Flatten):
-            shape = m.output_shape(shape)
-    raise ValueError(f"network has no child named {before!r} (children: {net.names()})")

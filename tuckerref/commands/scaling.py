@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..flops import count_layer
-from ..models import PAPER_INPUT_SHAPE, feature_volume, thetis_net
-from ..nn import Conv3d, Linear, Sequential, no_grad
+from ..models import PAPER_INPUT_SHAPE, thetis_net
+from ..nn import Conv3d, Linear, Sequential, feature_volume, no_grad
 from ..profile import (Stats, capture_inputs, check_repeats, check_threads, numba_threads, register_file,
                        sleep_idle_workers, time_call)
 from ..report import write_csv, write_json

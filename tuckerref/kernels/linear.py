@@ -19,6 +19,7 @@ from ._threads import threads_for
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _linear_forward(x, w, out):
+    # n sample, o output feature, i input feature.
     N, I = x.shape
     O = w.shape[0]
     for task in prange(N * O):
@@ -34,6 +35,7 @@ def _linear_forward(x, w, out):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _linear_grad_input(g, w, gx):
+    # n sample, o output feature, i input feature.
     N, O = g.shape
     I = w.shape[1]
     for n in prange(N):
@@ -47,6 +49,7 @@ def _linear_grad_input(g, w, gx):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _linear_grad_weight(g, x, gw):
+    # o output feature, n sample, i input feature.
     N, O = g.shape
     I = x.shape[1]
     for o in prange(O):

@@ -1,5 +1,5 @@
 """Layers over the Numba kernels, with PyTorch's names, semantics and default initialisation."""
-from .container import Sequential
+from .container import Sequential, feature_volume
 from .grad_mode import is_grad_enabled, no_grad
 from .layers import Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, ReLU
 from .module import Module, Parameter
@@ -21,4 +21,4 @@ def from_spec(spec: dict) -> Module:
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv3d", "Linear", "MaxPool3d", "ReLU", "Dropout",
            "Dropout3d", "Flatten", "from_spec", "LAYER_TYPES", "no_grad", "is_grad_enabled", "InferenceProgram",
-           "compile_inference"]
+           "compile_inference", "feature_volume"]

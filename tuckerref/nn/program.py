@@ -29,12 +29,11 @@ import copy
 
 import numpy as np
 
-from ..kernels._threads import threads_for
 from ..kernels.activation import relu as relu_kernel
-from ..kernels.conv3d import _forward_into, pooled_convolution
+from ..kernels.conv3d import conv3d_into, pooled_convolution
 from ..kernels.conv3d_tiles import tiles_fit
 from ..kernels.linear import linear_into
-from ..kernels.tucker2 import _block_geometry, fused_block
+from ..kernels.tucker2 import block_geometry, fused_block
 from ..kernels import simd
 from .container import Sequential
 from .fusion import Group, inference_groups, run_group, tucker2_layers
@@ -71,12 +70,9 @@ class _ConvStep(_Kept):
         self.weight, self.bias = _array(conv.weight, dtype), _array(conv.bias, dtype)
         self.stride, self.padding = conv.stride, conv.padding
         self.out = np.empty((x_shape[0],) + conv.output_shape(x_shape[1:]), dtype)
-        self.work = self.out.size * self.weight[0].size
 
     def __call__(self, x):
-        with threads_for(self.work):
-            _forward_into(x, self.weight, self.bias, self.stride, self.padding, self.out)
-        return self.out
+        return conv3d_into(x, self.weight, self.bias, self.stride, self.padding, self.out)
 
 
 class _LinearStep(_Kept):
@@ -132,8 +128,8 @@ def _fused_tucker2(block, x_shape, dtype, pool=None, relu=False):
     """The prepared fused Tucker-2 block (optionally pooled), or None when its tiles cannot mix."""
     first, core, last = (_array(m.weight, dtype) for m in block)
     bias = _array(block[2].bias, dtype)
-    g = _block_geometry(tuple(x_shape), first.shape, core.shape, last.shape, None if bias is None else bias.shape,
-                        block[1].stride, block[1].padding, pool, dtype, simd.VECTOR_REGISTERS)
+    g = block_geometry(tuple(x_shape), first.shape, core.shape, last.shape, None if bias is None else bias.shape,
+                       block[1].stride, block[1].padding, pool, dtype, simd.VECTOR_REGISTERS)
     if not g.fused:
         return None
     return _FusedStep(fused_block(g, first, core, last, bias, relu, keep_buffers=True))
