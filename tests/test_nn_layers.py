@@ -248,7 +248,7 @@ def test_dropout_zeroes_single_elements():
 
 
 # ----------------------------------------------------------------------------------------------
-# The paper's network (NOTES.md section 1) and bad input
+# The paper's network (Figure 1; docs/method.md section 1) and bad input
 # ----------------------------------------------------------------------------------------------
 
 def test_thetis_net_has_figure1_shapes_and_parameter_count():

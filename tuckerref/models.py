@@ -1,4 +1,4 @@
-"""The video CNN of the paper's Figure 1 (NOTES.md section 1)."""
+"""The video CNN of the paper's Figure 1 (docs/method.md section 1)."""
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -7,7 +7,7 @@ Notation follows Kolda & Bader, "Tensor Decompositions and Applications" (SIAM R
 * mode-n product ``(X x_n M)(i_1, .., j, .., i_N) = sum_{i_n} X(i_1, .., i_n, .., i_N) M(j, i_n)``,
   i.e. ``unfold(X x_n M, n) = M @ unfold(X, n)``.
 
-A partial Tucker decomposition of ``T`` over ``modes`` with ``ranks`` is (NOTES.md section 2, eq. 5)
+A partial Tucker decomposition of ``T`` over ``modes`` with ``ranks`` is (Kolda & Bader, Section 4; the paper's eq. 5)
 
     T ≈ C x_{m_1} U_1 x_{m_2} U_2 ...,   C = T x_{m_1} U_1^T x_{m_2} U_2^T ...
 

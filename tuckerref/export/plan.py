@@ -40,7 +40,7 @@ class Step:
     module: Module | None
     in_shape: tuple      # per-sample input shape
     out_shape: tuple     # per-sample output shape
-    flops: int           # authors' counting convention (tuckerref.flops, NOTES.md section 5)
+    flops: int           # authors' counting convention (tuckerref.flops, docs/method.md section 8)
     params: list = field(default_factory=list)  # [(PyTorch name, float32 array)]
 
     @property
