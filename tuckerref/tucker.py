@@ -27,7 +27,7 @@ from math import prod
 
 import numpy as np
 
-from .kernels._checks import integer_in_range, require_finite
+from .kernels import integer_in_range, require_finite
 
 METHODS = ("hooi", "hosvd")
 

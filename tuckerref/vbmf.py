@@ -52,7 +52,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
-from .kernels._checks import integer_in_range, require_finite
+from .kernels import integer_in_range, require_finite
 from .tucker import unfold
 
 #: log-spaced points over [sigma2_lower, sigma2_upper] before the bounded refinement.

@@ -1,10 +1,15 @@
-"""Numba kernels: pure functions on NumPy arrays (NCDHW, weights (T, S, kD, kH, kW))."""
+"""Numba kernels: pure functions on NumPy arrays (NCDHW, weights (T, S, kD, kH, kW)).
+
+Besides the kernels, the argument checks they share with the layers and the decompositions
+(:mod:`._checks`) are exported here, so that no other package reaches into a private module.
+"""
 from pathlib import Path
 
 from ._cache import drop_stale_kernels
 
 drop_stale_kernels(Path(__file__).parent)  # before any kernel module loads its cached machine code
 
+from ._checks import as_triple, integer_in_range, require_finite, window_output_dims  # noqa: E402
 from .activation import dropout_mask, relu, relu_backward  # noqa: E402
 from .conv3d import conv3d, conv3d_backward, conv3d_max_pool3d  # noqa: E402
 from .linear import linear, linear_backward  # noqa: E402
@@ -14,4 +19,5 @@ from .pool import max_pool3d, max_pool3d_backward, max_pool3d_values  # noqa: E4
 __all__ = [
     "conv3d", "conv3d_backward", "conv3d_max_pool3d", "linear", "linear_backward", "max_pool3d", "max_pool3d_backward",
     "max_pool3d_values", "relu", "relu_backward", "dropout_mask", "softmax", "softmax_cross_entropy",
+    "as_triple", "integer_in_range", "require_finite", "window_output_dims",
 ]

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import (conv3d_backward, dropout_mask, linear, linear_backward, max_pool3d,
-                       max_pool3d_backward, max_pool3d_values, relu, relu_backward)
-from ..kernels._checks import as_triple, window_output_dims
+from ..kernels import (as_triple, conv3d_backward, dropout_mask, linear, linear_backward, max_pool3d,
+                       max_pool3d_backward, max_pool3d_values, relu, relu_backward, window_output_dims)
 from ..kernels.conv3d import conv3d_arguments, conv3d_into
 from .grad_mode import is_grad_enabled
 from .init import as_rng, default_uniform
