@@ -13,7 +13,8 @@ each step holds its prepared kernel call and its output buffer:
 * a convolution with the max pooling (and ReLU) after it, or a whole Tucker-2 block, on the register
   tiles: :class:`~tuckerref.kernels.conv3d_tiles.PaddedTileConvolution` with kept buffers (padded
   input and output allocated once, tile weights packed once);
-* any other convolution and linear layer: its kernel into a kept output buffer;
+* any other convolution and linear layer: its kernel into a kept output buffer
+  (:func:`~tuckerref.kernels.conv3d.conv3d_into`, :func:`~tuckerref.kernels.linear.linear_into`);
 * a ReLU: in place in the buffer of the step before it; dropout: nothing (the network runs as in
   eval mode); a flatten: a view;
 * anything else: a copy of the module, run by its own forward pass.
