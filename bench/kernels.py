@@ -59,7 +59,7 @@ from _rounds import tiles_of_at_most  # noqa: E402
 from tuckerref import conv3d, conv3d_backward  # noqa: E402
 from tuckerref.kernels import simd  # noqa: E402
 from tuckerref.flops import conv_multiplications  # noqa: E402
-from tuckerref.kernels._checks import window_output_dims  # noqa: E402
+from tuckerref.kernels import window_output_dims  # noqa: E402
 
 CLIP = (28, 120, 160)
 KERNEL, PADDING = (5, 11, 11), (2, 5, 5)

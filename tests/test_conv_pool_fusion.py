@@ -77,9 +77,9 @@ def test_fused_tucker2_block_pooling_equals_eqs_8_to_10_then_window_maxima(S, R_
 def _pooled_block(x, first, core, last, b, stride, padding, pool):
     """The prepared pooled Tucker-2 block (with ReLU) that computes Z = U_s^T X in its tile threads."""
     from tuckerref.kernels import simd
-    from tuckerref.kernels.tucker2 import _block_geometry, fused_block
-    g = _block_geometry(x.shape, first.shape, core.shape, last.shape, b.shape, stride, padding, pool, x.dtype,
-                        simd.VECTOR_REGISTERS)
+    from tuckerref.kernels.tucker2 import block_geometry, fused_block
+    g = block_geometry(x.shape, first.shape, core.shape, last.shape, b.shape, stride, padding, pool, x.dtype,
+                       simd.VECTOR_REGISTERS)
     assert g.fused
     return fused_block(g, first, core, last, b, relu=True)
 

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tuckerref.export import compile_c, export_c, place_buffers, plan_network, profile_c, run_c
 from tuckerref.io import save_model
-from tuckerref.models import feature_volume, thetis_net
-from tuckerref.nn import Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, Module, ReLU, Sequential
+from tuckerref.models import thetis_net
+from tuckerref.nn import (Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, Module, ReLU, Sequential,
+                          feature_volume)
 
 CC = shutil.which(os.environ.get("CC", "cc"))
 needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc) found")

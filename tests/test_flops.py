@@ -1,4 +1,5 @@
-"""FLOP/parameter accounting: the paper's Table 2 (NOTES.md section 5) and Table 1's closed forms (section 3)."""
+"""FLOP/parameter accounting: the paper's Table 2 (docs/method.md section 8) and Table 1's closed forms
+(Section 3.1.1; docs/method.md section 7)."""
 from collections import OrderedDict
 from math import prod
 
@@ -55,7 +56,7 @@ def test_table2_original_column_is_exact(paper_net):
         (14_526, 15_609_216_000),   # 15,609.2M
         (7_216, 161_572_320),       # 161.6M
         (663_680, 1_327_104),       # 1.327M
-        (10_836, 21_504),           # 21.5K (NOTES.md prints 21.6K; the paper's x50.84 = 21,504 / 423)
+        (10_836, 21_504),           # 21.5K (Table 2's x50.84 = 21,504 / 423)
         (170, 336)]
     assert c.params == 696_428
     assert c.flops == 15_772_137_264  # 15,772.1M

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference import assert_gradient_along_random_directions
-from tuckerref.models import feature_volume, thetis_net
+from tuckerref.models import thetis_net
 from tuckerref.nn import (Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, ReLU, Sequential,
-                          from_spec)
+                          feature_volume, from_spec)
 
 
 def reseed_dropouts(module, seed=123):
@@ -248,7 +248,7 @@ def test_dropout_zeroes_single_elements():
 
 
 # ----------------------------------------------------------------------------------------------
-# The paper's network (NOTES.md section 1) and bad input
+# The paper's network (Figure 1; docs/method.md section 1) and bad input
 # ----------------------------------------------------------------------------------------------
 
 def test_thetis_net_has_figure1_shapes_and_parameter_count():

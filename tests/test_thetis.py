@@ -1,4 +1,5 @@
-"""THETIS importer on a small generated tree of real AVI files (NOTES.md section 6)."""
+"""THETIS importer on a small generated tree of real AVI files (the paper's Section 2.1;
+docs/method.md section 10)."""
 import argparse
 import os
 import random

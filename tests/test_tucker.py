@@ -1,4 +1,5 @@
-"""Partial Tucker decomposition (eq. 5 of NOTES.md section 2), unfoldings and mode products (Kolda & Bader)."""
+"""Partial Tucker decomposition (the paper's eq. 5; Kolda & Bader 2009, Section 4), unfoldings and mode
+products (Kolda & Bader, Sections 2.4 and 2.5)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings

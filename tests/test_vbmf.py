@@ -1,4 +1,4 @@
-"""EVBMF / VBMF rank selection (NOTES.md section 4; Nakajima et al., JMLR 2013 and NIPS 2012)."""
+"""EVBMF / VBMF rank selection (Nakajima et al., JMLR 2013 and NIPS 2012; docs/method.md section 6)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings

@@ -1,4 +1,5 @@
-"""Tucker-2 / Tucker-1 replacement of layers and one-shot whole-network compression (NOTES.md sections 2-4).
+"""Tucker-2 / Tucker-1 replacement of layers and one-shot whole-network compression (the paper's Sections 3.1
+and 3.2, Algorithm 1; docs/method.md sections 3, 4 and 9).
 
 Layer replacements (weights in our layout: conv (T, S, kD, kH, kW), linear (out, in)):
 
@@ -18,7 +19,7 @@ Layer replacements (weights in our layout: conv (T, S, kD, kH, kW), linear (out,
 Decompositions run in float64 (:mod:`tuckerref.tucker`); the new layers get the original layer's dtype.
 Ranks of Tucker-2 are written (R_s, R_t), input mode first, as in the paper's Table 2.
 
-Whole network (:func:`compress_network`), Section 4 / Algorithm 1, two plans:
+Whole network (:func:`compress_network`), the paper's Section 3.2 / Algorithm 1, two plans:
 
 * ``"table2"`` (what the paper's Table 2 and the authors' code did): Tucker-2 on every convolution,
   Tucker-2 on the first linear layer as a convolution, Tucker-1 on the middle linear layers,
@@ -43,13 +44,12 @@ from math import prod
 
 import numpy as np
 
-from .models import feature_volume
-from .nn import Conv3d, Flatten, Linear, Module, Sequential
-from .tucker import partial_tucker, relative_error
+from .nn import Conv3d, Flatten, Linear, Module, Sequential, feature_volume
+from .tucker import check_rank, partial_tucker, relative_error
 from .vbmf import estimate_ranks
 
 PLANS = ("table2", "algorithm1")
-#: NOTES.md section 4, Table 2: (R_s, R_t) for Tucker-2 layers, R for Tucker-1 layers.
+#: The paper's Table 2: (R_s, R_t) for Tucker-2 layers, R for Tucker-1 layers.
 PAPER_RANKS = {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1}
 #: Tucker-2 over the channel modes of a (T, S, kD, kH, kW) kernel: input mode S (1) first, then T (0).
 CHANNEL_MODES = (1, 0)
@@ -77,9 +77,7 @@ def _decompose(kernel, modes, ranks, method, what):
     if not np.isfinite(kernel).all():
         raise ValueError(f"{what}: the kernel of shape {kernel.shape} holds NaN or infinite values")
     for m, r in zip(modes, ranks):
-        if isinstance(r, (bool, np.bool_)) or int(r) != r or not 1 <= int(r) <= kernel.shape[m]:
-            raise ValueError(f"{what}: rank {r!r} for mode {m} must be an integer in [1, {kernel.shape[m]}] "
-                             f"(kernel shape {kernel.shape})")
+        check_rank(r, m, kernel.shape, f"{what}: ")
     core, factors = partial_tucker(kernel, modes, ranks, method=method)
     return Decomposition(core, factors, tuple(modes), relative_error(kernel, core, factors, modes))
 
@@ -215,7 +213,7 @@ class LayerReport:
 
 
 def plan_methods(net: Sequential, plan: str) -> "OrderedDict[str, str]":
-    """{child name: method} of every Conv3d/Linear child of ``net`` under ``plan`` (section 4)."""
+    """{child name: method} of every Conv3d/Linear child of ``net`` under ``plan`` (docs/method.md section 9)."""
     if plan not in PLANS:
         raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
     if not isinstance(net, Sequential):
@@ -272,7 +270,7 @@ def _choose_ranks(ranks, plan, methods):
             return {n: ((), "-") if m == "none" else (None, "vbmf") for n, m in methods.items()}
         if ranks == "paper":
             if plan != "table2":
-                raise ValueError("ranks='paper' gives the ranks of the paper's Table 2 (NOTES.md section 4), "
+                raise ValueError("ranks='paper' gives the ranks of the paper's Table 2, "
                                  f"which used plan 'table2'; for plan {plan!r} pass 'vbmf' or a dict of ranks")
             compressed = {n for n, m in methods.items() if m != "none"}
             if compressed != set(PAPER_RANKS):
@@ -309,7 +307,7 @@ def _replace(layer, how, ranks, volume, method):
 
 def compress_network(net: Sequential, plan: str = "table2", ranks="vbmf", input_shape=None,
                      method: str = "hooi", report: bool = False):
-    """One-shot whole-network Tucker compression (Section 4); the original ``net`` is left untouched.
+    """One-shot whole-network Tucker compression (the paper's Section 3.2); the original ``net`` is left untouched.
 
     Returns the new network, or ``(network, [LayerReport, ...])`` with ``report=True``. Compressed
     layers become Sequentials (state_dict names ``c1.0.weight`` ... ``c1.2.bias``); the first linear

@@ -1,13 +1,14 @@
-"""Parameter, FLOP and multiply-accumulate accounting of a network, layer by layer (NOTES.md sections 3 and 5).
+"""Parameter, FLOP and multiply-accumulate accounting of a network, layer by layer (the paper's Tables 1 and 2;
+docs/method.md sections 7 and 8).
 
 Two cost measures are reported for every layer and every sub-layer of a (nested) ``Sequential``:
 
-* ``flops``: the authors' convention, which reproduces the paper's Table 2 exactly (NOTES.md section 5):
+* ``flops``: the authors' convention, which reproduces the paper's Table 2 exactly (docs/method.md section 8):
   a convolution costs ``T * I' * (2 * S * Λ - 1)`` plus ``I'`` *once* if it has a bias (sic: not per
   output channel); a linear layer costs ``(2 * in - 1) * out`` plus ``out`` with a bias. Pooling, ReLU,
   dropout and flatten cost 0 in this convention (their element counts are still reported).
 * ``macs``: plain multiply-accumulate counts, ``T * S * Λ * I'`` for a convolution and ``in * out`` for a
-  linear layer; these are Table 1's "multiplications" (NOTES.md section 3).
+  linear layer; these are Table 1's "multiplications" (Section 3.1.1; docs/method.md section 7).
 
 Everything follows from :meth:`Module.output_shape`, so counting the full-size network needs no forward pass.
 Table 1's closed forms are provided as functions (``conv_multiplications`` ...) to check the per-layer counts.
@@ -52,7 +53,7 @@ def tucker1_parameters(S: int, T: int, R: int, kernel_volume: int) -> int:
     return S * R * kernel_volume + R * T
 
 
-# -- the paper's FLOP convention (NOTES.md section 5) -------------------------------------------
+# -- the paper's FLOP convention (docs/method.md section 8) -------------------------------------
 def conv_flops(S: int, T: int, kernel_volume: int, out_positions: int, bias: bool) -> int:
     """Paper convention: T·I'·(2·S·Λ − 1), plus I' once (sic) when the convolution has a bias."""
     return T * out_positions * (2 * S * kernel_volume - 1) + (out_positions if bias else 0)

@@ -1,4 +1,4 @@
-"""Video CNNs: the paper's Figure 1 network (``thetis_net``) and C3D (Tran et al. 2015, ``c3d``)."""
+"""Video CNNs: the paper's Figure 1 network (``thetis_net``, docs/method.md section 1) and C3D (Tran et al. 2015, ``c3d``)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -7,6 +7,7 @@ import numpy as np
 
 from .nn import (AdaptiveAvgPool3d, BatchNorm3d, Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, ReLU,
                  Sequential)
+from .nn import feature_volume  # noqa: F401  (its home is tuckerref.nn; importable here as before)
 from .nn.init import as_rng
 
 PAPER_INPUT_SHAPE = (4, 28, 120, 160)
@@ -55,17 +56,6 @@ def thetis_net(input_shape=PAPER_INPUT_SHAPE, seed=None, num_classes=2, dropout=
     net.c1.needs_input_grad = False
     net.input_shape = input_shape
     return net
-
-
-def feature_volume(net: Sequential, input_shape, before: str) -> tuple:
-    """Per-sample shape entering child ``before`` (unflattened if a Flatten precedes it)."""
-    shape = tuple(input_shape)
-    for name, m in net.named_children():
-        if name == before:
-            return shape
-        if not isinstance(m, Flatten):
-            shape = m.output_shape(shape)
-    raise ValueError(f"network has no child named {before!r} (children: {net.names()})")
 
 
 C3D_INPUT_SHAPE = (3, 16, 112, 112)

@@ -1,6 +1,6 @@
 """Mini-batch training, evaluation, data splits and bit-exact resumable checkpoints.
 
-The loop is the paper's (NOTES.md section 6): softmax output with mean cross-entropy
+The loop is the paper's (Section 4; docs/method.md section 10): softmax output with mean cross-entropy
 (:func:`tuckerref.kernels.softmax_cross_entropy`), gradients from ``net.backward``, SGD with
 lr 0.001, momentum 0.7, weight decay 0.01 and mini-batches of 20 by default, a 90/10 train/test
 split and 5-fold cross-validation. Typical use::

@@ -7,7 +7,7 @@ Notation follows Kolda & Bader, "Tensor Decompositions and Applications" (SIAM R
 * mode-n product ``(X x_n M)(i_1, .., j, .., i_N) = sum_{i_n} X(i_1, .., i_n, .., i_N) M(j, i_n)``,
   i.e. ``unfold(X x_n M, n) = M @ unfold(X, n)``.
 
-A partial Tucker decomposition of ``T`` over ``modes`` with ``ranks`` is (NOTES.md section 2, eq. 5)
+A partial Tucker decomposition of ``T`` over ``modes`` with ``ranks`` is (Kolda & Bader, Section 4; the paper's eq. 5)
 
     T ≈ C x_{m_1} U_1 x_{m_2} U_2 ...,   C = T x_{m_1} U_1^T x_{m_2} U_2^T ...
 
@@ -27,15 +27,20 @@ from math import prod
 
 import numpy as np
 
-from .kernels._checks import require_finite
+from .kernels import integer_in_range, require_finite
 
 METHODS = ("hooi", "hosvd")
 
 
 def _check_mode(mode, ndim: int, what: str = "mode") -> int:
-    if isinstance(mode, (bool, np.bool_)) or int(mode) != mode or not 0 <= int(mode) < ndim:
-        raise ValueError(f"{what} must be an integer in [0, {ndim}), got {mode!r}")
-    return int(mode)
+    return integer_in_range(mode, 0, ndim - 1, what, f" (a mode of a {ndim}-way tensor)")
+
+
+def check_rank(rank, mode: int, shape, what: str = "") -> int:
+    """``rank`` for mode ``mode`` of a tensor of ``shape``, checked to be an integer in [1, shape[mode]];
+    ``what`` (e.g. the layer) starts the error message."""
+    return integer_in_range(rank, 1, shape[mode], f"{what}rank {rank!r} for mode {mode}",
+                            f" (the mode size of a tensor of shape {tuple(shape)})")
 
 
 def unfold(T, mode: int) -> np.ndarray:
@@ -123,13 +128,10 @@ def _check_decomposition_args(T, modes, ranks, method):
         raise ValueError(f"modes must be distinct and non-empty, got {modes}")
     if len(ranks) != len(modes):
         raise ValueError(f"need one rank per mode: modes {modes}, ranks {ranks}")
-    for m, r in zip(modes, ranks):
-        if isinstance(r, (bool, np.bool_)) or int(r) != r or not 1 <= int(r) <= T.shape[m]:
-            raise ValueError(f"rank {r!r} for mode {m} must be an integer in [1, {T.shape[m]}] "
-                             f"(the mode size of a tensor of shape {T.shape})")
+    ranks = tuple(check_rank(r, m, T.shape) for m, r in zip(modes, ranks))
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return T, modes, tuple(int(r) for r in ranks)
+    return T, modes, ranks
 
 
 def partial_tucker(T, modes, ranks, method: str = "hooi", n_iter_max: int = 100, tol: float = 1e-8):

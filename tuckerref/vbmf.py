@@ -52,7 +52,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
-from .kernels._checks import require_finite
+from .kernels import integer_in_range, require_finite
 from .tucker import unfold
 
 #: log-spaced points over [sigma2_lower, sigma2_upper] before the bounded refinement.
@@ -86,10 +86,9 @@ def _as_matrix(Y, H):
     L = Y.shape[0]
     if H is None:
         H = L
-    if isinstance(H, (bool, np.bool_)) or int(H) != H or not 1 <= int(H) <= L:
-        raise ValueError(f"H (maximum rank) must be an integer in [1, {L}] for a matrix of shape "
-                         f"{Y.T.shape if transposed else Y.shape}, got {H!r}")
-    return Y, transposed, int(H)
+    shape = Y.T.shape if transposed else Y.shape
+    H = integer_in_range(H, 1, L, "H (maximum rank)", f" for a matrix of shape {shape}")
+    return Y, transposed, H
 
 
 def _check_sigma2(sigma2):

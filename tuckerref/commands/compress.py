@@ -1,4 +1,5 @@
-"""``tuckerref compress IN.h5 OUT.h5``: one-shot Tucker compression of a saved network (NOTES.md section 4)."""
+"""``tuckerref compress IN.h5 OUT.h5``: one-shot Tucker compression of a saved network
+(the paper's Section 3.2 and Algorithm 1; docs/method.md section 9)."""
 from __future__ import annotations
 
 from ..compress import PLANS, compress_network, format_report, parse_ranks

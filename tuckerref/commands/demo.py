@@ -53,7 +53,7 @@ PRESETS = {
     "demo": Preset(shape=(16, 48, 64), n=300, epochs=16, finetune_epochs=4, optimizer="adam", lr=5e-4,
                    momentum=0.0, weight_decay=0.0, batch_size=16, test_fraction=0.25, dropout=0.0,
                    left_handed=0.05),
-    # The paper's clip size, data-set size, optimiser and dropout (NOTES.md section 6); hours on 2 cores.
+    # The paper's clip size, data-set size, optimiser and dropout (docs/method.md section 10); hours on 2 cores.
     "paper": Preset(shape=(28, 120, 160), n=327, epochs=100, finetune_epochs=100, optimizer="sgd", lr=1e-3,
                     momentum=0.7, weight_decay=0.01, batch_size=20, test_fraction=0.1, dropout=0.2,
                     left_handed=0.15),

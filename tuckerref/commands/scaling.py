@@ -3,7 +3,7 @@
 For one layer of the paper network, its Tucker-2 replacement (eqs. 8-10: 1x1x1 S->R_s, core R_s->R_t,
 1x1x1 R_t->T) is built with random weights for every rank pair of a grid (optionally also for other
 output-channel counts T and core kernel sizes) and timed on the real input that layer sees in the
-network. A least-squares fit ``time = a + b * FLOPs`` (paper-convention FLOPs, NOTES.md section 5)
+network. A least-squares fit ``time = a + b * FLOPs`` (paper-convention FLOPs, docs/method.md section 8)
 gives R^2, the achieved throughput 1/b (GFLOP/s) and the fixed overhead a. Timing is inference
 (``no_grad``, so a Tucker-2 block runs fused) in round-robin rounds over the configurations. Writes ``scaling.csv``,
 ``scaling.json`` and ``scaling.png`` (time against FLOPs, the fit line, points labelled by ranks).
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..flops import count_layer
-from ..models import PAPER_INPUT_SHAPE, feature_volume, thetis_net
-from ..nn import Conv3d, Linear, Sequential, no_grad
+from ..models import PAPER_INPUT_SHAPE, thetis_net
+from ..nn import Conv3d, Linear, Sequential, feature_volume, no_grad
 from ..profile import (Stats, capture_inputs, check_repeats, check_threads, numba_threads, register_file,
                        sleep_idle_workers, time_call)
 from ..report import write_csv, write_json

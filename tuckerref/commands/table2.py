@@ -1,7 +1,7 @@
 """``tuckerref table2``: the paper's Table 2 for the original and the compressed network, with measured times.
 
 For each layer with parameters (c1, c2, l1, l2, l_out): method, S/R_in, T/R_out, weights, FLOPs
-(paper convention, NOTES.md section 5) and time, each with its sub-layer breakdown, then the
+(paper convention, docs/method.md section 8) and time, each with its sub-layer breakdown, then the
 improvement factors: storage (weights), theoretical speed-up (FLOPs ratio) and observed speed-up
 (time ratio). Parameter-free layers (ReLU, pooling, dropout, flatten) are summed in an "other" row;
 the total time is the whole forward pass. Sub-layers are timed one by one; with the numba backend

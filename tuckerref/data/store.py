@@ -11,7 +11,7 @@ Layout of a ``tuckerref-clips`` file (version 1):
   ``attrs`` (JSON object of any further attributes given to the writer).
 
 Clips are stored as uint8 and returned by :meth:`ClipDataset.batch` as float32 scaled to [0, 1]
-(value / 255), the paper's input scaling (NOTES.md section 6).
+(value / 255), the paper's input scaling (docs/method.md section 10).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Synthetic THETIS-like clips: a figure swinging a racket, forehand (label 0) or backhand (label 1).
 
-A built-in stand-in for the modified THETIS data set of NOTES.md section 6 (4 channels R, G, B,
+A built-in stand-in for the modified THETIS data set of the paper's Section 2.1 (4 channels R, G, B,
 depth; F x H x W frames, default the paper's 28 x 120 x 160; label 0 forehand, 1 backhand), so
 that the paper's workflow runs with no download.
 
@@ -49,7 +49,7 @@ from scipy.special import ndtri
 
 CLASS_NAMES = ("forehand", "backhand")
 FOREHAND, BACKHAND = 0, 1
-DEFAULT_SHAPE = (28, 120, 160)  # (F, H, W) of the paper's clips, NOTES.md section 6
+DEFAULT_SHAPE = (28, 120, 160)  # (F, H, W) of the paper's clips (Section 2.1)
 CHANNELS = 4  # R, G, B, depth
 LEFT_HANDED_FRACTION = 0.15
 NEAR_M, FAR_M = 1.0, 7.0  # depth range mapped to 255 .. 0

@@ -1,4 +1,5 @@
-"""THETIS importer: the archive's RGB and depth AVI files into the paper's clip data set (NOTES.md section 6).
+"""THETIS importer: the archive's RGB and depth AVI files into the paper's clip data set (its Section 2.1;
+docs/method.md section 10).
 
 Per annotated video: the RGB file ``VIDEO_RGB/<shot>/pN_<short>_sK.avi`` and its depth partner
 ``VIDEO_Depth/<shot>/pN_<short>_depth_sK.avi`` are paired by name (never by sorted position),
@@ -44,7 +45,7 @@ NOT_ANNOTATED = "not annotated"
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """How a clip is cut from a video; the defaults are the paper's (NOTES.md section 6).
+    """How a clip is cut from a video; the defaults are the paper's (docs/method.md section 10).
 
     ``frames`` consecutive frames from 0-based index ``int(mid * fps) - offset``; frames of
     ``frame_size`` (H, W) are sampled down to ``frame_size // scale`` (other sizes are sampled to the

@@ -50,7 +50,7 @@ class Step:
     module: Module | None
     in_shape: tuple      # per-sample input shape
     out_shape: tuple     # per-sample output shape
-    flops: int           # authors' counting convention (tuckerref.flops)
+    flops: int           # authors' counting convention (tuckerref.flops, docs/method.md section 8)
     params: list = field(default_factory=list)  # [(PyTorch name of a parameter or buffer, float32 array)]
     folded_with: str | None = None  # a folded BatchNorm3d: its Conv3d's path; that Conv3d: the BatchNorm3d's
 

@@ -3,7 +3,7 @@
 :func:`compile_c` builds the sources :func:`tuckerref.export.export_c` wrote with the system C
 compiler, :func:`run_c` feeds clips through the binary (main.c) and reads back its logits and
 per-layer timings (``-t``/``-W``/``-o``), and :func:`profile_c` wraps both into a
-:class:`tuckerref.profile.NetworkProfile`, so that ``tuckerref table2 --backend c`` and the
+:class:`tuckerref.timings.NetworkProfile`, so that ``tuckerref table2 --backend c`` and the
 time-versus-FLOPs study run on plain single-threaded C. Its times are process CPU time and wall
 time per forward pass of one clip, like the Numba backend's.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..nn import Sequential
-from ..profile import LayerTiming, NetworkProfile, Stats, check_input, check_repeats
+from ..timings import LayerTiming, NetworkProfile, Stats, check_input, check_repeats
 from .plan import IDENTITY
 from .writer import export_c
 

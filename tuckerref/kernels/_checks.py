@@ -1,4 +1,4 @@
-"""Argument validation shared by the public kernel entry points.
+"""Argument validation shared by the public kernel entry points (and by the decompositions).
 
 Every public kernel checks its arguments here before any JIT code runs, so that
 bad input fails with a ``ValueError`` that names the argument, its shape and the
@@ -33,6 +33,19 @@ def as_triple(value, name: str, *, minimum: int) -> tuple[int, int, int]:
             raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
         out.append(int(v))
     return tuple(out)
+
+
+def integer_in_range(value, low: int, high: int, what: str, detail: str = "") -> int:
+    """``value`` as an int when it is an integer (a Python or NumPy integer, or an integral float;
+    not a bool) with ``low <= value <= high``; else ValueError
+    "{what} must be an integer in [low, high]{detail}, got {value!r}".
+
+    The check of a mode (``low`` 0, ``high`` ndim - 1) or a rank (``low`` 1, ``high`` the mode's size)
+    in :mod:`tuckerref.tucker`, :mod:`tuckerref.vbmf` and :mod:`tuckerref.compress`.
+    """
+    if isinstance(value, (bool, np.bool_)) or int(value) != value or not low <= int(value) <= high:
+        raise ValueError(f"{what} must be an integer in [{low}, {high}]{detail}, got {value!r}")
+    return int(value)
 
 
 def float_array(x, name: str, ndim: int | tuple[int, ...], *, layout: str = "") -> np.ndarray:

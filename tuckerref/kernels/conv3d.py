@@ -50,6 +50,8 @@ from .pool import max_pool3d_values
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _direct_forward_impl(xp, w, out, sd, sh, sw, kw):
+    # n sample, t output channel, s input channel; fo, ho, wo output frame, row, column;
+    # i, j, l kernel tap in depth, height, width (l innermost, over the compile-time constant kw).
     N, S = xp.shape[0], xp.shape[1]
     T, kD, kH = w.shape[0], w.shape[2], w.shape[3]
     Fo, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
@@ -81,6 +83,8 @@ def _direct_forward(xp, w, out, sd, sh, sw, kw):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _direct_grad_weight_impl(xp, g, gw, sd, sh, sw, kw):
+    # t output channel, s input channel, i, j, l kernel tap in depth, height, width (one task per
+    # (t, s, i) slice of gw); summed over n sample and fo, ho, wo output frame, row, column.
     N, S = xp.shape[0], xp.shape[1]
     T, kD, kH = gw.shape[0], gw.shape[2], gw.shape[3]
     Fo, Ho, Wo = g.shape[2], g.shape[3], g.shape[4]
@@ -122,6 +126,9 @@ def _plane_forward_impl(xq, w, out, sd, wp, kw):
 
     xq: padded input with planes flattened, (N, S, Fp, rows*wp); out: (N, T, Fo, Ho*wp).
     """
+    # n sample, t output channel, s input channel; fo output frame; q position on the output's
+    # padded-width grid (row * wp + column), taken in blocks from q0; i, j, l kernel tap in depth,
+    # height, width.
     N, S = xq.shape[0], xq.shape[1]
     T, kD, kH = w.shape[0], w.shape[2], w.shape[3]
     Fo, Q = out.shape[2], out.shape[3]
@@ -161,6 +168,9 @@ def _plane_grad_weight(xq, gq, gw, sd, wp):
     axis is the kernel width rounded up to a multiple of _GW_TAPS (the extra taps are discarded).
     Each task owns one (t, s, i) slice of gw, so the reduction needs no atomics.
     """
+    # t output channel, s input channel, i, j kernel tap in depth and height, l0 the first of the
+    # _GW_TAPS width taps accumulated in a0..a3; summed over n sample, fo output frame and q position
+    # on the output's padded-width grid (row * wp + column).
     N, S = xq.shape[0], xq.shape[1]
     T, kD, kH, kwr = gw.shape[0], gw.shape[2], gw.shape[3], gw.shape[4]
     Fo, Q = gq.shape[2], gq.shape[3]
@@ -219,7 +229,15 @@ def _call_specialised(kernel, *args, constants):
 # Validation
 # ----------------------------------------------------------------------------------------------
 
-def _validate(x, weight, bias, stride, padding, *, check_finite=True):
+def conv3d_arguments(x, weight, bias=None, stride=1, padding=0, *, check_finite=True):
+    """:func:`conv3d`'s arguments checked and in the form :func:`conv3d_into` expects.
+
+    Returns ``(x, weight, bias, stride, padding, out_dims)``: x (N, S, D, H, W) and weight
+    (T, S, kD, kH, kW) C-contiguous in their common dtype (float64 if either argument is, else
+    float32; integer arrays become float32), bias (T,) in that dtype or None, stride and padding
+    3-tuples of ints, and out_dims the (D', H', W') of eq. (1)'s output. Raises ValueError naming the
+    argument, its shape and the value at fault (with ``check_finite``, also a NaN or infinity).
+    """
     x = float_array(x, "x", 5, layout="N, C, D, H, W")
     weight = float_array(weight, "weight", 5, layout="T, S, kD, kH, kW")
     if x.shape[1] != weight.shape[1]:
@@ -291,15 +309,29 @@ def conv3d(x, weight, bias=None, stride=1, padding=0, *, check_finite=True):
     floor output size). float32 unless an argument is float64. 1x1x1 kernels with unit
     stride and no padding take the dedicated pointwise path (eqs. 8 and 10).
     """
-    x, weight, bias, stride, padding, out_dims = _validate(x, weight, bias, stride, padding, check_finite=check_finite)
+    x, weight, bias, stride, padding, out_dims = conv3d_arguments(x, weight, bias, stride, padding,
+                                                                  check_finite=check_finite)
     return _conv3d_unchecked(x, weight, bias, stride, padding, out_dims)
 
 
 def _conv3d_unchecked(x, weight, bias, stride, padding, out_dims):
-    N, S = x.shape[:2]
-    T = weight.shape[0]
-    out = np.empty((N, T) + out_dims, dtype=x.dtype)
-    with threads_for(out.size * S * weight[0, 0].size):
+    out = np.empty((x.shape[0], weight.shape[0]) + out_dims, dtype=x.dtype)
+    return conv3d_into(x, weight, bias, stride, padding, out)
+
+
+def conv3d_into(x, weight, bias, stride, padding, out):
+    """Write :func:`conv3d` of the arguments, eq. (1), into the caller's buffer ``out``; returns ``out``.
+
+    For a caller that checks once and runs many times (a layer, a compiled inference program), so
+    nothing is checked here. The contract is what :func:`conv3d_arguments` returns: x
+    (N, S, D, H, W) and weight (T, S, kD, kH, kW) C-contiguous of one dtype (float32 or float64),
+    bias (T,) of that dtype or None, stride and padding 3-tuples of ints; ``out`` a C-contiguous
+    (N, T, D', H', W') array of that dtype, (D', H', W') the output dims of eq. (1). Every element
+    of ``out`` is overwritten (its previous values do not matter), by the same path and the same
+    sums as :func:`conv3d`, so the values are bit-identical to it. Small convolutions run on one
+    thread (:func:`._threads.threads_for`).
+    """
+    with threads_for(out.size * weight[0].size):
         _forward_into(x, weight, bias, stride, padding, out)
     return out
 
@@ -329,7 +361,8 @@ def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu
     at least one SIMD vector wide): each task computes one row of pooling windows, its tiles
     merging into a running maximum, and writes only the windows' maxima (:mod:`.conv3d_tiles`).
     """
-    x, weight, bias, stride, padding, out_dims = _validate(x, weight, bias, stride, padding, check_finite=check_finite)
+    x, weight, bias, stride, padding, out_dims = conv3d_arguments(x, weight, bias, stride, padding,
+                                                                  check_finite=check_finite)
     pool = as_triple(pool, "pool", minimum=1)
     pooled = pooled_dims(out_dims, pool)
     if not tiles_fit(stride, out_dims[2], x.dtype):
@@ -387,7 +420,8 @@ def conv3d_backward(x, weight, grad_out, stride=1, padding=0, *, need_grad_x=Tru
 
     ``grad_x`` is ``None`` when ``need_grad_x`` is false (a network's first layer).
     """
-    x, weight, _, stride, padding, out_dims = _validate(x, weight, None, stride, padding, check_finite=check_finite)
+    x, weight, _, stride, padding, out_dims = conv3d_arguments(x, weight, None, stride, padding,
+                                                               check_finite=check_finite)
     grad_out = float_array(grad_out, "grad_out", 5, layout="N, T, D', H', W'")
     expected = (x.shape[0], weight.shape[0]) + out_dims
     if grad_out.shape != expected:

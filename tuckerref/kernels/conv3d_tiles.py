@@ -62,6 +62,8 @@ def _tile_segment(tile, xp, wt, w_first, bias_first, bias, out, out_first, out_s
     With ``pooled`` each store merges into a running maximum instead (out = max(out, value), NaN
     propagating): a max pooling over the rows and channels that share addresses.
     """
+    # s input channel, i kernel tap in depth, r input row of the tile's window (kernel row r - rho
+    # for tile row rho), l kernel tap in width; t mixed output channel; acc holds C channels x R rows.
     C, R = tile.channels, tile.rows
     S, kD, kH, kW = kernel
     xs, xi, xj = x_strides
@@ -148,6 +150,7 @@ def _tile_forward_impl(xp, wt, bias, out, tile, last, dims, u, c):
     C, R = tile.channels, tile.rows
     plane = Fo * Ho * Wo
     row_blocks = (Ho + R - 1) // R
+    # n sample, fo output frame, ho first of the tile's R output rows, b block of C output channels.
     for task in prange(N * Fo * row_blocks * blocks):
         n = task // (Fo * row_blocks * blocks)
         fo = (task // (row_blocks * blocks)) % Fo
@@ -163,6 +166,7 @@ def _tile_forward_impl(xp, wt, bias, out, tile, last, dims, u, c):
 def _pool_columns(rows, channels, Wo, out, out_first, out_plane, Wq, kw, relu):
     """out[out_first + k*out_plane + w_q] = max of rows[k*Wo + w_q*kw ...] over kw columns, then max(., 0)
     when ``relu``; NaN propagates (pool._nan_max) and the ReLU leaves NaN and -0 as they are."""
+    # k channel, wq pooled output column, l window offset in width.
     for k in range(channels):
         at = out_first + k * out_plane
         for wq in range(Wq):
@@ -224,6 +228,7 @@ def _tile_pool_forward_impl(xp, wt, bias, out, tile, last, dims, pool, u, c):
     Fq, Hq, Wq, window = _pool_geometry(dims, pool)
     kd, kh, sd, sh = window[0], window[1], window[4], window[5]
     C = tile.channels
+    # n sample, fq, hq pooled output frame and row, b block of C output channels.
     for task in prange(N * Fq * Hq * blocks):
         n = task // (Fq * Hq * blocks)
         fq = (task // (Hq * blocks)) % Fq

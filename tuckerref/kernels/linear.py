@@ -19,6 +19,7 @@ from ._threads import threads_for
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _linear_forward(x, w, out):
+    # n sample, o output feature, i input feature.
     N, I = x.shape
     O = w.shape[0]
     for task in prange(N * O):
@@ -34,6 +35,7 @@ def _linear_forward(x, w, out):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _linear_grad_input(g, w, gx):
+    # n sample, o output feature, i input feature.
     N, O = g.shape
     I = w.shape[1]
     for n in prange(N):
@@ -47,6 +49,7 @@ def _linear_grad_input(g, w, gx):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _linear_grad_weight(g, x, gw):
+    # o output feature, n sample, i input feature.
     N, O = g.shape
     I = x.shape[1]
     for o in prange(O):
@@ -84,7 +87,14 @@ def linear(x, weight, bias=None, *, check_finite=True):
 
 
 def linear_into(x, weight, bias, out):
-    """out = x W^T + b for checked arrays of one dtype (C-contiguous x and weight); returns ``out``."""
+    """Write out = x W^T + b into the caller's buffer ``out``; returns ``out``.
+
+    For a caller that checks once and runs many times (a compiled inference program), so nothing is
+    checked here. The contract is what :func:`linear` checks: x (N, in) and weight (out, in)
+    C-contiguous of one dtype (float32 or float64), bias (out,) of that dtype or None, ``out`` an
+    (N, out) array of that dtype. Every element of ``out`` is overwritten, with the values of
+    :func:`linear`, bit for bit. Small layers run on one thread (:func:`._threads.threads_for`).
+    """
     out[...] = 0 if bias is None else bias
     with threads_for(out.size * x.shape[1]):
         _linear_forward(x, weight, out)

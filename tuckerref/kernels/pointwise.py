@@ -42,6 +42,7 @@ def pointwise_forward(x, w, bias, out):
 
     ``out`` need not be initialised: each block of it is written once from cache.
     """
+    # n sample, t output channel; p0 the first of the m flat positions (d, h, w) of one block.
     N, S, P = x.shape
     T = w.shape[0]
     xf, of = x.reshape(x.size), out.reshape(out.size)
@@ -86,6 +87,7 @@ def pointwise_forward_padded(x, w, bias, out, pd, ph, pw):
     T = w.shape[0]
     Dp, Hp, Wp = out.shape[2], out.shape[3], out.shape[4]
     xf, of = x.reshape(x.size), out.reshape(out.size)
+    # n sample; d, h input frame and row of the padded output row (outside [0, D) x [0, H): padding).
     for task in prange(N * Dp * Hp):
         n = task // (Dp * Hp)
         d = (task // Hp) % Dp - pd
@@ -98,6 +100,7 @@ def pointwise_forward_padded(x, w, bias, out, pd, ph, pw):
 @njit(parallel=True, fastmath=True, cache=True)
 def pointwise_grad_weight(x, g, gw):
     """gw[t, s] += sum_{n, p} g[n, t, p] * x[n, s, p] (dL/dW of the 1x1x1 convolution)."""
+    # t output channel, s input channel, n sample, p flat position (d, h, w).
     N, S, P = x.shape
     T = g.shape[1]
     for task in prange(T * S):

@@ -28,6 +28,8 @@ def _nan_max(a, b):
 
 @njit(parallel=True, cache=True)
 def _max_pool_forward(x, out, idx, kd, kh, kw, sd, sh, sw, pd, ph, pw):
+    # n sample, c channel; fo, ho, wo output frame, row, column; i, j, l window offset in depth,
+    # height, width, at input position d, h, w (skipped in the padding); bi flat index of the maximum.
     N, C, D, H, W = x.shape
     Do, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
     for task in prange(N * C * Do):
@@ -66,6 +68,8 @@ def _max_pool_values(x, out, kd, kh, kw, sd, sh, sw):
     For each output row, the kd*kh input rows of the window are reduced element-wise first
     (contiguous, vectorised), then each run of kw values of that row; NaN propagates.
     """
+    # n sample, c channel; fo, ho, wo output frame, row, column; i, j window offset in depth and
+    # height (rows reduced into ``row``), w input column, l window offset in width.
     N, C, W = x.shape[0], x.shape[1], x.shape[4]
     Do, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
     for task in prange(N * C * Do):
@@ -92,6 +96,7 @@ def _max_pool_values(x, out, kd, kh, kw, sd, sh, sw):
 
 @njit(parallel=True, cache=True)
 def _max_pool_backward(g, idx, gx):
+    # n sample, c channel, o flat output position; iflat[o] the flat input position of its maximum.
     N, C = g.shape[0], g.shape[1]
     for task in prange(N * C):
         n = task // C

@@ -29,9 +29,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ._checks import as_triple, common_dtype, float_array, require_finite
-from ._threads import threads_for
 from . import simd
-from .conv3d import _forward_into, conv_geometry, pool_then_relu, pooled_dims
+from .conv3d import conv3d_into, conv_geometry, pool_then_relu, pooled_dims
 from .conv3d_tiles import PaddedTileConvolution, tiles_fit, tiles_hold_all_channels
 
 
@@ -62,9 +61,9 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
     core = float_array(core, "core", 5, layout="R_t, R_s, kD, kH, kW")
     bias = None if bias is None else float_array(bias, "bias", 1)
     dtype = common_dtype(x, first, core, last, bias)
-    g = _block_geometry(x.shape, first.shape, core.shape, last.shape, None if bias is None else bias.shape,
-                        as_triple(stride, "stride", minimum=1), as_triple(padding, "padding", minimum=0),
-                        None if pool is None else as_triple(pool, "pool", minimum=1), dtype, simd.VECTOR_REGISTERS)
+    g = block_geometry(x.shape, first.shape, core.shape, last.shape, None if bias is None else bias.shape,
+                       as_triple(stride, "stride", minimum=1), as_triple(padding, "padding", minimum=0),
+                       None if pool is None else as_triple(pool, "pool", minimum=1), dtype, simd.VECTOR_REGISTERS)
     if check_finite:
         for name, a in (("first", first), ("core", core), ("last", last), ("bias", bias), ("x", x)):
             if a is not None:
@@ -81,13 +80,12 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
     one, zero = (1, 1, 1), (0, 0, 0)
     for inp, weight, b, s, p, res in ((x, first, None, one, zero, z), (z, core, None, stride, padding, y),
                                       (y, last, bias, one, zero, out)):
-        with threads_for(res.size * weight[0].size):
-            _forward_into(inp, weight, b, s, p, res)
+        conv3d_into(inp, weight, b, s, p, res)
     return out if pool is None else pool_then_relu(out, pool, relu)
 
 
 def fused_block(g, first, core, last, bias, relu=False, keep_buffers=False):
-    """The fused Tucker-2 block of geometry ``g`` (:func:`_block_geometry`, ``g.fused``), prepared:
+    """The fused Tucker-2 block of geometry ``g`` (:func:`block_geometry`, ``g.fused``), prepared:
     U_s writes straight into the zero-padded input of the core, whose tiles mix by U_t
     (:class:`~tuckerref.kernels.conv3d_tiles.PaddedTileConvolution`), then pool (``g.pool``) and,
     with ``relu``, max(., 0); with a pooling, the tile tasks compute the padded planes of U_s's
@@ -101,8 +99,8 @@ def fused_block(g, first, core, last, bias, relu=False, keep_buffers=False):
                                  keep_buffers=keep_buffers)
 
 
-class _BlockGeometry(NamedTuple):
-    """What a Tucker-2 block's shapes decide, checked once per geometry by :func:`_block_geometry`."""
+class BlockGeometry(NamedTuple):
+    """What a Tucker-2 block's shapes decide, checked once per geometry by :func:`block_geometry`."""
 
     x_shape: tuple
     stride: tuple
@@ -117,14 +115,21 @@ class _BlockGeometry(NamedTuple):
 
 
 @lru_cache(maxsize=128)
-def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, stride, padding, pool, dtype,
-                    registers):
-    """Check that a Tucker-2 block's shapes chain and give its :class:`_BlockGeometry`.
+def block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, stride, padding, pool, dtype,
+                   registers):
+    """Check that a Tucker-2 block's shapes chain and give its :class:`BlockGeometry`.
+
+    Arguments: the shapes of the input x (N, S, D, H, W), of the three weights (first (R_s, S, 1, 1, 1),
+    core (R_t, R_s, kD, kH, kW), last (T, R_t, 1, 1, 1)) and of the bias (None or (T,)), the core's
+    ``stride`` and ``padding`` and the ``pool`` kernel (3-tuples of ints, ``pool`` None for no pooling),
+    the compute ``dtype`` and the target's number of vector registers
+    (:data:`tuckerref.kernels.simd.VECTOR_REGISTERS`); all hashable.
 
     A pure function of shapes (and of the target's vector registers, which decide whether one
     tile holds the core's R_t channels), cached: a network calls each block with the same shapes every
     time, and at batch 1 a compressed network's small blocks cost more in these checks than in
-    arithmetic. Raises ValueError naming the shapes at fault.
+    arithmetic. Raises ValueError naming the shapes at fault. With ``g.fused``, :func:`fused_block`
+    prepares the block; otherwise :func:`tucker2_conv3d` runs its three convolutions in turn.
     """
     if x_shape[1] != first_shape[1]:
         raise ValueError(f"channel mismatch: x has {x_shape[1]} channels (shape {x_shape}) but first expects "
@@ -141,6 +146,6 @@ def _block_geometry(x_shape, first_shape, core_shape, last_shape, bias_shape, st
     stride, padding, out_dims = conv_geometry(z_dims, core_shape[2:], stride, padding, "the core's input")
     pooled = out_dims if pool is None else pooled_dims(out_dims, pool)
     fused = tiles_fit(stride, out_dims[2], dtype) and tiles_hold_all_channels(R_t, registers)
-    return _BlockGeometry(tuple(x_shape), stride, padding, pool, z_dims, out_dims,
-                          (N, T) + (pooled if fused else out_dims), fused,
-                          N * R_s * math.prod(z_dims) * S, N * R_t * math.prod(out_dims) * math.prod(core_shape[1:]))
+    return BlockGeometry(tuple(x_shape), stride, padding, pool, z_dims, out_dims,
+                         (N, T) + (pooled if fused else out_dims), fused,
+                         N * R_s * math.prod(z_dims) * S, N * R_t * math.prod(out_dims) * math.prod(core_shape[1:]))

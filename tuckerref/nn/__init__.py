@@ -1,5 +1,5 @@
 """Layers over the Numba kernels, with PyTorch's names, semantics and default initialisation."""
-from .container import Sequential
+from .container import Sequential, feature_volume
 from .grad_mode import is_grad_enabled, no_grad
 from .layers import Conv3d, Dropout, Dropout3d, Flatten, Identity, Linear, MaxPool3d, ReLU
 from .module import Module, Parameter
@@ -24,4 +24,5 @@ def from_spec(spec: dict) -> Module:
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv3d", "Linear", "MaxPool3d", "ReLU", "Dropout",
            "Dropout3d", "Flatten", "from_spec", "LAYER_TYPES", "no_grad", "is_grad_enabled", "InferenceProgram",
-           "compile_inference", "BatchNorm3d", "AvgPool3d", "AdaptiveAvgPool3d", "Identity"]
+           "compile_inference", "BatchNorm3d", "AvgPool3d", "AdaptiveAvgPool3d", "Identity",
+           "feature_volume"]

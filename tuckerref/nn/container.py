@@ -1,10 +1,12 @@
-"""Sequential: children applied in order, gradients propagated in reverse (some sequences fused in inference)."""
+"""Sequential: children applied in order, gradients propagated in reverse (some sequences fused in inference);
+the shape a child of it receives."""
 from __future__ import annotations
 
 from collections import OrderedDict
 
 from .fusion import inference_forward
 from .grad_mode import is_grad_enabled
+from .layers import Flatten
 from .module import Module
 
 
@@ -35,6 +37,10 @@ class Sequential(Module):
 
     def names(self):
         return list(self._modules)
+
+    def chain(self):
+        """The children in order; None for a subclass, whose forward may do something else."""
+        return tuple(self._modules.values()) if type(self) is Sequential else None
 
     @property
     def needs_input_grad(self):
@@ -71,3 +77,18 @@ class Sequential(Module):
             shape = m.output_shape(shape)
             out.append((name, shape))
         return out
+
+
+def feature_volume(net: Sequential, input_shape, before: str) -> tuple:
+    """Per-sample shape entering child ``before`` (unflattened if a Flatten precedes it).
+
+    For the first linear layer after a Flatten this is the feature volume (C, D, H, W) over which
+    Algorithm 1 treats it as a convolution (Section 3.2 of the paper; l1's 16 x 6 x 6 x 9).
+    """
+    shape = tuple(input_shape)
+    for name, m in net.named_children():
+        if name == before:
+            return shape
+        if not isinstance(m, Flatten):
+            shape = m.output_shape(shape)
+    raise ValueError(f"network has no child named {before!r} (children: {net.names()})")

@@ -63,11 +63,13 @@ def _pools_in_one_pass(m) -> bool:
 
 def pooled_block(conv):
     """The Tucker-2 layers of ``conv`` when it is a Tucker-2 block, None when it is a plain Conv3d,
-    and False when it is neither (then no convolution is fused with the pooling after it)."""
-    from .container import Sequential  # here: the container module imports this one
+    and False when it is neither (then no convolution is fused with the pooling after it). A block is
+    a Sequential whose :meth:`~tuckerref.nn.module.Module.chain` is three such Conv3d layers (asked
+    of the module, so that this module needs no container class: the container imports this one)."""
     if type(conv) is Conv3d:
         return None
-    block = tucker2_layers(conv.children()) if type(conv) is Sequential else None
+    chain = conv.chain()
+    block = None if chain is None else tucker2_layers(chain)
     return False if block is None else block
 
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import (conv3d_backward, dropout_mask, linear, linear_backward, max_pool3d,
-                       max_pool3d_backward, max_pool3d_values, relu, relu_backward)
-from ..kernels._checks import as_triple, window_output_dims
-from ..kernels.conv3d import _conv3d_unchecked, _validate as _validate_conv
+from ..kernels import (as_triple, conv3d_backward, dropout_mask, linear, linear_backward, max_pool3d,
+                       max_pool3d_backward, max_pool3d_values, relu, relu_backward, window_output_dims)
+from ..kernels.conv3d import conv3d_arguments, conv3d_into
 from .grad_mode import is_grad_enabled
 from .init import as_rng, default_uniform
 from .module import Module, Parameter
@@ -56,10 +55,10 @@ class Conv3d(Module):
     def forward(self, x):
         _require_input(x, self, 5, self.in_channels)
         b = None if self.bias is None else self.bias.data
-        x, w, b, stride, padding, out_dims = _validate_conv(x, self.weight.data, b, self.stride, self.padding,
-                                                           check_finite=False)
+        x, w, b, stride, padding, out_dims = conv3d_arguments(x, self.weight.data, b, self.stride, self.padding,
+                                                              check_finite=False)
         self._x = x if is_grad_enabled() else None
-        return _conv3d_unchecked(x, w, b, stride, padding, out_dims)
+        return conv3d_into(x, w, b, stride, padding, np.empty((x.shape[0], w.shape[0]) + out_dims, x.dtype))
 
     def backward(self, grad):
         gx, gw, gb = conv3d_backward(_cached(self, self._x), self.weight.data, grad, self.stride, self.padding,

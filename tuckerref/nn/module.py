@@ -112,6 +112,12 @@ class Module:
     def children(self):
         return iter(self._modules.values())
 
+    def chain(self):
+        """The child modules that this module's forward applies one after the other, when that is
+        all its forward does (a Sequential, :meth:`tuckerref.nn.Sequential.chain`), else None.
+        Inference fusion (:mod:`tuckerref.nn.fusion`) looks into a chain for a Tucker-2 block."""
+        return None
+
     def named_modules(self, prefix=""):
         yield prefix, self
         for name, child in self._modules.items():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels._checks import float_array
+from ..kernels import float_array
 from ..kernels.batchnorm import (batch_norm_backward, batch_norm_statistics, channel_affine_into,
                                  normalisation_affine)
 from .grad_mode import is_grad_enabled

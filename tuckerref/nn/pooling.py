@@ -1,7 +1,7 @@
 """Average pooling layers: AvgPool3d and AdaptiveAvgPool3d (PyTorch semantics, names and defaults)."""
 from __future__ import annotations
 
-from ..kernels._checks import as_triple
+from ..kernels import as_triple
 from ..kernels.avg_pool import (adaptive_avg_pool3d, adaptive_avg_pool3d_backward, adaptive_output_size,
                                 avg_pool3d, avg_pool3d_backward)
 from .grad_mode import is_grad_enabled

@@ -13,7 +13,8 @@ each step holds its prepared kernel call and its output buffer:
 * a convolution with the max pooling (and ReLU) after it, or a whole Tucker-2 block, on the register
   tiles: :class:`~tuckerref.kernels.conv3d_tiles.PaddedTileConvolution` with kept buffers (padded
   input and output allocated once, tile weights packed once);
-* any other convolution and linear layer: its kernel into a kept output buffer;
+* any other convolution and linear layer: its kernel into a kept output buffer
+  (:func:`~tuckerref.kernels.conv3d.conv3d_into`, :func:`~tuckerref.kernels.linear.linear_into`);
 * a ReLU: in place in the buffer of the step before it; a batch normalisation with running
   statistics: its per-channel affine map y = s x + t, in place likewise; dropout and identity:
   nothing (the network runs as in eval mode); a flatten: a view;
@@ -30,13 +31,12 @@ import copy
 
 import numpy as np
 
-from ..kernels._threads import threads_for
 from ..kernels.activation import relu as relu_kernel
 from ..kernels.batchnorm import channel_affine_into
-from ..kernels.conv3d import _forward_into, pooled_convolution
+from ..kernels.conv3d import conv3d_into, pooled_convolution
 from ..kernels.conv3d_tiles import tiles_fit
 from ..kernels.linear import linear_into
-from ..kernels.tucker2 import _block_geometry, fused_block
+from ..kernels.tucker2 import block_geometry, fused_block
 from ..kernels import simd
 from .container import Sequential
 from .fusion import Group, inference_groups, run_group, tucker2_layers
@@ -74,12 +74,9 @@ class _ConvStep(_Kept):
         self.weight, self.bias = _array(conv.weight, dtype), _array(conv.bias, dtype)
         self.stride, self.padding = conv.stride, conv.padding
         self.out = np.empty((x_shape[0],) + conv.output_shape(x_shape[1:]), dtype)
-        self.work = self.out.size * self.weight[0].size
 
     def __call__(self, x):
-        with threads_for(self.work):
-            _forward_into(x, self.weight, self.bias, self.stride, self.padding, self.out)
-        return self.out
+        return conv3d_into(x, self.weight, self.bias, self.stride, self.padding, self.out)
 
 
 class _LinearStep(_Kept):
@@ -148,8 +145,8 @@ def _fused_tucker2(block, x_shape, dtype, pool=None, relu=False):
     """The prepared fused Tucker-2 block (optionally pooled), or None when its tiles cannot mix."""
     first, core, last = (_array(m.weight, dtype) for m in block)
     bias = _array(block[2].bias, dtype)
-    g = _block_geometry(tuple(x_shape), first.shape, core.shape, last.shape, None if bias is None else bias.shape,
-                        block[1].stride, block[1].padding, pool, dtype, simd.VECTOR_REGISTERS)
+    g = block_geometry(tuple(x_shape), first.shape, core.shape, last.shape, None if bias is None else bias.shape,
+                       block[1].stride, block[1].padding, pool, dtype, simd.VECTOR_REGISTERS)
     if not g.fused:
         return None
     return _FusedStep(fused_block(g, first, core, last, bias, relu, keep_buffers=True))

@@ -11,14 +11,7 @@ imported inside the functions, so importing this package (and ``tuckerref --help
 """
 from __future__ import annotations
 
-
-def require_onnx():
-    """The ``onnx`` module, or a ValueError saying how to install it."""
-    try:
-        import onnx
-    except ImportError:
-        raise ValueError("reading and writing ONNX needs the onnx package: pip install 'onnx>=1.14'") from None
-    return onnx
+from .requirement import require_onnx
 
 
 def read_onnx(path, dtype=None):

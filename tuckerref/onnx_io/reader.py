@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import require_onnx
+from .requirement import require_onnx
 
 #: Batch size used to evaluate shape computations when the model's batch dimension is symbolic; a value
 #: no exporter writes as a literal, so a Reshape that hard-codes a batch size is told apart from (N, -1).

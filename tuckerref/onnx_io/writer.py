@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import require_onnx
+from .requirement import require_onnx
 
 OPSETS = (17, 18)
 INPUT_NAME, OUTPUT_NAME = "input", "output"
