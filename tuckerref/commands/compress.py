@@ -1,9 +1,8 @@
 """``tuckerref compress IN.h5 OUT.h5``: one-shot Tucker compression of a saved network (NOTES.md section 4)."""
 from __future__ import annotations
 
-from ..compress import PLANS, compress_network, format_report, parse_ranks
-from ..io import load_model, save_model
-from ..tucker import METHODS
+from ..outputs import check_outputs
+from .defaults import METHODS, PLANS
 
 
 def register(sub):
@@ -21,6 +20,9 @@ def register(sub):
 
 
 def run(args):
+    from ..compress import compress_network, format_report, parse_ranks
+    from ..io import load_model, save_model
+    check_outputs(files={"OUTPUT": args.output}, inputs=[args.input])
     ranks = parse_ranks(args.ranks)
     net, meta = load_model(args.input)
     compressed, rows = compress_network(net, plan=args.plan, ranks=ranks, method=args.method, report=True)
