@@ -20,9 +20,9 @@ def register(sub):
 
 
 def run(args):
+    check_outputs(files={"OUTPUT": args.output}, inputs=[args.input])
     from ..compress import compress_network, format_report, parse_ranks
     from ..io import load_model, save_model
-    check_outputs(files={"OUTPUT": args.output}, inputs=[args.input])
     ranks = parse_ranks(args.ranks)
     net, meta = load_model(args.input)
     compressed, rows = compress_network(net, plan=args.plan, ranks=ranks, method=args.method, report=True)

@@ -20,9 +20,9 @@ def register(sub):
 
 
 def run(args):
+    check_outputs(dirs={"OUTDIR": args.outdir}, inputs=[args.weights])
     from ..export import export_c
     from ..io import load_model
-    check_outputs(dirs={"OUTDIR": args.outdir}, inputs=[args.weights])
     net, meta = load_model(args.weights)
     input_shape = tuple(args.input_shape) if args.input_shape else getattr(net, "input_shape", None)
     if input_shape is None:
