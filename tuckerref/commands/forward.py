@@ -22,6 +22,8 @@ def run(args):
     from ..nn import no_grad
     if args.batch < 1 or args.repeats < 1:
         raise ValueError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     shape = tuple(args.input_shape)
     net = thetis_net(shape, seed=args.seed).eval()
     x = np.random.default_rng(args.seed).random((args.batch,) + shape, dtype=np.float32)
