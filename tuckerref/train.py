@@ -340,11 +340,27 @@ def load_checkpoint(path):
     return out
 
 
+def _check_same_data(path, recorded, now):
+    """Refuse to resume on other data than the checkpoint's, naming both data files and what differs.
+    A checkpoint written before data fingerprints were recorded is accepted."""
+    if recorded is None or now is None:
+        return
+    keys = ("clip_shape", "dtype", "n", "sha256", "subset")
+    diff = [k for k in keys if recorded.get(k) != now.get(k)]
+    if diff:
+        details = ", ".join(f"{k} {recorded.get(k)!r} vs {now.get(k)!r}" for k in diff)
+        raise ValueError(f"checkpoint {path} was made on data set {recorded.get('file')}, which differs from "
+                         f"{now.get('file')} ({details}); resume with the same data or start afresh")
+
+
 def _restore(path, net, optimizer, config):
     ckpt = load_checkpoint(path)
     if ckpt["spec"] != _canonical(net.spec()):
         raise ValueError(f"checkpoint {path} holds a different network architecture than the one being trained")
-    diff = sorted(k for k in set(config) | set(ckpt["config"]) if config.get(k) != ckpt["config"].get(k))
+    _check_same_data(path, ckpt["config"].get("data"), config.get("data"))
+    ignore = {"data"}
+    diff = sorted(k for k in set(config) | set(ckpt["config"])
+                  if k not in ignore and config.get(k) != ckpt["config"].get(k))
     if diff:
         details = ", ".join(f"{k}: checkpoint {ckpt['config'].get(k)!r} vs now {config.get(k)!r}" for k in diff)
         raise ValueError(f"checkpoint {path} was made with other training settings ({details})")
@@ -359,6 +375,28 @@ def _progress_bar(total, desc, progress):
     from tqdm.auto import tqdm
     show = sys.stderr.isatty() if progress is None else bool(progress)
     return tqdm(total=total, desc=desc, leave=False, disable=not show, unit="batch", file=sys.stderr)
+
+
+def data_fingerprint(dataset) -> dict:
+    """What a resumed run must find unchanged in its data: the file (for messages only), clip shape,
+    dtype, a content digest of the clips, labels and names (:meth:`ClipDataset.fingerprint`, or a
+    digest of the arrays of an :class:`ArrayDataset`) and, for a :class:`Subset`, its indices."""
+    base, indices = dataset, None
+    if isinstance(dataset, Subset):
+        base, indices = dataset.dataset, dataset.indices
+    if isinstance(base, ClipDataset):
+        out = base.fingerprint()
+        out["file"] = str(base.path)
+    else:
+        clips = np.ascontiguousarray(getattr(base, "clips", np.empty(0)))
+        h = hashlib.sha256(f"{list(clips.shape)}|{clips.dtype.str}|".encode())
+        h.update(clips.tobytes())
+        h.update(np.asarray(base.labels, dtype="<i8").tobytes())
+        out = {"clip_shape": list(clip_shape_of(base)) if len(base) else [], "dtype": str(clips.dtype),
+               "n": len(base), "sha256": h.hexdigest(), "file": f"<in-memory {type(base).__name__}>"}
+    if indices is not None:
+        out["subset"] = hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()[:16]
+    return out
 
 
 def _labels_hash(dataset):
@@ -422,7 +460,8 @@ def fit(net, train_data, test_data=None, *, epochs=10, optimizer=None, batch_siz
     eval_batch_size = eval_batch_size or batch_size
     config = {"optimizer": type(optimizer).__name__, "hyper": optimizer.hyper, "batch_size": int(batch_size),
               "seed": int(seed), "n_train": len(train_data), "train_labels": _labels_hash(train_data),
-              "n_test": 0 if test_data is None else len(test_data)}
+              "n_test": 0 if test_data is None else len(test_data),
+              "data": data_fingerprint(train_data) if resume or checkpoint_dir is not None else None}
     config = _canonical(config)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     rng, history, start = stream(seed, _SHUFFLE_STREAM), [], 0
@@ -453,4 +492,4 @@ def fit(net, train_data, test_data=None, *, epochs=10, optimizer=None, batch_siz
 
 __all__ = ["ArrayDataset", "Subset", "fit", "train_epoch", "evaluate", "validate_data", "train_test_split", "kfold",
            "accuracy", "confusion_matrix", "save_checkpoint", "load_checkpoint", "seed_dropout", "stream",
-           "split_fingerprint", "clip_shape_of", "OPTIMIZERS", "CHECKPOINT_NAME"]
+           "split_fingerprint", "data_fingerprint", "clip_shape_of", "OPTIMIZERS", "CHECKPOINT_NAME"]

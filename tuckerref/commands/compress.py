@@ -2,9 +2,8 @@
 (the paper's Section 3.2 and Algorithm 1; docs/method.md section 9)."""
 from __future__ import annotations
 
-from ..compress import PLANS, compress_network, format_report, parse_ranks
-from ..io import load_model, save_model
-from ..tucker import METHODS
+from ..outputs import check_outputs
+from .defaults import METHODS, PLANS
 
 
 def register(sub):
@@ -22,6 +21,9 @@ def register(sub):
 
 
 def run(args):
+    check_outputs(files={"OUTPUT": args.output}, inputs=[args.input])
+    from ..compress import compress_network, format_report, parse_ranks
+    from ..io import load_model, save_model
     ranks = parse_ranks(args.ranks)
     net, meta = load_model(args.input)
     compressed, rows = compress_network(net, plan=args.plan, ranks=ranks, method=args.method, report=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.store import ClipDataset
-from ..data.synthetic import DEFAULT_SHAPE, LEFT_HANDED_FRACTION, synthesize
+from ..outputs import check_outputs
+from .defaults import LEFT_HANDED_FRACTION
+from .defaults import SYNTH_SHAPE as DEFAULT_SHAPE
 
 
 def register(data_sub):
@@ -33,6 +34,13 @@ def run(args):
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if min(args.shape) < 1:
+        raise ValueError(f"--shape sizes must be >= 1, got {args.shape}")
+    if not 0.0 <= args.left_handed <= 1.0:
+        raise ValueError(f"--left-handed must lie in [0, 1], got {args.left_handed}")
+    check_outputs(files={"OUT.h5": args.out})
+    from ..data.store import ClipDataset
+    from ..data.synthetic import synthesize
     path = synthesize(args.out, args.n, args.seed, tuple(args.shape), balance=args.balance,
                       left_handed_fraction=args.left_handed, progress=not args.no_progress)
     with ClipDataset(path) as ds:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..data.thetis import DEFAULT_SHOTS, NoClipsError, import_thetis, write_template
+from ..outputs import check_outputs
+from .defaults import THETIS_SHOTS as DEFAULT_SHOTS
 
 
 def register(data_sub):
@@ -58,6 +59,8 @@ def run(args):
     annotations, out = _split_out(args)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    check_outputs(files={"OUT.h5": out, "--report": args.report}, inputs=[args.root, *annotations])
+    from ..data.thetis import NoClipsError, import_thetis
     try:
         result = import_thetis(args.root, annotations, out, shots=tuple(args.shots), skip=args.skip,
                                workers=args.workers, progress=not args.no_progress)
@@ -75,6 +78,8 @@ def run(args):
 
 
 def run_template(args):
+    check_outputs(files={"OUT.csv": args.out}, inputs=[args.root])
+    from ..data.thetis import write_template
     n = write_template(args.root, args.out, shots=tuple(args.shots))
     print(f"wrote {n} rows to {args.out}; fill in the mid-points (seconds) in the second column")
     return 0

@@ -13,17 +13,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
+from ..outputs import check_outputs
+from .defaults import CHECKPOINT_NAME
 
-from ..compress import compress_network, format_report
-from ..data.store import ClipDataset
-from ..data.synthetic import synthesize
-from ..flops import count_network
-from ..io import load_model, save_model
-from ..models import thetis_net
-from ..optim import make_optimizer
-from ..report import markdown_table, write_json, write_text
-from ..train import CHECKPOINT_NAME, Subset, evaluate, fit, train_test_split
+# NumPy and the engine are imported inside the functions that use them (see tuckerref.cli).
 
 
 @dataclass(frozen=True)
@@ -103,6 +96,7 @@ def _run_dir(args) -> Path:
 
 
 def _dataset_path(args, preset: Preset, run: Path) -> Path:
+    from ..data.synthetic import synthesize
     if args.data is not None:
         return args.data
     path = run / "data.h5"
@@ -113,6 +107,7 @@ def _dataset_path(args, preset: Preset, run: Path) -> Path:
 
 
 def _optimizer(net, preset: Preset):
+    from ..optim import make_optimizer
     if preset.optimizer == "sgd":
         return make_optimizer("sgd", net.parameters(), lr=preset.lr, momentum=preset.momentum,
                               weight_decay=preset.weight_decay)
@@ -121,6 +116,8 @@ def _optimizer(net, preset: Preset):
 
 def _train_stage(name, net, epochs, train, test, preset, args, run, log):
     """Train ``net`` (resumable) and save it as ``run/<name>.h5``; reuse that file if it exists."""
+    from ..io import load_model, save_model
+    from ..train import fit
     path = run / f"{name}.h5"
     if path.exists():
         log(f"[{name}] already done: loading {path}")
@@ -146,8 +143,17 @@ def _layer_rows(before, after):
 
 
 def run(args):
+    from ..compress import compress_network, format_report
+    from ..data.store import ClipDataset
+    from ..flops import count_network
+    from ..models import thetis_net
+    from ..report import write_json, write_text
+    from ..train import Subset, evaluate, train_test_split
     t_start = time.perf_counter()
     preset = _preset(args)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    check_outputs(dirs={"--out": args.out}, inputs=[args.data])
     run_dir = _run_dir(args)
 
     def log(line):
@@ -216,6 +222,7 @@ def _summary(r) -> str:
 
 
 def _markdown(r) -> str:
+    from ..report import markdown_table
     a, t = r["accuracy"], r["totals"]
     lines = [f"# tuckerref demo ({r['preset']} preset, seed {r['seed']})", "",
              f"Data: `{r['data']}`, {r['n_train']} training / {r['n_test']} test clips of shape "

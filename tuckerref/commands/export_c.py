@@ -1,8 +1,11 @@
 """``tuckerref export-c``: write a standalone C99 implementation of a saved network."""
 from __future__ import annotations
 
-from ..export import WEIGHTS_FORMATS, export_c
-from ..io import load_model
+import shlex
+from pathlib import Path
+
+from ..outputs import check_outputs
+from .defaults import WEIGHTS_FORMATS
 
 
 def register(sub):
@@ -17,6 +20,9 @@ def register(sub):
 
 
 def run(args):
+    check_outputs(dirs={"OUTDIR": args.outdir}, inputs=[args.weights])
+    from ..export import export_c
+    from ..io import load_model
     net, meta = load_model(args.weights)
     input_shape = tuple(args.input_shape) if args.input_shape else getattr(net, "input_shape", None)
     if input_shape is None:
@@ -29,5 +35,17 @@ def run(args):
     if result.folded:
         print("folded BatchNorm3d into the convolution before it: "
               + ", ".join(f"{bn} into {conv}" for conv, bn in result.folded))
-    print(f"build: make -C {result.outdir}    run: {result.outdir}/net [-t N] INPUT.f32 LOGITS.f32")
+    print(run_instructions(result.outdir, args.weights_format))
     return 0
+
+
+def run_instructions(outdir, weights_format) -> str:
+    """How to build and run the exported program, as commands that work from any directory:
+    absolute, shell-quoted paths, and with ``-w`` naming the weights blob (the program otherwise
+    opens ``weights.bin`` in the working directory)."""
+    outdir = Path(outdir).resolve()
+    run = [str(outdir / "net")]
+    if weights_format == "blob":
+        run += ["-w", str(outdir / "weights.bin")]
+    return (f"build: make -C {shlex.quote(str(outdir))}    "
+            f"run: {shlex.join(run)} [-t N] INPUT.f32 LOGITS.f32")

@@ -1,7 +1,7 @@
 """``tuckerref export-onnx W.h5 OUT.onnx``: write a saved network (compressed ones included) as an ONNX model."""
 from __future__ import annotations
 
-from pathlib import Path
+from ..outputs import check_outputs
 
 
 def register(sub):
@@ -21,12 +21,11 @@ def register(sub):
 
 
 def run(args):
-    from ..io import load_model
-    from ..onnx_io.writer import export_onnx
-    if Path(args.output).resolve() == Path(args.weights).resolve():
-        raise ValueError(f"OUT.onnx {args.output} is the input weights file; choose another path")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    check_outputs(files={"OUT.onnx": args.output}, inputs=[args.weights])
+    from ..io import load_model
+    from ..onnx_io.writer import export_onnx
     net, _ = load_model(args.weights)
     model = export_onnx(net, args.output, input_shape=args.input_shape, batch_size=args.batch,
                         dynamic_batch=args.dynamic_batch, fold_batchnorm=args.fold_batchnorm, opset=args.opset,

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
-from ..models import PAPER_INPUT_SHAPE, thetis_net
-from ..nn import no_grad
+from .defaults import PAPER_INPUT_SHAPE
 
 
 def register(sub):
@@ -19,8 +16,14 @@ def register(sub):
 
 
 def run(args):
+    import numpy as np
+
+    from ..models import thetis_net
+    from ..nn import no_grad
     if args.batch < 1 or args.repeats < 1:
         raise ValueError(f"--batch and --repeats must be >= 1, got {args.batch} and {args.repeats}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     shape = tuple(args.input_shape)
     net = thetis_net(shape, seed=args.seed).eval()
     x = np.random.default_rng(args.seed).random((args.batch,) + shape, dtype=np.float32)

@@ -1,7 +1,7 @@
 """``tuckerref import-onnx MODEL.onnx OUT.h5``: read a chain-shaped ONNX model into a weights file."""
 from __future__ import annotations
 
-from pathlib import Path
+from ..outputs import check_outputs
 
 
 def register(sub):
@@ -16,9 +16,8 @@ def register(sub):
 
 
 def run(args):
+    check_outputs(files={"OUT.h5": args.output}, inputs=[args.model])
     from ..onnx_io.reader import import_onnx
-    if Path(args.output).resolve() == Path(args.model).resolve():
-        raise ValueError(f"OUT.h5 {args.output} is the input model; choose another path")
     net = import_onnx(args.model, args.output, dtype=args.dtype)
     print(f"{args.model} -> {args.output}: {len(list(net.children()))} layers, {net.num_parameters():,} parameters, "
           f"input {' x '.join(map(str, net.input_shape))}, output {net.output_shape(net.input_shape)}")

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import platform
 
-import numba
-import numpy as np
-
 from .. import __version__
-from ..models import PAPER_INPUT_SHAPE, thetis_net
+from .defaults import PAPER_INPUT_SHAPE
 
 
 def register(sub):
@@ -17,6 +14,10 @@ def register(sub):
 
 
 def run(args):
+    import numba
+    import numpy as np
+
+    from ..models import thetis_net
     print(f"tuckerref {__version__}  numpy {np.__version__}  numba {numba.__version__}  "
           f"python {platform.python_version()}  threads {numba.get_num_threads()}")
     net = thetis_net(tuple(args.input_shape), seed=0)

@@ -256,6 +256,8 @@ def print_fit(fit, name="tuckerref"):
 
 
 def run(args):
+    from ..outputs import check_outputs
+    check_outputs(dirs={"--out": args.out})
     wait_policy = sleep_idle_workers()  # before anything starts Numba's threads
     net, x, ranks, out_channels, kernels = prepare(args)
     threads = check_threads(args.threads)

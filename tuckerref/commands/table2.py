@@ -253,6 +253,8 @@ def write_outputs(out_dir, table: dict, text: str, stem="table2") -> list:
 
 
 def run(args):
+    from ..outputs import check_outputs
+    check_outputs(dirs={"--out": args.out}, inputs=[args.weights])
     wait_policy = sleep_idle_workers()  # before anything starts Numba's threads
     check_repeats(args.repeats, args.warmup)
     check_threads(args.threads)

@@ -9,14 +9,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
+from ..outputs import check_outputs, save_or_fallback
+from .defaults import CHECKPOINT_NAME, OPTIMIZER_NAMES
 
-from ..data.store import ClipDataset
-from ..io import load_model, save_model
-from ..models import thetis_net
-from ..optim import OPTIMIZERS, make_optimizer
-from ..train import CHECKPOINT_NAME, Subset, evaluate, fit, kfold, seed_dropout, split_fingerprint, train_test_split
-
+# NumPy, h5py and the engine are imported inside the run functions (see tuckerref.cli).
 DEFAULT_SEED, DEFAULT_TEST_FRACTION = 0, 0.1
 
 
@@ -55,7 +51,7 @@ def _split_options(p):
 
 def _training_options(p, epochs):
     p.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZER_NAMES), default="sgd")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001, the paper's)")
     p.add_argument("--momentum", type=float, default=0.7, help="SGD momentum (default 0.7)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="L2 weight decay (default 0.01)")
@@ -64,6 +60,54 @@ def _training_options(p, epochs):
     p.add_argument("--checkpoint-dir", help=f"write DIR/{CHECKPOINT_NAME} after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint-dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# -- argument checks (before any file is read) ----------------------------------------------------------
+def _check_split_options(args):
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.test_fraction is not None and not 0.0 <= args.test_fraction < 1.0:
+        raise ValueError(f"--test-fraction must lie in [0, 1), got {args.test_fraction}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def _check_training_options(args):
+    """Refuse option values that would waste or corrupt a run, naming the option and the value."""
+    _check_split_options(args)
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if not 0.0 <= args.momentum < 1.0:
+        raise ValueError(f"--momentum must lie in [0, 1), got {args.momentum}")
+    if not args.weight_decay >= 0:
+        raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.resume and not args.checkpoint_dir:
+        raise ValueError("--resume needs --checkpoint-dir")
+    kfold = getattr(args, "kfold", None)
+    if kfold is not None:
+        if kfold < 2:
+            raise ValueError(f"--kfold must be >= 2 (one fold per test part), got {kfold}")
+        if args.test_fraction is not None:
+            raise ValueError("--test-fraction and --kfold exclude each other: with --kfold each fold's test part "
+                             "is 1/K of the clips")
+
+
+def _check_paths(args, *inputs):
+    """The command's output paths, checked against each other and its inputs before any work."""
+    check_outputs(files={"OUT": args.out}, dirs={"--checkpoint-dir": args.checkpoint_dir},
+                  inputs=[args.data, *inputs])
+
+
+def _open_data(path):
+    """The clip data set at ``path``; an empty one is refused, naming the file."""
+    from ..data.store import ClipDataset
+    ds = ClipDataset(path)
+    if len(ds) == 0:
+        ds.close()
+        raise ValueError(f"clip data set {path} holds no clips")
+    return ds
 
 
 # -- shared steps ---------------------------------------------------------------------------------------
@@ -87,6 +131,7 @@ def _split_settings(args, meta):
 
 
 def _split(ds, seed, frac):
+    from ..train import split_fingerprint, train_test_split
     train, test = train_test_split(len(ds), frac, seed, stratify=ds.labels)
     info = {"seed": seed, "test_fraction": frac, "stratified": True, "n_train": int(train.size),
             "n_test": int(test.size), "test_clips": split_fingerprint(ds, test)}
@@ -101,8 +146,8 @@ def _check_same_split(info, meta, weights):
 
 
 def _fit(args, net, ds, train, test, seed, checkpoint_dir=None, resume=None):
-    if args.resume and not args.checkpoint_dir:
-        raise ValueError("--resume needs --checkpoint-dir")
+    from ..optim import make_optimizer
+    from ..train import Subset, fit
     optimizer = make_optimizer(args.optimizer, net.parameters(), lr=args.lr, momentum=args.momentum,
                                weight_decay=args.weight_decay)
     return fit(net, Subset(ds, train), Subset(ds, test), epochs=args.epochs, optimizer=optimizer,
@@ -117,22 +162,33 @@ def _settings(args):
 
 
 def _save(args, net, ds, command, seed, split, train, history, extra=None):
-    """Write OUT with meta: command, data file, seed, split, settings, accuracies and history."""
+    """Write OUT with meta: command, data file, seed, split, settings, accuracies and history.
+
+    If OUT cannot be written any more (its directory removed or made read-only during the run), the
+    network goes beside the checkpoint (with ``--checkpoint-dir``) or into the temporary directory,
+    and the path is printed: a finished run is never lost."""
+    from ..io import save_model
+    from ..train import Subset, evaluate
     train_acc = evaluate(net, Subset(ds, train), args.batch_size)["accuracy"]
-    test_acc = history[-1]["test_acc"] if history else float("nan")
+    test_acc = history[-1]["test_acc"] if history and split["n_test"] else None  # None: no test clips
     meta = {"command": command, "data": str(Path(args.data).resolve()), "seed": seed, "split": split,
             "class_names": ds.class_names, "training": _settings(args),
             "accuracy": {"train": train_acc, "test": test_acc}, "history": history, **(extra or {})}
-    save_model(args.out, net, meta=meta)
-    print(f"saved {args.out}: train accuracy {100 * train_acc:.1f}% ({split['n_train']} clips), "
-          f"test accuracy {100 * test_acc:.1f}% ({split['n_test']} clips)")
+    candidates = [Path(args.checkpoint_dir) / f"{Path(args.out).stem}.h5"] if args.checkpoint_dir else []
+    out = save_or_fallback(lambda path: save_model(path, net, meta=meta), args.out, candidates=candidates,
+                           log=lambda line: print(f"warning: {line}", file=sys.stderr))
+    test = f"test accuracy {100 * test_acc:.1f}% ({split['n_test']} clips)" if test_acc is not None else "no test clips"
+    print(f"saved {out}: train accuracy {100 * train_acc:.1f}% ({split['n_train']} clips), {test}")
 
 
 # -- commands -----------------------------------------------------------------------------------------
 def run_train(args):
+    _check_training_options(args)
+    _check_paths(args)
+    from ..models import thetis_net
     seed, frac = _split_settings(args, None)
-    with ClipDataset(args.data) as ds:
-        if args.kfold:
+    with _open_data(args.data) as ds:
+        if args.kfold is not None:
             return _cross_validate(args, ds, seed)
         train, test, split = _split(ds, seed, frac)
         net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names))
@@ -144,6 +200,12 @@ def run_train(args):
 
 
 def _cross_validate(args, ds, seed):
+    import numpy as np
+
+    from ..models import thetis_net
+    from ..train import kfold, split_fingerprint
+    if args.kfold > len(ds):
+        raise ValueError(f"--kfold {args.kfold} exceeds the {len(ds)} clips of {args.data}")
     folds = kfold(len(ds), args.kfold, seed, stratify=ds.labels)
     accs = []
     for f, (train, test) in enumerate(folds, start=1):
@@ -163,9 +225,13 @@ def _cross_validate(args, ds, seed):
 
 
 def run_finetune(args):
+    _check_training_options(args)
+    _check_paths(args, args.weights)
+    from ..io import load_model
+    from ..train import Subset, evaluate, seed_dropout
     net, meta = load_model(args.weights)
     seed, frac = _split_settings(args, meta)
-    with ClipDataset(args.data) as ds:
+    with _open_data(args.data) as ds:
         if getattr(net, "input_shape", None) is None:
             net.input_shape = ds.clip_shape
         train, test, split = _split(ds, seed, frac)
@@ -181,9 +247,14 @@ def run_finetune(args):
 
 
 def run_evaluate(args):
+    _check_split_options(args)
+    import numpy as np
+
+    from ..io import load_model
+    from ..train import Subset, evaluate
     net, meta = load_model(args.weights)
     seed, frac = _split_settings(args, meta)
-    with ClipDataset(args.data) as ds:
+    with _open_data(args.data) as ds:
         if getattr(net, "input_shape", None) is not None and tuple(net.input_shape) != ds.clip_shape:
             raise ValueError(f"{args.data} has clips of shape {ds.clip_shape}, {args.weights} expects "
                              f"{tuple(net.input_shape)}")
@@ -193,6 +264,10 @@ def run_evaluate(args):
             what = f"test split (seed {seed}, test fraction {frac})"
         else:
             idx, what = np.arange(len(ds)), "all clips"
+        if len(idx) == 0:
+            raise ValueError(f"the {what} of {args.data} holds no clips (test fraction {frac}); "
+                             f"use --split all or a larger --test-fraction")
+        _check_finite(net, args.weights)
         ev = evaluate(net, Subset(ds, idx), args.batch_size)
         names = ds.class_names
     correct = int(np.trace(ev["confusion"]))
@@ -200,6 +275,16 @@ def run_evaluate(args):
     print(f"accuracy {100 * ev['accuracy']:.1f}% ({correct}/{ev['n']}), mean cross-entropy {ev['loss']:.4f}")
     print(_format_confusion(ev["confusion"], names))
     return 0
+
+
+def _check_finite(net, weights):
+    """Refuse a network with NaN or infinite parameters (it would score as if it predicted class 0)."""
+    import numpy as np
+    for name, value in net.state_dict().items():
+        value = np.asarray(value)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"weights file {weights}: parameter {name!r} holds "
+                             f"{int(value.size - np.isfinite(value).sum())} non-finite values (NaN or inf)")
 
 
 def _format_confusion(cm, class_names):

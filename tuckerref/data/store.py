@@ -15,6 +15,7 @@ Clips are stored as uint8 and returned by :meth:`ClipDataset.batch` as float32 s
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 from pathlib import Path
@@ -242,6 +243,8 @@ class ClipDataset:
             raise self._bad(f"has unsupported version {version} (this reader knows 1..{VERSION})")
         try:
             clips, labels, names = f["clips"], f["labels"], f["names"]
+            if labels.dtype.kind not in "iu":
+                raise self._bad(f"has labels of dtype {labels.dtype}; labels must be integer class indices")
             self.labels = np.asarray(labels[()], dtype=np.int64)
             self.names = [str(s) for s in names.asstr()[()]]
             self.class_names = list(json.loads(f.attrs["class_names"]))
@@ -310,6 +313,27 @@ class ClipDataset:
         idx = self._indices(indices)
         x = np.divide(self._read(idx), np.float32(255.0), dtype=np.float32)
         return x, self.labels[idx]
+
+    def fingerprint(self) -> dict:
+        """What a computation on this data set depends on: clip shape and dtype, the number of clips and
+        a SHA-256 digest of the stored clips, labels and names (read in blocks of clips, so memory
+        stays small; computed once per opening). Equal fingerprints mean the same data, whatever the
+        file's name or compression."""
+        if getattr(self, "_fingerprint", None) is None:
+            if self._file is None:
+                raise ValueError(f"clip data set {self.path} is closed")
+            h = hashlib.sha256(f"{list(self.clip_shape)}|uint8|{len(self)}|".encode())
+            block = max(1, (64 << 20) // max(1, int(np.prod(self.clip_shape))))  # about 64 MB per read
+            try:
+                for start in range(0, len(self), block):
+                    h.update(np.ascontiguousarray(self._clips[start:start + block]).tobytes())
+            except (OSError, ValueError) as exc:
+                raise self._bad(f"could not be read (damaged?): {exc}") from None
+            h.update(self.labels.astype("<i8").tobytes())
+            h.update(json.dumps(self.names).encode())
+            self._fingerprint = {"clip_shape": list(self.clip_shape), "dtype": "uint8", "n": len(self),
+                                 "sha256": h.hexdigest()}
+        return dict(self._fingerprint)
 
     def close(self):
         if self._file is not None:
