@@ -29,8 +29,8 @@ COMMANDS = [
     ("table2", "table2", "the paper's Table 2: weights, FLOPs and measured time, original vs compressed"),
     ("scaling", "scaling", "time a layer's Tucker-2 replacement at many ranks; fit time = a + b*FLOPs"),
     ("export-c", "export_c", "write net.h, net.c, weights, main.c and a Makefile for a saved network"),
-    ("import-onnx", "import_onnx", "read a chain-shaped ONNX model (e.g. from torch.onnx.export) into a weights file"),
-    ("export-onnx", "export_onnx", "write a saved network, compressed ones included, as an ONNX model"),
+    ("import-onnx", "import_onnx", "read an ONNX model (e.g. from torch.onnx.export) into a weights file"),
+    ("export-onnx", "export_onnx", "write a saved network as an ONNX model other runtimes can run"),
 ]
 # What bad input raises (every check names the file, option or value at fault): reported in one line,
 # exit status 2. Anything else is a bug and keeps its traceback.
