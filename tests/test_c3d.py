@@ -88,3 +88,26 @@ def test_narrow_c3d_with_batchnorm_trains_one_sgd_step_and_checkpoints_its_buffe
     assert int(after["bn1a.num_batches_tracked"]) == 1
     saved = load_checkpoint(tmp_path / "checkpoint.h5")["state_dict"]
     assert list(saved) == list(after) and all(np.array_equal(saved[k], after[k]) for k in after)
+
+
+def test_narrow_c3d_inference_fuses_conv_relu_pool_and_equals_the_layer_by_layer_pass(rng):
+    """C3D orders conv, relu, pool; relu(max(x)) = max(relu(x)), so inference fuses the three into one
+    pass with the same bits. After fold_batchnorm a BatchNorm C3D fuses the same way."""
+    from tuckerref.fold import fold_batchnorm
+    from tuckerref.nn import compile_inference
+    net = c3d(NARROW_CLIP, seed=0, **NARROW)
+    for m in net:
+        if isinstance(m, BatchNorm3d):
+            m.running_mean[:] = rng.normal(0, 0.1, m.num_features)
+            m.running_var[:] = rng.uniform(0.5, 2.0, m.num_features)
+    net.eval()
+    x = rng.uniform(0, 1, (1,) + NARROW_CLIP).astype(np.float32)
+    folded, pairs = fold_batchnorm(net, report=True)
+    assert len(pairs) == 8 and not any(isinstance(m, BatchNorm3d) for m in folded)
+    layer_by_layer = folded.forward(x.copy())
+    program = compile_inference(folded, x.shape)
+    assert program.describe()[:2] == ["fused", "fused"]  # conv1a/relu1a/pool1, conv2a/relu2a/pool2 (rows >= 16 wide)
+    with no_grad():
+        np.testing.assert_array_equal(folded(x), layer_by_layer)
+        np.testing.assert_allclose(folded(x), net(x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(program(x), layer_by_layer)

@@ -85,3 +85,19 @@ def test_float32_network_folds_in_float32():
     net = Sequential(Conv3d(1, 2, 1, rng=0), BatchNorm3d(2))
     folded = fold_batchnorm(net)
     assert folded[0].weight.data.dtype == np.float32 and folded[0].bias.data.dtype == np.float32
+
+
+def test_fold_command_writes_the_folded_network_and_names_each_pair(tmp_path, rng, capsys):
+    from tuckerref.cli import main
+    from tuckerref.io import load_model, save_model
+    net = network(rng)
+    net.input_shape = (2, 3, 6, 6)
+    save_model(tmp_path / "in.h5", net)
+    assert main(["fold", str(tmp_path / "in.h5"), str(tmp_path / "out.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "3 BatchNorm3d folded" in out and "bn1 -> conv1" in out and "left in place" in out and "bn0" in out
+    folded, meta = load_model(tmp_path / "out.h5")
+    assert meta["folded"] == [["inner.conv3", "inner.bn3"], ["conv1", "bn1"], ["conv2.2", "bn2"]]
+    x = rng.standard_normal((1, 2, 3, 6, 6))
+    with no_grad():
+        np.testing.assert_allclose(folded.astype(np.float64)(x), net(x), rtol=1e-5, atol=1e-6)

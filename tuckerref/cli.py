@@ -24,6 +24,7 @@ COMMANDS = [
     ("train", "train", "train the paper network on a clip data set (HDF5)"),
     ("finetune", "train", "continue training a saved (e.g. compressed) network on its training split"),
     ("evaluate", "train", "accuracy and confusion matrix of a saved network on a clip data set"),
+    ("fold", "fold", "fold BatchNorm3d layers into the convolutions before them (for inference)"),
     ("compress", "compress", "Tucker-2/Tucker-1 compress a saved network (VBMF or given ranks)"),
     ("demo", "demo", "synthesize -> train -> compress -> fine-tune -> evaluate -> report"),
     ("table2", "table2", "the paper's Table 2: weights, FLOPs and measured time, original vs compressed"),

@@ -28,8 +28,12 @@ from numba import njit, prange
 from ._checks import float_array
 from ._threads import threads_for
 
+#: The sums may be reassociated (so that LLVM vectorises them, several partial sums per lane);
+#: no other fast-math liberty: NaN and infinity still propagate.
+_REDUCE = {"reassoc", "nsz"}
 
-@njit(parallel=True, cache=True)
+
+@njit(parallel=True, cache=True, fastmath=_REDUCE)
 def _centred_sums(x, centre, out):
     """out[n, c] = sum_l (x[n, c, l] - centre[c]) in float64."""
     N, C, L = x.shape
@@ -44,7 +48,7 @@ def _centred_sums(x, centre, out):
         out[n, c] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_REDUCE)
 def _centred_squares(x, centre, out):
     """out[n, c] = sum_l (x[n, c, l] - centre[c])^2 in float64."""
     N, C, L = x.shape
@@ -60,7 +64,7 @@ def _centred_squares(x, centre, out):
         out[n, c] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_REDUCE)
 def _grad_sums(x, g, centre, sum_g, sum_gx):
     """sum_g[n, c] = sum_l g, sum_gx[n, c] = sum_l g (x - centre[c]), in float64."""
     N, C, L = x.shape
