@@ -136,3 +136,13 @@ def test_local_processes_and_dask_cluster_give_the_same_numbers_bit_for_bit(file
     local, dask = _numbers(_train_records(tmp_path / "local")), _numbers(_train_records(tmp_path / "dask"))
     assert len(local) == 1 + len(GRID) and local == dask == _numbers(_train_records(inline_run[0]))
     assert len(hosts) >= 1
+
+
+def test_command_reports_a_bad_grid_as_an_error(files, tmp_path, capsys):
+    from tuckerref.cli import main
+    weights, data = files
+    assert main(["study", "ranks", str(weights), str(data), str(tmp_path / "out"), "--workers", "0",
+                 "--grid", "scale:0.5", '{"c2": [1, 99]}']) == 2
+    err = capsys.readouterr().err
+    assert "tuckerref study: error:" in err and "c2" in err and "[1, 16]" in err
+    assert not (tmp_path / "out" / "records.jsonl").exists()
