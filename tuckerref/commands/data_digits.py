@@ -39,5 +39,5 @@ def run(args):
     with ClipDataset(path) as ds:
         counts = " ".join(str(int((ds.labels == k).sum())) for k in range(len(ds.class_names)))
         print(f"wrote {path}: {len(ds)} clips of shape {ds.clip_shape} (clips per class 0..9: {counts}; "
-              f"{ds.attrs['distinct_images']} distinct digit images)")
+              f"the first {ds.attrs['distinct_images']} show pairwise distinct digit images)")
     return 0

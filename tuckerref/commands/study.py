@@ -1,4 +1,4 @@
-"""``tuckerref study ranks``: accuracy before/after fine-tuning, parameters, FLOPs and measured time over a rank grid."""
+"""``tuckerref study ranks``: accuracy before/after fine-tuning, parameters, FLOPs and time over a rank grid."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,19 +32,23 @@ def register(sub):
     r.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default %(default)s)")
     r.add_argument("--batch-size", type=int, default=16, help="mini-batch size (default %(default)s)")
     r.add_argument("--seed", type=int, default=None,
-                   help="split, shuffling and dropout seed of every point (default: the weights file's split seed, else 0)")
+                   help="split, shuffling and dropout seed of every point (default: the weights file's split "
+                        "seed, else 0)")
     r.add_argument("--test-fraction", type=float, default=None,
                    help="held-out fraction per class (default: the weights file's, else 0.1)")
     r.add_argument("--kfold", type=int, metavar="K", help="K-fold cross-validation: each point fine-tuned K times")
-    r.add_argument("--workers", type=int, default=1, help="local worker processes for training; 0 trains in this process (default %(default)s)")
+    r.add_argument("--workers", type=int, default=1,
+                   help="local worker processes for training; 0 trains in this process (default %(default)s)")
     r.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="train on this Dask cluster instead (needs tuckerref[dask]; the paths must be readable "
                         "by every worker)")
     r.add_argument("--threads", type=int, default=1, help="Numba threads per training task (default %(default)s); "
                                                           "part of a point's settings: same threads, same numbers")
-    r.add_argument("--time-threads", type=int, default=None, help="Numba threads for the timing runs (default: Numba's)")
+    r.add_argument("--time-threads", type=int, default=None,
+                   help="Numba threads for the timing runs (default: Numba's)")
     r.add_argument("--time-batch", type=int, default=1, help="clips per timed batch (default %(default)s)")
-    r.add_argument("--repeats", type=int, default=7, help="timed runs per point; the median is reported (default %(default)s)")
+    r.add_argument("--repeats", type=int, default=7,
+                   help="timed runs per point; the median is reported (default %(default)s)")
     r.add_argument("--max-tasks", type=int, default=None,
                    help="train at most this many tasks now (the rest on a rerun)")
     r.set_defaults(func=run)

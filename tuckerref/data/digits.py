@@ -105,7 +105,8 @@ def check_channels(channels):
 
 
 def clip_label(index, seed=0):
-    """Label of clip ``index``: clips ``10 k .. 10 k + 9`` hold each class once, in an order drawn from ``(seed, k)``."""
+    """Label of clip ``index``: clips ``10 k .. 10 k + 9`` hold each class once, in an order drawn from
+    ``(seed, k)``."""
     index, seed = _check_index("index", index), _check_index("seed", seed)
     block, slot = divmod(index, NUM_CLASSES)
     return int(np.random.default_rng([seed, block, _LABEL_STREAM]).permutation(NUM_CLASSES)[slot])
@@ -247,6 +248,7 @@ def write_digits(path, n=1000, seed=0, shape=DEFAULT_SHAPE, channels=CHANNELS, p
         raise ValueError(f"n must be >= 1, got {n}")
     shape, channels = check_shape(shape), check_channels(channels)
     digit_images()  # fail early without scikit-learn
+    # distinct_images: how many clips, from the first, show pairwise distinct digit images
     attrs = {"generator": "tuckerref.data.digits", "seed": seed, "distinct_images": min(n, distinct_images())}
     source = f"moving handwritten digits (tuckerref.data.digits, scikit-learn load_digits, seed {seed})"
     clips = generate(n, seed, shape, channels)

@@ -5,9 +5,10 @@ plain dict (picklable, no open files) and returns a plain dict. It reads the wei
 set from their paths (on a cluster, paths every worker can read). Its numbers depend only on the
 task: the network and data files, the ranks, the split, the optimiser settings, the seed (which
 seeds the shuffling and the dropout masks, :func:`tuckerref.train.stream`) and the number of Numba
-threads, which the task sets. Compression (HOOI from an HOSVD start), training and evaluation are
-deterministic given those, so a point gives the same numbers, bit for bit, in whatever process
-or on whatever machine (of the same platform and library versions) it runs.
+threads, which the task sets; NumPy's BLAS, used by the decompositions' SVDs, runs on one thread.
+Compression (HOOI from an HOSVD start), training and evaluation are deterministic given those, so
+a point gives the same numbers, bit for bit, in whatever process or on whatever machine (of the
+same platform and library versions) it runs.
 
 :func:`time_point` times the compiled inference pass (:func:`tuckerref.nn.compile_inference`) of a
 point's compressed network; the study runs it on the client, one point at a time, after the
@@ -18,8 +19,22 @@ from __future__ import annotations
 import os
 import platform
 import time
+from contextlib import contextmanager
 
 import numpy as np
+
+
+@contextmanager
+def one_blas_thread():
+    """Run the block with NumPy's BLAS/LAPACK on one thread (threadpoolctl, installed with scikit-learn):
+    the SVDs of the decompositions then give the same bits whatever the machine's core count."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
 
 
 def set_threads(threads):
@@ -58,7 +73,8 @@ def train_point(task: dict) -> dict:
 
     threads = set_threads(task["threads"])
     t0 = time.perf_counter()
-    net, report = build_network(task["weights"], task["ranks"], task["plan"])
+    with one_blas_thread():
+        net, report = build_network(task["weights"], task["ranks"], task["plan"])
     seed_dropout(net, task["seed"])
     with ClipDataset(task["data"]) as ds:
         train, test = Subset(ds, task["train"]), Subset(ds, task["test"])

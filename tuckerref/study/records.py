@@ -46,7 +46,8 @@ class RecordLog:
             try:
                 old = json.loads(self.settings_path.read_text())
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{self.settings_path} is damaged ({exc}); remove the directory to start over") from None
+                raise ValueError(f"{self.settings_path} is damaged ({exc}); remove the directory to start "
+                                 f"over") from None
             if old != canonical:
                 diff = sorted(k for k in set(old) | set(canonical) if old.get(k) != canonical.get(k))
                 raise ValueError(f"{self.dir} holds a study with other settings ({', '.join(diff)} differ); "

@@ -106,7 +106,8 @@ def run_study(weights, data, outdir, grid, *, executor=None, plan="table2", epoc
 
     optimizer = dict(optimizer or {"name": "adam", "lr": 5e-4, "weight_decay": 0.0})
     if epochs < 0 or batch_size < 1 or threads < 1:
-        raise ValueError(f"--epochs must be >= 0, --batch-size and --threads >= 1, got {epochs}, {batch_size}, {threads}")
+        raise ValueError(f"--epochs must be >= 0, --batch-size and --threads >= 1, got {epochs}, {batch_size}, "
+                         f"{threads}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     net, points, splits, info = prepare(weights, data, grid, plan=plan, seed=seed, test_fraction=test_fraction,
