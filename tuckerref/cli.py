@@ -29,6 +29,7 @@ COMMANDS = [
     ("demo", "demo", "synthesize -> train -> compress -> fine-tune -> evaluate -> report"),
     ("table2", "table2", "the paper's Table 2: weights, FLOPs and measured time, original vs compressed"),
     ("scaling", "scaling", "time a layer's Tucker-2 replacement at many ranks; fit time = a + b*FLOPs"),
+    ("study", "study", "studies over a grid of settings (ranks)"),
     ("export-c", "export_c", "write net.h, net.c, weights, main.c and a Makefile for a saved network"),
     ("import-onnx", "import_onnx", "read an ONNX model (e.g. from torch.onnx.export) into a weights file"),
     ("export-onnx", "export_onnx", "write a saved network as an ONNX model other runtimes can run"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 # Subcommand modules, in the order their subcommands appear in ``tuckerref data --help``.
-SUBCOMMAND_MODULES = ["data_thetis", "data_synth"]
+SUBCOMMAND_MODULES = ["data_thetis", "data_synth", "data_digits"]
 
 
 def register(sub):
