@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..export import WEIGHTS_FORMATS, export_c
+from ..export.memory import format_footprint
 from ..io import load_model
 
 
@@ -24,10 +25,13 @@ def run(args):
     result = export_c(net, args.outdir, input_shape=input_shape, weights_format=args.weights_format)
     print(f"wrote {', '.join(f.name for f in result.files)} to {result.outdir}")
     print(f"{len([s for s in result.steps if s.kind != 'identity'])} computing layers, "
-          f"{result.param_floats:,} parameters, scratch {result.scratch_floats:,} floats, "
+          f"{result.param_floats:,} parameters, scratch {result.scratch_floats:,} floats "
+          f"({result.layerwise_scratch_floats:,} layer by layer), "
           f"input {' x '.join(map(str, input_shape))}")
     if result.folded:
         print("folded BatchNorm3d into the convolution before it: "
               + ", ".join(f"{bn} into {conv}" for conv, bn in result.folded))
+    print(format_footprint(result.footprint))
+    print(f"footprint (flash: parameter bytes; RAM: scratch floats, stack bytes) written to {result.outdir}/footprint.json")
     print(f"build: make -C {result.outdir}    run: {result.outdir}/net [-t N] INPUT.f32 LOGITS.f32")
     return 0
