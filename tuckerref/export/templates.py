@@ -207,7 +207,7 @@ CONV3D_EQUATION = """\
  *   f_i = f'*stride_F + i - pad_F (likewise h_j, w_l); taps in the zero padding add nothing.
  * (With a Tucker core as K this is eq. (9).) Each output row Y(t, f', h', :) is computed in
  * blocks of VB columns whose taps all lie inside the input, each block's sum over (s, i, j, l) held
- * in registers (an inner loop of VB independent multiply-adds, which a C99 compiler vectorises);
+ * in a local array (an inner loop of VB independent multiply-adds, which a C99 compiler vectorises);
  * the columns near the edges are accumulated one kernel tap at a time.
 """
 
@@ -225,7 +225,7 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
     const int SD = $SD, SH = $SH, SW = $SW;
     const int PD = $PD, PH = $PH, PW = $PW;
     const float *const weight = $weight;  /* (T, S, KD, KH, KW) */
-    enum { VB = 16 };  /* output columns a block accumulates in registers */
+    enum { VB = $VB };  /* output columns a block accumulates at once (acc: VB floats of stack) */
     int lo[$KW], hi[$KW];  /* for kernel column l, the output columns ow in lo..hi-1 tap inside 0..W-1 */
     int in_lo = 0, in_hi = OW, end, t, oh, ow, s, i, j, l, v, r;
 
@@ -242,7 +242,7 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
             float *const yrow = y + t * ycs + oh * OW;
             for (ow = 0; ow < OW; ++ow)
                 yrow[ow] = $init;
-            /* interior columns, VB at a time: all taps of the block summed in registers, then stored */
+            /* interior columns, VB at a time: all taps of the block summed in acc, then stored */
             for (ow = in_lo; ow < end; ow += VB) {
                 float acc[VB];
                 for (v = 0; v < VB; ++v)

@@ -16,7 +16,7 @@ import numpy as np
 from ..io import atomic_path
 from ..nn import AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Linear, MaxPool3d
 from . import templates as tpl
-from .memory import footprint, format_footprint, place_units, plan_units
+from .memory import CONV_BLOCK_COLUMNS, footprint, format_footprint, place_units, plan_units
 from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
 
 WEIGHTS_FORMATS = ("array", "blob")
@@ -156,7 +156,8 @@ class _Generator:
             (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
             body = tpl.CONV3D.substitute(func=func, S=S, D=D, H=H, W=W, T=T, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
                                          KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
-                                         weight=self._weight(step, "weight"), init=self._init(step, "t"))
+                                         weight=self._weight(step, "weight"), init=self._init(step, "t"),
+                                         VB=CONV_BLOCK_COLUMNS)
             equation = tpl.CONV3D_EQUATION
         elif step.kind == "pointwise":
             body = tpl.POINTWISE.substitute(func=func, S=step.in_shape[0], T=step.out_shape[0],
