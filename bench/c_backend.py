@@ -10,7 +10,10 @@ one thread) and prints, per flag set:
 * every convolution and linear (sub-)layer with its FLOPs, time and achieved GFLOP/s: time is
   proportional to FLOPs exactly when the GFLOP/s column is constant.
 
-    .venv/bin/python bench/c_backend.py --repeats 3 [--o3] [--out runs/c_backend]
+    .venv/bin/python bench/c_backend.py --repeats 3 [--o3] [--engine] [--out runs/c_backend]
+
+``--engine`` also times the engine's own kernels with one Numba thread on the same layers and prints
+the C's GFLOP/s as a fraction of the engine's, layer by layer.
 
 The compressed weights come from ``compress_network(net, "table2", "paper", method=...)``; timing does
 not depend on the weight values, so the default decomposition is the quick HOSVD. Figures taken on a
@@ -27,6 +30,7 @@ import numpy as np
 from tuckerref.commands import table2
 from tuckerref.export import DEFAULT_CFLAGS, profile_c
 from tuckerref.models import PAPER_INPUT_SHAPE, thetis_net
+from tuckerref.profile import profile_network
 from tuckerref.report import markdown_table
 
 try:
@@ -63,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--o3", action="store_true", help="also build with -O3 -march=native")
     p.add_argument("--method", choices=("hosvd", "hooi"), default="hosvd", help="decomposition (timing-neutral)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", action="store_true",
+                   help="also time the engine single-threaded (numba, threads=1) and print C / engine GFLOP/s per layer")
     p.add_argument("--out", default=None, help="folder for c_backend[_O3].md/.json (default: print only)")
     args = p.parse_args(argv)
 
@@ -71,6 +77,11 @@ def main(argv=None) -> int:
     compressed = compress_network(original, "table2", "paper", method=args.method).eval()
     x = np.random.default_rng(args.seed).random((1,) + shape, dtype=np.float32)
     flag_sets = [("O2", DEFAULT_CFLAGS)] + ([("O3", O3_CFLAGS)] if args.o3 else [])
+    engine = None
+    if args.engine:
+        engine_table = table2.build_table(original, compressed, x, functools.partial(profile_network, threads=1),
+                                          repeats=args.repeats, warmup=args.warmup, clock="cpu")
+        engine = {(row[0], row[1]): float(row[4]) for row in leaf_rows(engine_table) if row[4] != "-"}
     for label, cflags in flag_sets:
         profiler = functools.partial(profile_c, cflags=cflags)
         table = table2.build_table(original, compressed, x, profiler, repeats=args.repeats, warmup=args.warmup,
@@ -81,6 +92,12 @@ def main(argv=None) -> int:
             table2.render(table),
             "Per (sub-)layer: time is proportional to FLOPs where GFLOP/s is constant",
             markdown_table(["network", "layer", "MFLOP", "CPU ms", "GFLOP/s"], leaf_rows(table))])
+        if engine:
+            ratios = [[*row[:2], row[4], f"{engine[tuple(row[:2])]:.2f}",
+                       f"{float(row[4]) / engine[tuple(row[:2])]:.2f}"]
+                      for row in leaf_rows(table) if row[4] != "-" and engine.get(tuple(row[:2]))]
+            text += ("\n\nC against the engine, both single-threaded, same layer (the engine timed just before)\n"
+                     + markdown_table(["network", "layer", "C GFLOP/s", "engine GFLOP/s", "C / engine"], ratios))
         imp = table["total"]["improvement"]
         text += (f"\n\nTotal: observed speed-up x{imp['observed_speedup']:.2f} against the theoretical "
                  f"x{imp['theoretical_speedup']:.2f} (FLOPs ratio); the paper observed x1.40 in PyTorch.")

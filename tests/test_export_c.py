@@ -298,8 +298,8 @@ def test_export_c_command_writes_the_sources(tmp_path, capsys):
     command.register(parser.add_subparsers())
     args = parser.parse_args(["export-c", str(tmp_path / "net.h5"), str(tmp_path / "out"), "--weights-format", "blob"])
     assert args.func(args) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Makefile", "main.c", "net.c", "net.h",
-                                                                    "weights.bin"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["Makefile", "footprint.json", "main.c", "net.c",
+                                                                    "net.h", "weights.bin"]
     header = (tmp_path / "out" / "net.h").read_text()
     assert re.search(r"#define NET_INPUT_SIZE\s+%d\b" % np.prod(SMALL), header)
     assert "scratch" in capsys.readouterr().out

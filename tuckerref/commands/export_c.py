@@ -30,11 +30,15 @@ def run(args):
     result = export_c(net, args.outdir, input_shape=input_shape, weights_format=args.weights_format)
     print(f"wrote {', '.join(f.name for f in result.files)} to {result.outdir}")
     print(f"{len([s for s in result.steps if s.kind != 'identity'])} computing layers, "
-          f"{result.param_floats:,} parameters, scratch {result.scratch_floats:,} floats, "
+          f"{result.param_floats:,} parameters, scratch {result.scratch_floats:,} floats "
+          f"({result.layerwise_scratch_floats:,} layer by layer), "
           f"input {' x '.join(map(str, input_shape))}")
     if result.folded:
         print("folded BatchNorm3d into the convolution before it: "
               + ", ".join(f"{bn} into {conv}" for conv, bn in result.folded))
+    from ..export.memory import format_footprint
+    print(format_footprint(result.footprint))
+    print(f"footprint (flash: parameter bytes; RAM: scratch floats, stack bytes) written to {result.outdir}/footprint.json")
     print(run_instructions(result.outdir, args.weights_format))
     return 0
 

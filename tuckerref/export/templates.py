@@ -15,7 +15,8 @@ NET_H = Template("""\
  *
  * Input:  one clip of NET_INPUT_SIZE floats, C x F x H x W = $input_dims (NCDHW, batch 1).
  * Output: NET_OUTPUT_SIZE logits.
- * net_forward allocates nothing: the caller passes a scratch array of NET_SCRATCH_FLOATS floats.
+ * net_forward allocates nothing: the caller passes a scratch array of NET_SCRATCH_FLOATS floats
+ * (footprint.json, written beside these sources, lists it unit by unit).
  *
  * Layers in execution order, with their output shape and FLOPs (the authors' counting convention:
  * a convolution costs T*I'*(2*S*Lambda - 1) plus I' with a bias, a linear layer (2*in - 1)*out
@@ -34,8 +35,9 @@ $flops_macros
 /* Runs the network on one clip: input (NET_INPUT_SIZE floats) -> logits (NET_OUTPUT_SIZE floats). */
 void net_forward(const float *input, float *logits, float *scratch);
 
-/* Runs computing layer `layer` (0 .. NET_NUM_LAYERS-1) alone, reading and writing the buffers it
- * uses inside net_forward. Calling layers 0, 1, ... in order is net_forward; main.c times each. */
+/* Runs computing layer `layer` (0 .. NET_NUM_LAYERS-1) alone, unfused, in a scratch array of
+ * NET_LAYERWISE_SCRATCH_FLOATS floats. Calling layers 0, 1, ... in order computes what net_forward
+ * does; main.c times each. */
 void net_run_layer(int layer, const float *input, float *logits, float *scratch);
 
 /* Name (PyTorch module path), layer type and FLOPs of computing layer `layer`. */
@@ -60,10 +62,12 @@ NET_C = Template("""\
 /* net.c, exported by tuckerref export-c:
  * $title.
  *
- * One function per layer, each with the equation it implements. Tensors are float32 in C order
- * (channels, frames, height, width), batch 1. Layers read and write caller-provided buffers:
- * the first reads the input, the last writes the logits, the others alternate between buffer A
- * at the start of the scratch array and buffer B ending at its end (NET_SCRATCH_FLOATS floats).
+ * One function per layer, each with the equation it implements, and one per fused unit. Tensors are
+ * float32 in C order (channels, frames, height, width), batch 1. Nothing is allocated: net_forward
+ * runs the units of the static memory plan in one caller-provided arena of NET_SCRATCH_FLOATS floats
+ * (each unit's input at one end, its output at the other, its working frames beside one of them);
+ * net_run_layer runs single layers, alternating between buffer A at the start of an arena of
+ * NET_LAYERWISE_SCRATCH_FLOATS floats and buffer B ending at its end.
  */
 #include <math.h>
 $includes
@@ -109,9 +113,8 @@ $dispatch
 
 void net_forward(const float *input, float *logits, float *scratch)
 {
-    int layer;
-    for (layer = 0; layer < NET_NUM_LAYERS; ++layer)
-        net_run_layer(layer, input, logits, scratch);
+    /* the static memory plan: offsets in floats into the scratch arena of NET_SCRATCH_FLOATS */
+$forward_calls
 }
 """)
 
@@ -202,34 +205,48 @@ CONV3D_EQUATION = """\
  * Eq. (1), PyTorch's cross-correlation:
  *   Y(t, f', h', w') = b(t) + sum_{s, i, j, l} K(t, s, i, j, l) X(s, f_i, h_j, w_l),
  *   f_i = f'*stride_F + i - pad_F (likewise h_j, w_l); taps in the zero padding add nothing.
- * (With a Tucker core as K this is eq. (9).) Each output row Y(t, f', h', :) is accumulated
- * in place, one kernel tap at a time.
+ * (With a Tucker core as K this is eq. (9).) Each output row Y(t, f', h', :) is computed in
+ * blocks of VB columns whose taps all lie inside the input, each block's sum over (s, i, j, l) held
+ * in a local array (an inner loop of VB independent multiply-adds, which a C99 compiler vectorises);
+ * the columns near the edges are accumulated one kernel tap at a time.
 """
 
 CONV3D = Template("""\
-static void $func(const float *restrict x, float *restrict y)
+/* One output frame od of the convolution: Y(:, od, :, :) into y, channel t at y + t*ycs. Input frame f
+ * of channel s is read at x + (f % ring)*xfs + s*xcs, so that the same code reads a whole tensor
+ * (xcs = D*H*W, xfs = H*W, ring = D) or a ring of the frames a fused block keeps (see net_forward). */
+static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, int od, float *restrict y, int ycs)
 {
     /* input: S channels of D x H x W; output: T channels of OD x OH x OW */
     const int S = $S, D = $D, H = $H, W = $W;
-    const int T = $T, OD = $OD, OH = $OH, OW = $OW;
+    const int T = $T, OH = $OH, OW = $OW;
     /* kernel, stride and zero padding */
     const int KD = $KD, KH = $KH, KW = $KW;
     const int SD = $SD, SH = $SH, SW = $SW;
     const int PD = $PD, PH = $PH, PW = $PW;
     const float *const weight = $weight;  /* (T, S, KD, KH, KW) */
+    enum { VB = $VB };  /* output columns a block accumulates at once (acc: VB floats of stack) */
     int lo[$KW], hi[$KW];  /* for kernel column l, the output columns ow in lo..hi-1 tap inside 0..W-1 */
-    int t, od, oh, ow, s, i, j, l;
+    int in_lo = 0, in_hi = OW, end, t, oh, ow, s, i, j, l, v, r;
 
     for (l = 0; l < KW; ++l) {
         lo[l] = first_inside(l - PW, SW);
         hi[l] = end_inside(l - PW, SW, W, OW);
+        in_lo = lo[l] > in_lo ? lo[l] : in_lo;  /* in_lo..in_hi-1: every tap of the row inside */
+        in_hi = hi[l] < in_hi ? hi[l] : in_hi;
     }
+    in_lo = in_lo < OW ? in_lo : OW;
+    end = in_hi > in_lo ? in_lo + (in_hi - in_lo) / VB * VB : in_lo;  /* blocks cover in_lo..end-1 */
     for (t = 0; t < T; ++t)
-        for (od = 0; od < OD; ++od)
-            for (oh = 0; oh < OH; ++oh) {
-                float *const yrow = y + ((t * OD + od) * OH + oh) * OW;
-                for (ow = 0; ow < OW; ++ow)
-                    yrow[ow] = $init;
+        for (oh = 0; oh < OH; ++oh) {
+            float *const yrow = y + t * ycs + oh * OW;
+            for (ow = 0; ow < OW; ++ow)
+                yrow[ow] = $init;
+            /* interior columns, VB at a time: all taps of the block summed in acc, then stored */
+            for (ow = in_lo; ow < end; ow += VB) {
+                float acc[VB];
+                for (v = 0; v < VB; ++v)
+                    acc[v] = 0.0f;
                 for (s = 0; s < S; ++s)
                     for (i = 0; i < KD; ++i) {
                         const int f = od * SD + i - PD;
@@ -237,23 +254,56 @@ static void $func(const float *restrict x, float *restrict y)
                             continue;
                         for (j = 0; j < KH; ++j) {
                             const int h = oh * SH + j - PH;
-                            const float *xrow, *k;
+                            const float *restrict xb;
+                            const float *restrict k;
                             if (h < 0 || h >= H)
                                 continue;
-                            xrow = x + ((s * D + f) * H + h) * W;
+                            xb = x + (f % ring) * xfs + s * xcs + h * W + (ow * SW - PW);
                             k = weight + (((t * S + s) * KD + i) * KH + j) * KW;
                             for (l = 0; l < KW; ++l) {
-                                /* columns lo..hi-1, whose taps start at xrow[lo*SW + l - PW] */
                                 const float kl = k[l];
-                                const int n = hi[l] - lo[l];
-                                float *const yl = yrow + lo[l];
-                                const float *const xl = xrow + (lo[l] * SW + l - PW);
-                                for (ow = 0; ow < n; ++ow)
-                                    yl[ow] += kl * xl[ow * SW];
+                                for (v = 0; v < VB; ++v)
+                                    acc[v] += kl * xb[l + v * SW];
                             }
                         }
                     }
+                for (v = 0; v < VB; ++v)
+                    yrow[ow + v] += acc[v];
             }
+            /* the other columns, 0..in_lo-1 and end..OW-1, one kernel tap at a time */
+            for (s = 0; s < S; ++s)
+                for (i = 0; i < KD; ++i) {
+                    const int f = od * SD + i - PD;
+                    if (f < 0 || f >= D)
+                        continue;
+                    for (j = 0; j < KH; ++j) {
+                        const int h = oh * SH + j - PH;
+                        const float *xrow, *k;
+                        if (h < 0 || h >= H)
+                            continue;
+                        xrow = x + (f % ring) * xfs + s * xcs + h * W;
+                        k = weight + (((t * S + s) * KD + i) * KH + j) * KW;
+                        for (l = 0; l < KW; ++l)
+                            for (r = 0; r < 2; ++r) {
+                                /* columns a..b-1 of range r whose taps xrow[ow*SW + l - PW] lie inside */
+                                const int a = r == 0 ? lo[l] : (end > lo[l] ? end : lo[l]);
+                                const int b = r == 0 ? (in_lo < hi[l] ? in_lo : hi[l]) : hi[l];
+                                const float kl = k[l];
+                                for (ow = a; ow < b; ++ow)
+                                    yrow[ow] += kl * xrow[ow * SW + l - PW];
+                            }
+                    }
+                }
+        }
+}
+
+static void $func(const float *restrict x, float *restrict y)
+{
+    const int D = $D, H = $H, W = $W, OD = $OD, OH = $OH, OW = $OW;
+    int od;
+
+    for (od = 0; od < OD; ++od)
+        ${func}_frame(x, D * H * W, H * W, D, od, y + od * OH * OW, OD * OH * OW);
 }
 """)
 
@@ -264,27 +314,33 @@ POINTWISE_EQUATION = """\
 """
 
 POINTWISE = Template("""\
-static void $func(const float *restrict x, float *restrict y)
+/* n positions: channel s of the input at x + s*xcs, channel t of the output at y + t*ycs. */
+static void ${func}_rows(const float *restrict x, int xcs, float *restrict y, int ycs, int n_positions)
 {
-    const int S = $S, T = $T, P = $P;   /* input channels, output channels, positions */
+    const int S = $S, T = $T;          /* input channels, output channels */
     const int BLOCK = 1024;            /* positions per cache block */
     const float *const weight = $weight;  /* (T, S) */
     int p0, t, s, p;
 
-    for (p0 = 0; p0 < P; p0 += BLOCK) {
-        const int n = P - p0 < BLOCK ? P - p0 : BLOCK;
+    for (p0 = 0; p0 < n_positions; p0 += BLOCK) {
+        const int n = n_positions - p0 < BLOCK ? n_positions - p0 : BLOCK;
         for (t = 0; t < T; ++t) {
-            float *const yt = y + t * P + p0;
+            float *const yt = y + t * ycs + p0;
             for (p = 0; p < n; ++p)
                 yt[p] = $init;
             for (s = 0; s < S; ++s) {
                 const float u = weight[t * S + s];
-                const float *const xs = x + s * P + p0;
+                const float *const xs = x + s * xcs + p0;
                 for (p = 0; p < n; ++p)
                     yt[p] += u * xs[p];
             }
         }
     }
+}
+
+static void $func(const float *restrict x, float *restrict y)
+{
+    ${func}_rows(x, $P, y, $P, $P);
 }
 """)
 
@@ -352,6 +408,65 @@ static void $func(const float *restrict x, float *restrict y)
                     }
                     y[((c * OD + od) * OH + oh) * OW + ow] = best;
                 }
+}
+""")
+
+MAXPOOL3D_FRAME = Template("""\
+/* Max pooling fed one input frame f (C channels of H x W at x) at a time: every output frame whose
+ * window holds f takes the maximum with it; y starts at -infinity, or at 0 when a ReLU is fused. */
+static void ${func}_frame(const float *restrict x, int f, float *restrict y)
+{
+    const int C = $C, D = $D, H = $H, W = $W;
+    const int OD = $OD, OH = $OH, OW = $OW;
+    const int KD = $KD, KH = $KH, KW = $KW;
+    const int SD = $SD, SH = $SH, SW = $SW;
+    const int PD = $PD, PH = $PH, PW = $PW;
+    int c, od, oh, ow, j, l;
+
+    (void)D;
+    for (od = 0; od < OD; ++od) {
+        if (f < od * SD - PD || f >= od * SD - PD + KD)
+            continue;
+        for (c = 0; c < C; ++c)
+            for (oh = 0; oh < OH; ++oh)
+                for (ow = 0; ow < OW; ++ow) {
+                    float *const out = y + ((c * OD + od) * OH + oh) * OW + ow;
+                    float best = *out;
+                    for (j = 0; j < KH; ++j) {
+                        const int h = oh * SH + j - PH;
+                        const float *xrow;
+                        if (h < 0 || h >= H)
+                            continue;
+                        xrow = x + (c * H + h) * W;
+                        for (l = 0; l < KW; ++l) {
+                            const int w = ow * SW + l - PW;
+                            if (w >= 0 && w < W && (xrow[w] > best || isnan(xrow[w])))
+                                best = xrow[w];
+                        }
+                    }
+                    *out = best;
+                }
+    }
+}
+""")
+
+STREAM_EQUATION = """\
+ * Fused, frame by frame, so that no full-resolution intermediate is stored: for each output frame od
+ * of the convolution, the first 1x1x1 factor (eq. (8)) computes only the input frames of od's window
+ * not yet in the ring of min(kD, D) frames, the convolution (eq. (1); eq. (9) for a Tucker core)
+ * computes frame od, the last 1x1x1 factor (eq. (10)) maps it to the output channels and the max
+ * pooling takes its maximum with it (a ReLU next to the pooling commutes with the maximum and is
+ * applied by starting the maxima at 0).
+"""
+
+STREAM = Template("""\
+static void $func(const float *restrict x, float *restrict y, float *restrict work)
+{
+    const int OD = $OD, FRAME = $FRAME;  /* convolution output frames, floats per frame (OH*OW) */
+$declarations    int od;
+
+$setup    for (od = 0; od < OD; ++od) {
+$body    }
 }
 """)
 
@@ -542,6 +657,10 @@ MAIN_C = Template("""\
 
 #include "net.h"
 
+#ifndef NET_SCRATCH_SHORTFALL
+#define NET_SCRATCH_SHORTFALL 0
+#endif
+
 /* Milliseconds of CPU time used by this process. */
 static double cpu_ms(void)
 {
@@ -575,13 +694,14 @@ static int usage(const char *prog)
 static int time_layers(const float *clip, float *logits, float *scratch, int warmup, int repeats,
                        const char *csv_path)
 {
+    float *layerwise = malloc((NET_LAYERWISE_SCRATCH_FLOATS > 0 ? NET_LAYERWISE_SCRATCH_FLOATS : 1) * sizeof(float));
     double *cpu = calloc((size_t)repeats * NET_NUM_LAYERS, sizeof(double));
     double *wall = calloc((size_t)repeats * NET_NUM_LAYERS, sizeof(double));
     double cpu_total = 0.0, wall_total = 0.0;
     int r, layer;
     FILE *csv = NULL;
 
-    if (cpu == NULL || wall == NULL) {
+    if (cpu == NULL || wall == NULL || layerwise == NULL) {
         fprintf(stderr, "time_layers: out of memory\\n");
         return 1;
     }
@@ -590,7 +710,7 @@ static int time_layers(const float *clip, float *logits, float *scratch, int war
     for (r = 0; r < repeats; ++r)
         for (layer = 0; layer < NET_NUM_LAYERS; ++layer) {
             const double c0 = cpu_ms(), w0 = wall_ms();
-            net_run_layer(layer, clip, logits, scratch);
+            net_run_layer(layer, clip, logits, layerwise);
             wall[r * NET_NUM_LAYERS + layer] = wall_ms() - w0;
             cpu[r * NET_NUM_LAYERS + layer] = cpu_ms() - c0;
         }
@@ -630,6 +750,7 @@ static int time_layers(const float *clip, float *logits, float *scratch, int war
     }
     free(cpu);
     free(wall);
+    free(layerwise);
     return 0;
 }
 
@@ -693,7 +814,10 @@ int main(int argc, char **argv)
     clips = (size_t)bytes / (NET_INPUT_SIZE * sizeof(float));
     input = malloc((size_t)bytes);
     logits = malloc(clips * NET_OUTPUT_SIZE * sizeof(float));
-    scratch = malloc((NET_SCRATCH_FLOATS > 0 ? NET_SCRATCH_FLOATS : 1) * sizeof(float));
+    /* exactly the planned arena (NET_SCRATCH_SHORTFALL, 0 unless defined, makes it smaller: a test
+     * builds it with AddressSanitizer to show the plan needs every float it asks for) */
+    scratch = malloc((NET_SCRATCH_FLOATS - NET_SCRATCH_SHORTFALL > 0 ? NET_SCRATCH_FLOATS - NET_SCRATCH_SHORTFALL : 1)
+                     * sizeof(float));
     if (input == NULL || logits == NULL || scratch == NULL) {
         fprintf(stderr, "%s: out of memory\\n", argv[0]);
         return 1;

@@ -6,6 +6,7 @@ The numbers come from :mod:`tuckerref.export.plan`, the C text from
 """
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from ..io import atomic_path
 from ..nn import AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Linear, MaxPool3d
 from . import templates as tpl
+from .memory import CONV_BLOCK_COLUMNS, footprint, format_footprint, place_units, plan_units
 from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
 
 WEIGHTS_FORMATS = ("array", "blob")
@@ -31,6 +33,9 @@ class ExportResult:
     steps: list
     scratch_floats: int
     param_floats: int
+    units: list = None          # the fused units net_forward runs (tuckerref.export.memory)
+    footprint: dict = None      # footprint.json's contents
+    layerwise_scratch_floats: int = 0  # the arena net_run_layer needs, one layer at a time
 
     @property
     def folded(self) -> list:
@@ -58,7 +63,15 @@ def _array_values(data: np.ndarray) -> str:
 
 def _buffer(place: str, size: int) -> str:
     return {"input": "input", "logits": "logits", "a": "scratch",
-            "b": f"scratch + (NET_SCRATCH_FLOATS - {size})"}[place]
+            "b": f"scratch + (NET_LAYERWISE_SCRATCH_FLOATS - {size})"}[place]
+
+
+def _arena(place, size) -> str:
+    """C expression of a unit's buffer: the caller's input or logits, or an offset into the arena."""
+    if place in ("input", "logits"):
+        return place
+    return f"scratch + {place}" if place else "scratch"
+
 
 
 def _description(step: Step) -> str:
@@ -105,19 +118,24 @@ def _macro_block(rows) -> str:
 class _Generator:
     """Renders one network; holds the identifiers chosen for its layers and parameters."""
 
-    def __init__(self, net, input_shape, weights_format, fold=True):
+    def __init__(self, net, input_shape, weights_format, fold=True, fuse=True):
         if weights_format not in WEIGHTS_FORMATS:
             raise ValueError(f"weights_format must be one of {WEIGHTS_FORMATS}, got {weights_format!r}")
         self.format = weights_format
         self.input_shape = tuple(int(v) for v in input_shape)
         self.steps = plan_network(net, self.input_shape, fold)
-        self.placements, self.scratch = place_buffers(self.steps)
+        self.placements, self.layerwise_scratch = place_buffers(self.steps)
+        self.units = plan_units(self.steps, fuse)
+        self.scratch = place_units(self.units)
         self.computing = [s for s in self.steps if s.kind != IDENTITY]
         self.params = [(name, data) for s in self.steps for name, data in s.params]
         self.param_floats = sum(int(d.size) for _, d in self.params)
         taken: set = set()
         self.param_ident = {name: c_identifier(name, "param_", taken) for name, _ in self.params}
         self.func_ident = {s.path: c_identifier(s.path, "layer_", taken) for s in self.computing}
+        self.unit_ident = [c_identifier(u.name.replace("+", "__"), "fused_", taken) if u.kind == "stream" else
+                           self.func_ident[u.steps[0].path] for u in self.units]
+        self.pooled = {u.pool.path for u in self.units if u.pool is not None}
         self.title = (f"network of {len(self.computing)} computing layers and {self.param_floats:,} parameters "
                       f"for clips {_dims(self.input_shape)}")
 
@@ -138,7 +156,8 @@ class _Generator:
             (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
             body = tpl.CONV3D.substitute(func=func, S=S, D=D, H=H, W=W, T=T, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
                                          KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
-                                         weight=self._weight(step, "weight"), init=self._init(step, "t"))
+                                         weight=self._weight(step, "weight"), init=self._init(step, "t"),
+                                         VB=CONV_BLOCK_COLUMNS)
             equation = tpl.CONV3D_EQUATION
         elif step.kind == "pointwise":
             body = tpl.POINTWISE.substitute(func=func, S=step.in_shape[0], T=step.out_shape[0],
@@ -152,8 +171,11 @@ class _Generator:
         elif step.kind == "maxpool3d":
             (C, D, H, W), (_, OD, OH, OW) = step.in_shape, step.out_shape
             (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
-            body = tpl.MAXPOOL3D.substitute(func=func, C=C, D=D, H=H, W=W, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
-                                            KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW)
+            sizes = dict(func=func, C=C, D=D, H=H, W=W, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH, KW=KW, SD=SD, SH=SH,
+                         SW=SW, PD=PD, PH=PH, PW=PW)
+            body = tpl.MAXPOOL3D.substitute(sizes)
+            if step.path in self.pooled:
+                body += "\n" + tpl.MAXPOOL3D_FRAME.substitute(sizes)
             equation = tpl.MAXPOOL3D_EQUATION
         elif step.kind == "avgpool3d":
             (C, D, H, W), (_, OD, OH, OW) = step.in_shape, step.out_shape
@@ -202,7 +224,8 @@ class _Generator:
                  ("NET_INPUT_W", w, "width"),
                  ("NET_INPUT_SIZE", int(np.prod(self.input_shape)), "floats in one input clip"),
                  ("NET_OUTPUT_SIZE", self.steps[-1].out_size, "logits per clip"),
-                 ("NET_SCRATCH_FLOATS", self.scratch, "scratch floats net_forward needs"),
+                 ("NET_SCRATCH_FLOATS", self.scratch, "scratch floats net_forward needs (the static plan)"),
+                 ("NET_LAYERWISE_SCRATCH_FLOATS", self.layerwise_scratch, "scratch floats net_run_layer needs"),
                  ("NET_PARAM_FLOATS", self.param_floats, "floats of all parameters"),
                  ("NET_NUM_LAYERS", len(self.computing), "layers that compute (identities, folded batch norms do not)"),
                  ("NET_TOTAL_FLOPS", f"{self.total_flops}.0", "FLOPs of one forward pass")]
@@ -241,14 +264,81 @@ class _Generator:
             index += 1
         return "\n".join(lines)
 
+    def stream_function(self, unit, func: str) -> str:
+        """The C function of a fused stream unit: (input, output, working buffers)."""
+        conv = unit.conv
+        S, D, H, W = conv.in_shape
+        T, OD, OH, OW = conv.out_shape
+        KD, SD, PD = conv.module.kernel_size[0], conv.module.stride[0], conv.module.padding[0]
+        decl, setup, body, offset = [], [], [], 0
+        if unit.pre is not None:
+            ring = min(KD, D)
+            pre = self.func_ident[unit.pre.path]
+            decl += [f"    const int D = {D}, HW = {H * W}, KD = {KD}, SD = {SD}, PD = {PD};  /* input frames, window */",
+                     f"    float *const ring = work + {offset};  /* {ring} frames of {S} x {H} x {W}: the first factor's output */",
+                     "    int next = 0, f;  /* next: the first input frame not yet computed */"]
+            offset += unit.work["ring"]
+            body += ["        const int lo = od * SD - PD < 0 ? 0 : od * SD - PD;  /* od's window: frames lo..hi-1 */",
+                     "        const int hi = od * SD - PD + KD < D ? od * SD - PD + KD : D;",
+                     "        for (f = next > lo ? next : lo; f < hi; ++f)",
+                     f"            {pre}_rows(x + f * HW, D * HW, ring + (f % {ring}) * {S} * HW, HW, HW);",
+                     "        if (hi > next)",
+                     "            next = hi;"]
+            source = f"ring, HW, {S} * HW, {ring}"
+        else:
+            source = f"x, {D * H * W}, {H * W}, {D}"
+        conv_func = self.func_ident[conv.path] + "_frame"
+        if unit.post is None and unit.pool is None:
+            body.append(f"        {conv_func}({source}, od, y + od * FRAME, OD * FRAME);")
+        else:
+            decl.append(f"    float *const frame = work + {offset};  /* one frame of {conv.path}'s output */")
+            offset += unit.work["frame"]
+            body.append(f"        {conv_func}({source}, od, frame, FRAME);")
+            last = "frame"
+            if unit.post is not None:
+                post = self.func_ident[unit.post.path]
+                if unit.pool is None:
+                    body.append(f"        {post}_rows(frame, FRAME, y + od * FRAME, OD * FRAME, FRAME);")
+                else:
+                    decl.append(f"    float *const post_frame = work + {offset};  /* one frame of {unit.post.path}'s output */")
+                    offset += unit.work["post_frame"]
+                    body.append(f"        {post}_rows(frame, FRAME, post_frame, FRAME, FRAME);")
+                    last = "post_frame"
+            if unit.pool is not None:
+                start = "0.0f" if unit.relu else "-INFINITY"
+                decl.append("    int n;")
+                setup += [f"    for (n = 0; n < {unit.out_size}; ++n)  /* the pooled maxima start at {start} */",
+                          f"        y[n] = {start};"]
+                body.append(f"        {self.func_ident[unit.pool.path]}_frame({last}, od, y);")
+        if offset == 0:
+            decl.append("    (void)work;")
+        header = tpl.LAYER_HEADER.substitute(
+            path=unit.name, description=f"fused, working buffers {unit.work_size:,} floats",
+            in_dims=_dims(unit.in_shape), out_dims=_dims(unit.out_shape),
+            flops=f"{sum(s.flops for s in unit.steps):,}", equation=tpl.STREAM_EQUATION)
+        return header + tpl.STREAM.substitute(func=func, OD=OD, FRAME=OH * OW,
+                                              declarations="".join(line + "\n" for line in decl),
+                                              setup="".join(line + "\n" for line in setup),
+                                              body="".join(line + "\n" for line in body))
+
+    def _forward_calls(self) -> str:
+        lines = []
+        for unit, func in zip(self.units, self.unit_ident):
+            src, dst = _arena(unit.src, unit.in_size), _arena(unit.dst, unit.out_size)
+            work = f", {_arena(unit.work_at, 0)}" if unit.kind == "stream" else ""
+            lines.append(f"    {func}({src}, {dst}{work});  /* {unit.name}: {_dims(unit.in_shape)} -> "
+                         f"{_dims(unit.out_shape)} */")
+        return "\n".join(lines)
+
     def net_c(self) -> str:
         records = ",\n".join(f'    {{"{s.path}", "{s.layer_type}", {s.flops}.0}}' for s in self.computing)
         includes = "#include <stdio.h>\n#include <string.h>" if self.format == "blob" else ""
         helpers = tpl.WINDOW_HELPERS if any(s.kind == "conv3d" for s in self.computing) else ""
         return tpl.NET_C.substitute(
             title=self.title, includes=includes, parameters=self._parameters_section(), helpers=helpers,
-            layer_functions="".join(self.layer_function(s) for s in self.computing),
-            layer_records=records, dispatch=self._dispatch())
+            layer_functions="".join(self.layer_function(s) for s in self.computing)
+            + "".join(self.stream_function(u, f) for u, f in zip(self.units, self.unit_ident) if u.kind == "stream"),
+            layer_records=records, dispatch=self._dispatch(), forward_calls=self._forward_calls())
 
     # -- weights -----------------------------------------------------------------------------
     def weights_h(self) -> str:
@@ -266,6 +356,9 @@ class _Generator:
         data = b"".join(np.asarray(d, dtype="<f4").tobytes() for _, d in self.params)
         return BLOB_MAGIC + struct.pack("<If", self.param_floats, 1.0) + data
 
+    def footprint(self) -> dict:
+        return footprint(self.units, self.scratch, self.input_shape, self.layerwise_scratch)
+
     # -- main.c, Makefile --------------------------------------------------------------------
     def main_c(self) -> str:
         return tpl.MAIN_C.substitute(weights_usage=" [-w WEIGHTS.bin]" if self.format == "blob" else "")
@@ -277,7 +370,8 @@ class _Generator:
 
     def files(self) -> dict:
         """File name -> contents (str or bytes)."""
-        out = {"net.h": self.net_h(), "net.c": self.net_c(), "main.c": self.main_c(), "Makefile": self.makefile()}
+        out = {"net.h": self.net_h(), "net.c": self.net_c(), "main.c": self.main_c(), "Makefile": self.makefile(),
+               "footprint.json": json.dumps(self.footprint(), indent=1) + "\n"}
         if self.format == "array":
             out["weights.h"] = self.weights_h()
             out["weights.c"] = self.weights_c()
@@ -286,7 +380,7 @@ class _Generator:
         return out
 
 
-def export_c(net, outdir, input_shape=None, weights_format="array", fold=True) -> ExportResult:
+def export_c(net, outdir, input_shape=None, weights_format="array", fold=True, fuse=True) -> ExportResult:
     """Write a standalone C99 implementation of ``net`` (inference, float32, batch 1) into ``outdir``.
 
     ``input_shape`` is the per-sample (C, F, H, W) clip shape, by default ``net.input_shape``.
@@ -296,12 +390,14 @@ def export_c(net, outdir, input_shape=None, weights_format="array", fold=True) -
     max, average and adaptive average pooling, batch normalisation with running statistics and ReLU;
     dropout, identity and flatten are the identity at inference. With ``fold`` (the default) each
     BatchNorm3d right after a Conv3d is folded into it (``ExportResult.folded`` lists the pairs).
+    ``net_forward`` runs the static memory plan of :mod:`tuckerref.export.memory` (``fuse=False``:
+    one unit per layer), whose footprint is written to footprint.json.
     """
     if input_shape is None:
         input_shape = getattr(net, "input_shape", None)
         if input_shape is None:
             raise ValueError("the network records no input shape; pass input_shape=(C, F, H, W)")
-    gen = _Generator(net, input_shape, weights_format, fold)
+    gen = _Generator(net, input_shape, weights_format, fold, fuse)
     contents = gen.files()  # render everything before writing anything
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
@@ -314,4 +410,5 @@ def export_c(net, outdir, input_shape=None, weights_format="array", fold=True) -
             else:
                 tmp.write_text(text, encoding="utf-8")
         written.append(outdir / name)
-    return ExportResult(outdir, written, gen.steps, gen.scratch, gen.param_floats)
+    return ExportResult(outdir, written, gen.steps, gen.scratch, gen.param_floats, gen.units, gen.footprint(),
+                        gen.layerwise_scratch)

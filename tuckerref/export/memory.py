@@ -1,0 +1,231 @@
+"""Static memory plan of an exported network: fused units, one scratch arena, and the footprint.
+
+:func:`plan_units` groups the computing steps of :func:`tuckerref.export.plan.plan_network` into
+the units ``net_forward`` runs, fusing wherever no full-resolution intermediate has to be stored:
+
+* a *stream* unit is a convolution (eq. (1) or the core of eq. (9)), optionally preceded by a
+  1x1x1 convolution (the first factor of a Tucker-2 block, eq. (8)) and followed by one (the last
+  factor, eq. (10)), optionally followed by a max pooling with ReLUs on either side of it
+  (ReLU commutes with max). It runs frame by frame: the first factor's output is kept only for
+  the frames the core's window needs (a ring of min(kD, D) frames), the core's output and the
+  last factor's output one frame at a time, and the max pooling accumulates each finished frame
+  into its output, so that neither the convolution's full output nor any factor's is stored;
+* every other computing step is a unit of its own (a convolution with nothing to fuse among them,
+  ReLU and an unfolded BatchNorm3d in place).
+
+:func:`place_units` places every unit's input, output and working buffers in one caller-provided
+scratch arena. The rule: unit k needs ``live_k = in_k + work_k + out_k`` floats at once (the
+network's input and logits belong to the caller and count 0; an in-place unit's output is its
+input), and a chain of units can be laid out in exactly ``max_k live_k`` floats by alternating
+ends: the output of unit k goes to the end of the arena opposite its input, its working buffers
+right after whichever of the two lies at the start. Since each unit holds all of ``live_k`` while
+it runs, no layout of the same units is smaller: the plan is the least for that unit order.
+
+:func:`footprint` reports per unit and in total the parameter bytes (flash), the scratch floats
+(RAM), an upper bound on the stack of its C function and the helpers it calls, and its
+multiply-accumulates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .plan import IDENTITY, IN_PLACE_KINDS, Step
+
+#: Stack bytes bounded for any generated layer function besides its two kernel-column arrays
+#: (scalars, spilled registers, the saved return address); checked with gcc -fstack-usage.
+STACK_BASE_BYTES = 256
+#: Output columns a convolution accumulates at once (a float array of that many on its stack); 64
+#: vectorises at -O2 and -O3 alike (measured on x86-64 with GCC 12).
+CONV_BLOCK_COLUMNS = 64
+
+
+@dataclass
+class Unit:
+    """What ``net_forward`` runs at one time: one computing step, or a fused stream of them."""
+
+    steps: list                   # the computing steps it covers, in order
+    kind: str                     # "stream" or the single step's kind
+    pre: Step | None = None       # stream: 1x1x1 convolution before the convolution
+    conv: Step | None = None      # stream: the convolution
+    post: Step | None = None      # stream: 1x1x1 convolution after it
+    pool: Step | None = None      # stream: max pooling fused in
+    relu: bool = False            # stream: a ReLU before or after the pooling
+    work: dict = field(default_factory=dict)  # working buffer name -> floats
+    src: object = None            # "input" or a float offset in the scratch arena
+    dst: object = None            # "logits" or a float offset
+    work_at: int = 0              # float offset of the working buffers
+
+    @property
+    def name(self) -> str:
+        return "+".join(s.path for s in self.steps)
+
+    @property
+    def in_shape(self) -> tuple:
+        return self.steps[0].in_shape
+
+    @property
+    def out_shape(self) -> tuple:
+        return self.steps[-1].out_shape
+
+    @property
+    def in_size(self) -> int:
+        return self.steps[0].in_size
+
+    @property
+    def out_size(self) -> int:
+        return self.steps[-1].out_size
+
+    @property
+    def in_place(self) -> bool:
+        return self.kind in IN_PLACE_KINDS
+
+    @property
+    def work_size(self) -> int:
+        return sum(self.work.values())
+
+    def live(self, first: bool, last: bool) -> int:
+        """Floats of the arena this unit holds while it runs (input, working buffers, output)."""
+        src = 0 if first else self.in_size
+        dst = 0 if last or (self.in_place and not first) else self.out_size
+        return src + self.work_size + dst
+
+    @property
+    def macs(self) -> int:
+        return sum(step_macs(s) for s in self.steps)
+
+    @property
+    def param_floats(self) -> int:
+        return sum(int(d.size) for s in self.steps for _, d in s.params)
+
+    @property
+    def stack_bytes(self) -> int:
+        """Bound on the stack of this unit's C function and the helpers it calls."""
+        convs = [s for s in self.steps if s.kind == "conv3d"]
+        kw = max([s.module.kernel_size[2] for s in convs] or [0])
+        block = 4 * CONV_BLOCK_COLUMNS if convs else 0
+        return STACK_BASE_BYTES * (2 if self.kind == "stream" else 1) + 8 * kw + block
+
+
+def step_macs(step: Step) -> int:
+    """Multiply-accumulates of one step: a convolution T*S*kD*kH*kW per output position (taps in the
+    padding included), a 1x1x1 convolution T*S per position, a linear layer in*out; others 0."""
+    m = step.module
+    if step.kind == "conv3d":
+        return int(np.prod(step.out_shape)) * m.in_channels * int(np.prod(m.kernel_size))
+    if step.kind == "pointwise":
+        return step.out_size * step.in_shape[0]
+    if step.kind == "linear":
+        return step.in_size * step.out_size
+    return 0
+
+
+def _stream(computing: list, k: int):
+    """(unit, next index) for a stream starting at computing[k], or None when none starts there."""
+    kinds = [s.kind for s in computing]
+    pre = None
+    if kinds[k] == "pointwise" and k + 1 < len(kinds) and kinds[k + 1] == "conv3d":
+        pre, k = computing[k], k + 1
+    if kinds[k] != "conv3d":
+        return None
+    conv, k = computing[k], k + 1
+    post = None
+    if k < len(kinds) and kinds[k] == "pointwise":
+        post, k = computing[k], k + 1
+    # ReLUs, then a max pooling, then ReLUs: all fused, or none of them
+    j, relu = k, False
+    while j < len(kinds) and kinds[j] == "relu":
+        j, relu = j + 1, True
+    pool = None
+    if j < len(kinds) and kinds[j] == "maxpool3d":
+        pool, j = computing[j], j + 1
+        while j < len(kinds) and kinds[j] == "relu":
+            j, relu = j + 1, True
+        k = j
+    else:
+        relu = False
+    if pre is None and post is None and pool is None:
+        return None  # a convolution alone writes its output directly: nothing to fuse
+    steps = [s for s in computing[computing.index(pre or conv):k]]
+    unit = Unit(steps, "stream", pre=pre, conv=conv, post=post, pool=pool, relu=relu)
+    S, D, H, W = conv.in_shape
+    T, OD, OH, OW = conv.out_shape
+    if pre is not None:
+        unit.work["ring"] = min(conv.module.kernel_size[0], D) * S * H * W
+    if post is not None or pool is not None:
+        unit.work["frame"] = T * OH * OW
+    if post is not None and pool is not None:
+        unit.work["post_frame"] = post.out_shape[0] * OH * OW
+    return unit, k
+
+
+def plan_units(steps: list, fuse: bool = True) -> list:
+    """The units of ``steps`` in execution order (``fuse=False``: one unit per computing step)."""
+    computing = [s for s in steps if s.kind != IDENTITY]
+    units, k = [], 0
+    while k < len(computing):
+        found = _stream(computing, k) if fuse else None
+        if found is None:
+            units.append(Unit([computing[k]], computing[k].kind))
+            k += 1
+        else:
+            unit, k = found
+            units.append(unit)
+    return units
+
+
+def place_units(units: list) -> int:
+    """Set every unit's ``src``, ``dst`` and ``work_at``; returns the arena's floats, max_k live_k."""
+    n = len(units)
+    size = max(u.live(k == 0, k == n - 1) for k, u in enumerate(units)) if units else 0
+    src, src_at_start = "input", True  # the caller's input is outside the arena
+    for k, u in enumerate(units):
+        last = k == n - 1
+        u.src = src
+        if last:
+            u.dst, dst_at_start = "logits", not src_at_start
+        elif u.in_place and src != "input":
+            u.dst, dst_at_start = src, src_at_start
+        elif src == "input" or not src_at_start:
+            u.dst, dst_at_start = 0, True
+        else:
+            u.dst, dst_at_start = size - u.out_size, False
+        # working buffers right after the tensor at the start of the arena
+        if src != "input" and src_at_start:
+            u.work_at = u.in_size
+        elif u.dst != "logits" and dst_at_start:
+            u.work_at = u.out_size
+        else:
+            u.work_at = 0
+        src, src_at_start = u.dst, dst_at_start
+    return size
+
+
+def footprint(units: list, scratch: int, input_shape, layerwise_scratch: int | None = None) -> dict:
+    """Per unit and in total: flash (parameter bytes), RAM (scratch floats and bytes, stack bound), MACs."""
+    n = len(units)
+    rows = [{"unit": u.name, "layers": [s.path for s in u.steps], "kind": u.kind,
+             "out_shape": list(u.out_shape), "param_bytes": 4 * u.param_floats,
+             "scratch_floats": u.live(k == 0, k == n - 1), "work_floats": dict(u.work),
+             "stack_bytes": u.stack_bytes, "macs": u.macs} for k, u in enumerate(units)]
+    total = {"param_bytes": sum(r["param_bytes"] for r in rows), "scratch_floats": scratch,
+             "scratch_bytes": 4 * scratch, "stack_bytes": max([r["stack_bytes"] for r in rows] or [0]),
+             "macs": sum(r["macs"] for r in rows),
+             "input_floats": int(np.prod(input_shape)), "output_floats": units[-1].out_size if units else 0}
+    if layerwise_scratch is not None:
+        total["layerwise_scratch_floats"] = layerwise_scratch
+    return {"units": rows, "total": total}
+
+
+def format_footprint(fp: dict) -> str:
+    """The footprint as a text table."""
+    lines = [f"{'unit':<34} {'kind':<10} {'flash B':>10} {'scratch floats':>15} {'stack B':>8} {'MACs':>16}"]
+    for r in fp["units"]:
+        name = r["unit"] if len(r["unit"]) <= 34 else r["unit"][:31] + "..."
+        lines.append(f"{name:<34} {r['kind']:<10} {r['param_bytes']:>10,} {r['scratch_floats']:>15,} "
+                     f"{r['stack_bytes']:>8,} {r['macs']:>16,}")
+    t = fp["total"]
+    lines.append(f"{'total (scratch: the arena, max)':<34} {'':<10} {t['param_bytes']:>10,} "
+                 f"{t['scratch_floats']:>15,} {t['stack_bytes']:>8,} {t['macs']:>16,}")
+    return "\n".join(lines)
