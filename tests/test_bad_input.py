@@ -315,7 +315,8 @@ def _python(code, *args):
 
 def test_help_imports_no_numeric_library():
     probe = ("import sys\nfrom tuckerref.cli import main\n"
-             "for argv in (['--help'], ['train', '--help'], ['export-c', '--help'], ['data', 'synth', '--help']):\n"
+             "for argv in (['--help'], ['train', '--help'], ['export-c', '--help'], ['data', 'synth', '--help'],\n"
+             "             ['study', 'ranks', '--help'], ['import-onnx', '--help'], ['fold', '--help']):\n"
              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
              "print(sorted(m for m in ('numpy', 'numba', 'scipy', 'h5py') if m in sys.modules))")
     proc = _python(["-c", probe])
@@ -333,6 +334,7 @@ def test_python_dash_m_tuckerref_runs_the_command_line(tmp_path):
 def test_parser_summaries_and_choices_match_the_commands_and_the_engine():
     from tuckerref.commands import defaults
     from tuckerref.compress import PLANS
+    from tuckerref.data import digits
     from tuckerref.data.synthetic import DEFAULT_SHAPE, LEFT_HANDED_FRACTION
     from tuckerref.data.thetis import DEFAULT_SHOTS
     from tuckerref.export import WEIGHTS_FORMATS
@@ -346,6 +348,8 @@ def test_parser_summaries_and_choices_match_the_commands_and_the_engine():
     assert defaults.METHODS == METHODS and defaults.WEIGHTS_FORMATS == WEIGHTS_FORMATS
     assert defaults.SYNTH_SHAPE == DEFAULT_SHAPE and defaults.LEFT_HANDED_FRACTION == LEFT_HANDED_FRACTION
     assert defaults.THETIS_SHOTS == DEFAULT_SHOTS and defaults.PROFILER_NAMES == tuple(PROFILERS)
+    assert (defaults.DIGITS_SHAPE, defaults.DIGITS_CHANNELS, defaults.DIGITS_CHANNEL_CHOICES) == (
+        digits.DEFAULT_SHAPE, digits.CHANNELS, digits.CHANNEL_CHOICES)
     parser = cli.build_parser()  # every command module loaded
     sub = next(a for a in parser._actions if a.dest == "command")
     helps = {a.dest: a.help for a in sub._choices_actions}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.digits import CHANNEL_CHOICES, CHANNELS, DEFAULT_SHAPE
+from .defaults import DIGITS_CHANNEL_CHOICES, DIGITS_CHANNELS, DIGITS_SHAPE
 
 
 def register(data_sub):
@@ -14,9 +14,9 @@ def register(data_sub):
                     "the digit. Clip i depends only on (seed, i); the first 1,740 clips show distinct digit images.")
     p.add_argument("out", metavar="OUT.h5", type=Path, help="output data set")
     p.add_argument("--n", type=int, default=1000, help="number of clips (default: %(default)s)")
-    p.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("F", "H", "W"),
+    p.add_argument("--shape", type=int, nargs=3, default=list(DIGITS_SHAPE), metavar=("F", "H", "W"),
                    help="frames, height, width (default: %(default)s, the demo preset's)")
-    p.add_argument("--channels", type=int, default=CHANNELS, choices=CHANNEL_CHOICES,
+    p.add_argument("--channels", type=int, default=DIGITS_CHANNELS, choices=DIGITS_CHANNEL_CHOICES,
                    help="4: R, G, B, depth (the paper's network); 3: R, G, B; 1: grey (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="data set seed (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

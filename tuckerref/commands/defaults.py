@@ -15,3 +15,6 @@ SYNTH_SHAPE = (28, 120, 160)                     # tuckerref.data.synthetic.DEFA
 LEFT_HANDED_FRACTION = 0.15                      # tuckerref.data.synthetic.LEFT_HANDED_FRACTION
 THETIS_SHOTS = ("forehand_flat", "backhand")     # tuckerref.data.thetis.DEFAULT_SHOTS
 PROFILER_NAMES = ("numba", "c")                  # tuple(tuckerref.profile.PROFILERS)
+DIGITS_SHAPE = (16, 48, 64)                      # tuckerref.data.digits.DEFAULT_SHAPE
+DIGITS_CHANNELS = 4                              # tuckerref.data.digits.CHANNELS
+DIGITS_CHANNEL_CHOICES = (1, 3, 4)               # tuckerref.data.digits.CHANNEL_CHOICES
