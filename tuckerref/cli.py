@@ -12,7 +12,7 @@ import os
 import sys
 
 # Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = ["info", "forward", "data", "train", "compress", "demo", "table2", "scaling", "export_c"]
+COMMAND_MODULES = ["info", "forward", "data", "train", "compress", "fold", "demo", "table2", "scaling", "export_c"]
 
 
 def build_parser() -> argparse.ArgumentParser:

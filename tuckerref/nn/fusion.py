@@ -7,7 +7,9 @@ Under ``no_grad`` a Sequential runs its children through :func:`inference_forwar
   core's output channels by U_t before they reach memory;
 * a convolution (a Conv3d or a Tucker-2 block) followed by a MaxPool3d whose stride is its kernel
   and which has no padding, and by a ReLU if one comes next (the paper's network), into one pass
-  that writes only the pooled values (:func:`tuckerref.kernels.conv3d.conv3d_max_pool3d`).
+  that writes only the pooled values (:func:`tuckerref.kernels.conv3d.conv3d_max_pool3d`); a
+  convolution, ReLU, MaxPool3d sequence (C3D's order) likewise, since relu(max(x)) = max(relu(x))
+  for every window (max and ReLU are both monotone and NaN passes through both).
 
 The results are the same arrays (each value summed in the same order); only passes over memory
 are saved. With gradients enabled every layer runs on its own, since backward needs their inputs.
@@ -87,7 +89,8 @@ def _conv_pool_forward(conv, block, pool: MaxPool3d, relu: ReLU | None, x):
 
 class Group(NamedTuple):
     """One step of an inference pass: ``kind`` "block" (a Tucker-2 block's three layers, ``block``),
-    "pooled" (``modules`` = (conv, pool) or (conv, pool, relu), ``block`` the conv's Tucker-2 layers
+    "pooled" (``modules`` = (conv, pool) or (conv, pool, relu), also for a conv, relu, pool sequence;
+    ``block`` the conv's Tucker-2 layers
     or None) or "layer" (``modules`` = (one module,), run by its own forward)."""
 
     kind: str
@@ -104,6 +107,11 @@ def inference_groups(modules) -> list:
         return [Group("block", tuple(modules), block)]
     groups, i = [], 0
     while i < len(modules):
+        if (i + 2 < len(modules) and type(modules[i + 1]) is ReLU and _pools_in_one_pass(modules[i + 2])
+                and pooled_block(modules[i]) is not False):
+            groups.append(Group("pooled", (modules[i], modules[i + 2], modules[i + 1]), pooled_block(modules[i])))
+            i += 3
+            continue
         if i + 1 < len(modules) and _pools_in_one_pass(modules[i + 1]):
             block = pooled_block(modules[i])
             if block is not False:
