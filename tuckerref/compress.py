@@ -49,6 +49,7 @@ from math import prod
 
 import numpy as np
 
+from .fold import fold_batchnorm
 from .models import feature_volume
 from .nn import (AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Dropout, Flatten, Identity, Linear, MaxPool3d,
                  ReLU, Sequential)
@@ -329,7 +330,6 @@ def fold_batchnorms(net: Sequential):
     """(copy of ``net`` with every Conv3d + BatchNorm3d pair folded, [(conv name, batchnorm name), ...])."""
     if not any(isinstance(m, BatchNorm3d) for m in net.children()):
         return net, []
-    from .fold import fold_batchnorm
     return fold_batchnorm(net, report=True)
 
 

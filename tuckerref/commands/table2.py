@@ -70,6 +70,16 @@ def parameter_layers(net: Sequential) -> list:
     return [name for name, m in net.named_children() if isinstance(m, (Conv3d, Linear))]
 
 
+def _unflattened_input(net, count, name) -> tuple:
+    """Per-sample input shape of layer ``name``, the volume before the Flatten that feeds it (if one does)."""
+    from ..compress import flatten_before
+    try:
+        flatten_before(net, name)
+    except ValueError:
+        return count[name].input_shape
+    return feature_volume(net, count.input_shape, name)
+
+
 def _timing(t, clock):
     s = t.clock(clock)
     return {"median_s": s.median, "mean_s": s.mean, "std_s": s.std}
@@ -89,7 +99,7 @@ def build_table(original: Sequential, compressed: Sequential, x: np.ndarray, pro
     rows = []
     for name in names:
         method, S, T, r_in, r_out = describe(original[name], compressed[name],
-                                             feature_volume(original, input_shape, name))
+                                             _unflattened_input(original, counts["original"], name))
         row = {"layer": name, "method": method, "S": S, "T": T, "R_in": r_in, "R_out": r_out}
         for which in ("original", "compressed"):
             c, t = counts[which][name], profiles[which][name]
