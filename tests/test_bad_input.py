@@ -14,7 +14,7 @@ import pytest
 
 from tuckerref import cli
 from tuckerref.data.store import ClipDataset, write_dataset
-from tuckerref.io import load_model, load_weights, save_model, save_weights
+from tuckerref.io import load_model, load_weights, save_model
 from tuckerref.nn import Conv3d, Flatten, Linear, MaxPool3d, ReLU, Sequential
 from tuckerref.outputs import check_output_dir, check_output_file, check_outputs, save_or_fallback
 from tuckerref.train import CHECKPOINT_NAME, Subset, fit
@@ -333,7 +333,7 @@ def test_python_dash_m_tuckerref_runs_the_command_line(tmp_path):
 
 def test_parser_summaries_and_choices_match_the_commands_and_the_engine():
     from tuckerref.commands import defaults
-    from tuckerref.compress import PLANS
+    from tuckerref.compress import ALGORITHMS, PLANS
     from tuckerref.data import digits
     from tuckerref.data.synthetic import DEFAULT_SHAPE, LEFT_HANDED_FRACTION
     from tuckerref.data.thetis import DEFAULT_SHOTS
@@ -346,6 +346,7 @@ def test_parser_summaries_and_choices_match_the_commands_and_the_engine():
     assert defaults.PAPER_INPUT_SHAPE == PAPER_INPUT_SHAPE and defaults.PLANS == PLANS
     assert defaults.OPTIMIZER_NAMES == tuple(sorted(OPTIMIZERS)) and defaults.CHECKPOINT_NAME == ckpt_name
     assert defaults.METHODS == METHODS and defaults.WEIGHTS_FORMATS == WEIGHTS_FORMATS
+    assert defaults.ALGORITHMS == ALGORITHMS
     assert defaults.SYNTH_SHAPE == DEFAULT_SHAPE and defaults.LEFT_HANDED_FRACTION == LEFT_HANDED_FRACTION
     assert defaults.THETIS_SHOTS == DEFAULT_SHOTS and defaults.PROFILER_NAMES == tuple(PROFILERS)
     assert (defaults.DIGITS_SHAPE, defaults.DIGITS_CHANNELS, defaults.DIGITS_CHANNEL_CHOICES) == (

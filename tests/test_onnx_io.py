@@ -5,7 +5,6 @@ onnxruntime and PyTorch are oracles only; their tests skip when the wheels are m
 """
 from __future__ import annotations
 
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 

@@ -19,24 +19,30 @@ Layer replacements (weights in our layout: conv (T, S, kD, kH, kW), linear (out,
 Decompositions run in float64 (:mod:`tuckerref.tucker`); the new layers get the original layer's dtype.
 Ranks of Tucker-2 are written (R_s, R_t), input mode first, as in the paper's Table 2.
 
-Whole network (:func:`compress_network`), the paper's Section 3.2 / Algorithm 1, two plans:
+Whole network (:func:`compress_network`), the paper's Section 3.2 / Algorithm 1, for any chain network (a Sequential of
+Conv3d, BatchNorm3d, ReLU, MaxPool3d, AvgPool3d, AdaptiveAvgPool3d, Dropout, Dropout3d, Identity, Flatten and
+Linear layers, e.g. C3D). Each BatchNorm3d right after a convolution is folded into it first. Plans:
 
-* ``"table2"`` (what the paper's Table 2 and the authors' code did): Tucker-2 on every convolution,
-  Tucker-2 on the first linear layer as a convolution, Tucker-1 on the middle linear layers,
-  the output layer untouched;
-* ``"algorithm1"`` (as the paper's Algorithm 1 is written): Tucker-1 on the first convolution,
-  Tucker-2 on the others and on the first linear layer (as a convolution), Tucker-1 on every other
-  linear layer including the output layer.
+* ``"algorithm1"`` (as the paper's Algorithm 1 is written, for any network): Tucker-1 on the first
+  convolution, Tucker-2 on every later one and on the first linear layer (as a convolution over the
+  feature volume entering it, whatever pooling precedes it), Tucker-1 on every later linear layer
+  including the output layer;
+* ``"table2"`` (what the paper's Table 2 and the authors' code did, for the paper's network only):
+  Tucker-2 on both convolutions, Tucker-2 on the first linear layer as a convolution, Tucker-1 on the
+  middle linear layer, the output layer untouched;
+* ``"auto"``: ``"table2"`` for the paper's network, ``"algorithm1"`` for any other.
 
 Ranks: ``"vbmf"`` (EVBMF rank of each mode unfolding, :mod:`tuckerref.vbmf`; Tucker-2 uses modes S and T,
 Tucker-1 the output mode, which for a matrix has the same EVBMF rank as the input mode), ``"paper"``
-(:data:`PAPER_RANKS`, plan ``"table2"`` only), or a dict {layer name: ranks} (layers not named get VBMF
-ranks; ``None`` leaves a layer untouched).
+(:data:`PAPER_RANKS`, plan ``"table2"`` only), a specification applied to every layer (``"full"``,
+``"fraction:F"``), or a dict {layer name: ranks} (layers not named get VBMF ranks; ``None`` leaves a
+layer untouched). No layer name matters outside the ``"table2"`` plan's paper ranks.
 """
 from __future__ import annotations
 
 import copy
 import json
+import time
 import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -44,11 +50,14 @@ from math import prod
 
 import numpy as np
 
-from .nn import Conv3d, Flatten, Linear, Module, Sequential, feature_volume
-from .tucker import check_rank, partial_tucker, relative_error
+from .fold import fold_batchnorm
+from .kernels import integer_in_range
+from .nn import (AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Dropout, Flatten, Identity, Linear, MaxPool3d,
+                 ReLU, Sequential, feature_volume)
+from .tucker import METHODS, check_rank, partial_tucker, relative_error
 from .vbmf import estimate_ranks
 
-PLANS = ("table2", "algorithm1")
+PLANS = ("auto", "table2", "algorithm1")
 #: The paper's Table 2: (R_s, R_t) for Tucker-2 layers, R for Tucker-1 layers.
 PAPER_RANKS = {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1}
 #: Tucker-2 over the channel modes of a (T, S, kD, kH, kW) kernel: input mode S (1) first, then T (0).
@@ -194,6 +203,23 @@ def tucker2_linear_as_conv(layer: Linear, in_volume, ranks, method="hooi") -> Se
 
 
 # -- whole network ----------------------------------------------------------------------------------------
+#: The layers a compressible network may hold, as the children of one flat Sequential (a chain).
+CHAIN_LAYERS = (Conv3d, BatchNorm3d, ReLU, MaxPool3d, AvgPool3d, AdaptiveAvgPool3d, Dropout, Identity, Flatten,
+                Linear)
+#: Element-wise layers that may stand between the Flatten and the first linear layer: they act alike on the
+#: flattened vector and on the unflattened volume, so they stay where they are when the Flatten moves.
+ELEMENTWISE = (ReLU, Dropout, Identity)
+#: ``method="auto"`` runs HOOI on kernels of at most this many elements and HOSVD (HOOI's starting point)
+#: on larger ones: on a C3D 512 x 512 x 3 x 3 x 3 kernel (7.1 M elements) one HOOI sweep costs about as
+#: much as the whole HOSVD, and HOOI may take up to 100 sweeps; the paper's network's largest kernel
+#: (l1 as a convolution, 663,552 elements) stays under the bound.
+HOOI_MAX_ELEMENTS = 1 << 20
+ALGORITHMS = ("auto",) + METHODS
+#: Rank specifications that apply to every compressed layer: "full" (the kernel's mode sizes: exact) and
+#: "fraction:F" (round(F * mode size), at least 1, for 0 < F <= 1).
+RANK_SPECS = ("full", "fraction:F")
+
+
 @dataclass
 class LayerReport:
     """One row of the per-layer compression report."""
@@ -201,10 +227,13 @@ class LayerReport:
     name: str
     method: str            # "tucker2", "tucker2-as-conv", "tucker1", "none"
     ranks: tuple           # (R_s, R_t), (R,) or ()
-    rank_source: str       # "vbmf", "paper", "given", "-"
-    params_before: int
+    rank_source: str       # "vbmf", "paper", "given", "spec", "-"
+    params_before: int     # the layer's parameters (and those of the BatchNorm3d folded into it)
     params_after: int
     rel_error: float       # ||K - K_hat||_F / ||K||_F of the kernel (0 for an untouched layer)
+    algorithm: str = "-"   # "hooi" or "hosvd" (Tucker-2), "svd" (Tucker-1: truncated SVD, optimal), "-"
+    folded: str = ""       # the BatchNorm3d folded into this convolution before it was decomposed
+    seconds: float = 0.0   # rank selection and decomposition time
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -212,19 +241,75 @@ class LayerReport:
         return d
 
 
-def plan_methods(net: Sequential, plan: str) -> "OrderedDict[str, str]":
-    """{child name: method} of every Conv3d/Linear child of ``net`` under ``plan`` (docs/method.md section 9)."""
-    if plan not in PLANS:
-        raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
+def check_chain(net) -> None:
+    """``net`` must be a Sequential whose children are single layers of :data:`CHAIN_LAYERS`."""
     if not isinstance(net, Sequential):
         raise ValueError(f"compress_network expects a Sequential network, got {type(net).__name__}")
+    nested = [n for n, m in net.named_children() if isinstance(m, Sequential)]
+    if nested:
+        raise ValueError(f"compress_network decomposes Conv3d and Linear children only; {nested} are Sequential "
+                         f"(already compressed?)")
+    foreign = [(n, type(m).__name__) for n, m in net.named_children() if not isinstance(m, CHAIN_LAYERS)]
+    if foreign:
+        raise ValueError(f"compress_network handles chains of {[c.__name__ for c in CHAIN_LAYERS]}; "
+                         f"layer {foreign[0][0]!r} is a {foreign[0][1]}")
+
+
+def _compressible(net):
     names = net.names()
-    convs = [n for n in names if isinstance(net[n], Conv3d)]
-    linears = [n for n in names if isinstance(net[n], Linear)]
-    others = [n for n in names if net[n].parameters() and n not in convs and n not in linears]
-    if others:
-        raise ValueError(f"compress_network handles Conv3d and Linear children only; {others} are "
-                         f"{[type(net[n]).__name__ for n in others]} (already compressed?)")
+    return ([n for n in names if isinstance(net[n], Conv3d)], [n for n in names if isinstance(net[n], Linear)])
+
+
+def fits_table2(net: Sequential) -> bool:
+    """True for the paper's Figure 1 network, the one the ``"table2"`` plan is for: its compressible layers
+    are two convolutions followed by three linear layers."""
+    names = net.names()
+    kinds = [type(net[n]) for n in names if isinstance(net[n], (Conv3d, Linear))]
+    return kinds == [Conv3d, Conv3d, Linear, Linear, Linear]
+
+
+def resolve_plan(net: Sequential, plan: str) -> str:
+    """``plan``, with ``"auto"`` made ``"table2"`` for the paper's network and ``"algorithm1"`` for any other."""
+    if plan not in PLANS:
+        raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
+    if plan == "auto":
+        return "table2" if fits_table2(net) else "algorithm1"
+    if plan == "table2" and not fits_table2(net):
+        convs, linears = _compressible(net)
+        raise ValueError(f"plan 'table2' is the paper's Table 2 plan for its Figure 1 network (two convolutions, "
+                         f"then three linear layers); this network has {len(convs)} convolution(s) and "
+                         f"{len(linears)} linear layer(s): use plan 'algorithm1' (or 'auto')")
+    return plan
+
+
+def flatten_before(net: Sequential, name: str) -> str:
+    """Name of the Flatten that feeds layer ``name`` (only :data:`ELEMENTWISE` layers between them)."""
+    names = net.names()
+    i = names.index(name) - 1
+    while i >= 0 and type(net[names[i]]) in ELEMENTWISE:
+        i -= 1
+    if i < 0 or not isinstance(net[names[i]], Flatten):
+        raise ValueError(f"the first linear layer {name!r} must follow a Flatten (with only ReLU, Dropout or "
+                         f"Identity between) to be compressed as a convolution over its feature volume "
+                         f"(children: {names})")
+    return names[i]
+
+
+def plan_methods(net: Sequential, plan: str) -> "OrderedDict[str, str]":
+    """{child name: method} of every Conv3d/Linear child of ``net`` under ``plan`` (the paper's Section 3.2, Algorithm 1).
+
+    ``"algorithm1"``: the first convolution Tucker-1, every later one Tucker-2, the first linear layer
+    Tucker-2 as a convolution over the feature volume entering it, every later linear layer Tucker-1.
+    ``"table2"`` (the paper's network only): Tucker-2 on both convolutions and on the first linear layer
+    as a convolution, Tucker-1 on the middle linear layer, the output layer untouched.
+    """
+    check_chain(net)
+    plan = resolve_plan(net, plan)
+    names = net.names()
+    convs, linears = _compressible(net)
+    if convs and linears and names.index(convs[-1]) > names.index(linears[0]):
+        raise ValueError(f"convolution {convs[-1]!r} comes after the linear layer {linears[0]!r}: "
+                         f"compress_network expects convolutions first, then linear layers")
     methods = OrderedDict()
     for i, n in enumerate(convs):
         methods[n] = "tucker1" if (plan == "algorithm1" and i == 0) else "tucker2"
@@ -236,24 +321,37 @@ def plan_methods(net: Sequential, plan: str) -> "OrderedDict[str, str]":
         else:
             methods[n] = "none"
     if linears:
-        first = names.index(linears[0])
-        if first == 0 or not isinstance(net[names[first - 1]], Flatten):
-            raise ValueError(f"the first linear layer {linears[0]!r} must directly follow a Flatten to be "
-                             f"compressed as a convolution (children: {names})")
+        flatten_before(net, linears[0])
     return methods
 
 
-def _kernel(layer, method, volume):
-    if method == "tucker2-as-conv":
+def fold_batchnorms(net: Sequential):
+    """(copy of ``net`` with every Conv3d + BatchNorm3d pair folded, [(conv name, batchnorm name), ...])."""
+    if not any(isinstance(m, BatchNorm3d) for m in net.children()):
+        return net, []
+    return fold_batchnorm(net, report=True)
+
+
+def _kernel_shape(layer, how, volume) -> tuple:
+    if how == "tucker2-as-conv":
+        return (layer.out_features,) + tuple(volume)
+    return tuple(layer.weight.data.shape)
+
+
+def _modes(how) -> tuple:
+    return CHANNEL_MODES if how.startswith("tucker2") else (OUTPUT_MODE,)
+
+
+def _kernel(layer, how, volume):
+    if how == "tucker2-as-conv":
         return linear_as_conv(layer, volume).weight.data
     return layer.weight.data
 
 
-def _vbmf_ranks(name, layer, method, volume):
-    kernel = np.asarray(_kernel(layer, method, volume), dtype=np.float64)
+def _vbmf_ranks(name, kernel, modes):
+    kernel = np.asarray(kernel, dtype=np.float64)
     if not np.isfinite(kernel).all():
         raise ValueError(f"layer {name!r}: the kernel of shape {kernel.shape} holds NaN or infinite values")
-    modes = CHANNEL_MODES if method.startswith("tucker2") else (OUTPUT_MODE,)
     ranks = list(estimate_ranks(kernel, modes))
     for k, (m, r) in enumerate(zip(modes, ranks)):
         if r == 0:
@@ -263,25 +361,67 @@ def _vbmf_ranks(name, layer, method, volume):
     return tuple(ranks)
 
 
-def _choose_ranks(ranks, plan, methods):
-    """{name: (ranks tuple or None, source)} for every layer of the plan."""
+def parse_fraction(spec: str) -> float:
+    """F of a "fraction:F" rank specification, 0 < F <= 1."""
+    try:
+        value = float(spec.split(":", 1)[1])
+    except (IndexError, ValueError):
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"a rank specification 'fraction:F' needs 0 < F <= 1, got {spec!r}")
+    return value
+
+
+def spec_ranks(spec: str, shape, modes) -> tuple:
+    """Ranks of a kernel of ``shape`` over ``modes`` under a rank specification (:data:`RANK_SPECS`)."""
+    if spec == "full":
+        return tuple(int(shape[m]) for m in modes)
+    fraction = parse_fraction(spec)
+    return tuple(max(1, int(round(fraction * shape[m]))) for m in modes)
+
+
+def _is_spec(ranks) -> bool:
+    return isinstance(ranks, str) and (ranks == "full" or ranks.startswith("fraction:"))
+
+
+def _given_ranks(name, how, r, shape):
+    """Given ranks of layer ``name`` as a tuple over its modes, checked against its kernel ``shape``."""
+    what = f"layer {name!r} ({how})"
+    r = _pair(r, what) if how.startswith("tucker2") else (_single(r, what),)
+    axes = {1: "input channels S", 0: "output channels T"}
+    return tuple(integer_in_range(v, 1, shape[m], f"{what}: rank {v!r} for mode {m} ({axes[m]})",
+                                  f" (kernel shape {tuple(shape)})") for m, v in zip(_modes(how), r))
+
+
+def _choose_ranks(ranks, plan, methods, shapes):
+    """{name: (ranks tuple, None for VBMF, or () to leave the layer, source)} for every layer of the plan;
+    given ranks are checked here, before any decomposition starts."""
+    untouched = {n: ((), "-") for n, m in methods.items() if m == "none"}
     if isinstance(ranks, str):
         if ranks == "vbmf":
-            return {n: ((), "-") if m == "none" else (None, "vbmf") for n, m in methods.items()}
+            return {n: untouched.get(n, (None, "vbmf")) for n in methods}
+        if _is_spec(ranks):
+            if ranks != "full":
+                parse_fraction(ranks)
+            return {n: untouched.get(n) or (spec_ranks(ranks, shapes[n], _modes(m)), "spec")
+                    for n, m in methods.items()}
         if ranks == "paper":
             if plan != "table2":
-                raise ValueError("ranks='paper' gives the ranks of the paper's Table 2, "
-                                 f"which used plan 'table2'; for plan {plan!r} pass 'vbmf' or a dict of ranks")
+                raise ValueError("ranks='paper' gives the ranks of the paper's Table 2 (Section 3.2), "
+                                 f"which used plan 'table2'; for plan {plan!r} pass 'vbmf', a rank "
+                                 f"specification {RANK_SPECS} or a dict of ranks")
             compressed = {n for n, m in methods.items() if m != "none"}
             if compressed != set(PAPER_RANKS):
                 raise ValueError(f"ranks='paper' needs exactly the paper's layers {sorted(PAPER_RANKS)} compressed "
                                  f"by plan 'table2'; this network's plan is {dict(methods)}")
-            out = {n: ((), "-") for n in methods}
-            out.update({n: (r, "paper") for n, r in PAPER_RANKS.items()})
+            out = dict(untouched)
+            out.update({n: (_given_ranks(n, methods[n], r, shapes[n]), "paper") for n, r in PAPER_RANKS.items()})
             return out
-        raise ValueError(f"ranks must be 'vbmf', 'paper' or a dict {{layer: ranks}}, got {ranks!r}")
+        raise ValueError(f"ranks must be 'vbmf', 'paper', a rank specification {RANK_SPECS} or a dict "
+                         f"{{layer: ranks}}, got {ranks!r}")
     if not isinstance(ranks, dict):
-        raise ValueError(f"ranks must be 'vbmf', 'paper' or a dict {{layer: ranks}}, got {type(ranks).__name__}")
+        raise ValueError(f"ranks must be 'vbmf', 'paper', a rank specification {RANK_SPECS} or a dict "
+                         f"{{layer: ranks}}, got {type(ranks).__name__}")
     unknown = [n for n in ranks if n not in methods]
     if unknown:
         raise ValueError(f"ranks given for {unknown}, which are not Conv3d/Linear layers of the network "
@@ -289,13 +429,22 @@ def _choose_ranks(ranks, plan, methods):
     fixed = [n for n, r in ranks.items() if r is not None and methods[n] == "none"]
     if fixed:
         raise ValueError(f"plan {plan!r} leaves {fixed} uncompressed; give them no ranks (or None)")
-    out = {n: ((), "-") if m == "none" else (None, "vbmf") for n, m in methods.items()}
+    out = {n: untouched.get(n, (None, "vbmf")) for n in methods}
     for n, r in ranks.items():
-        out[n] = ((), "given") if r is None else (r, "given")
+        out[n] = ((), "given") if r is None else (_given_ranks(n, methods[n], r, shapes[n]), "given")
     return out
 
 
-def _replace(layer, how, ranks, volume, method):
+def _algorithm(method, how, kernel_size) -> str:
+    if how == "tucker1":
+        return "svd"  # one mode: HOSVD is the truncated SVD, already optimal (Eckart-Young); HOOI adds nothing
+    if method == "auto":
+        return "hooi" if kernel_size <= HOOI_MAX_ELEMENTS else "hosvd"
+    return method
+
+
+def _replace(layer, how, ranks, volume, algorithm):
+    method = "hosvd" if algorithm == "svd" else algorithm
     if how == "tucker2":
         return tucker2_conv_decomposed(layer, ranks, method)
     if how == "tucker2-as-conv":
@@ -305,94 +454,130 @@ def _replace(layer, how, ranks, volume, method):
     return tucker1_linear_decomposed(layer, ranks, method)
 
 
-def compress_network(net: Sequential, plan: str = "table2", ranks="vbmf", input_shape=None,
-                     method: str = "hooi", report: bool = False):
-    """One-shot whole-network Tucker compression (the paper's Section 3.2); the original ``net`` is left untouched.
+def compress_network(net: Sequential, plan: str = "auto", ranks="vbmf", input_shape=None,
+                     method: str = "auto", report: bool = False):
+    """One-shot whole-network Tucker compression (the paper's Section 3.2, Algorithm 1); the original ``net`` is left untouched.
+
+    ``net`` is a chain (:data:`CHAIN_LAYERS`). Every BatchNorm3d right after a Conv3d is folded into it
+    first (eval statistics, :func:`tuckerref.fold.fold_batchnorm`); the report names the pairs. ``plan``:
+    "auto" (the default: "table2" for the paper's network, "algorithm1" for any other), "table2" or
+    "algorithm1" (:func:`plan_methods`). ``ranks``: "vbmf", "paper", "full", "fraction:F" or a dict
+    {layer name: ranks} (layers not named get VBMF ranks; ``None`` leaves a layer untouched).
+    ``method``: "hooi", "hosvd" or "auto" (HOOI up to :data:`HOOI_MAX_ELEMENTS` kernel elements, HOSVD
+    above); the report says which ran on each layer.
 
     Returns the new network, or ``(network, [LayerReport, ...])`` with ``report=True``. Compressed
     layers become Sequentials (state_dict names ``c1.0.weight`` ... ``c1.2.bias``); the first linear
     layer becomes three convolutions on the unflattened volume, so the Flatten before it moves right
     after it. ``input_shape`` (default ``net.input_shape``) gives that volume. A VBMF rank of 0 becomes 1
-    with a warning naming the layer. At full ranks the output equals the original's.
+    with a warning naming the layer. At full ranks the output equals the original's (eval mode).
     """
+    if method not in ALGORITHMS:
+        raise ValueError(f"method must be one of {ALGORITHMS}, got {method!r}")
+    check_chain(net)
+    plan = resolve_plan(net, plan)
+    original = net
+    net, folded = fold_batchnorms(net)
+    folded_into = dict(folded)
     methods = plan_methods(net, plan)
-    chosen = _choose_ranks(ranks, plan, methods)
     if input_shape is None:
-        input_shape = getattr(net, "input_shape", None)
-    volume = None
-    if any(m == "tucker2-as-conv" for m in methods.values()):
+        input_shape = getattr(original, "input_shape", None)
+    volume, flatten = None, None
+    first_linear = next((n for n, m in methods.items() if m == "tucker2-as-conv"), None)
+    if first_linear is not None:
         if input_shape is None:
             raise ValueError("compress_network needs input_shape (the network does not record one) "
                              "to unflatten the first linear layer's input")
-        first_linear = next(n for n, m in methods.items() if m == "tucker2-as-conv")
         volume = feature_volume(net, tuple(input_shape), first_linear)
+        flatten = flatten_before(net, first_linear)
+    shapes = {n: _kernel_shape(net[n], m, volume) for n, m in methods.items() if m != "none"}
+    chosen = _choose_ranks(ranks, plan, methods, shapes)
+    for name, (r, _) in chosen.items():
+        if r != () and not np.isfinite(net[name].weight.data).all():
+            raise ValueError(f"layer {name!r}: the kernel of shape {net[name].weight.data.shape} holds NaN or "
+                             f"infinite values")
+    if first_linear is None or chosen[first_linear][0] == ():
+        flatten = None  # the Flatten stays where it is
 
-    layers, rows, pending_flatten = OrderedDict(), [], None
-    names = net.names()
-    for i, name in enumerate(names):
+    layers, rows = OrderedDict(), []
+    for name in net.names():
         child = net[name]
-        nxt = names[i + 1] if i + 1 < len(names) else None
-        if isinstance(child, Flatten) and nxt is not None and methods.get(nxt) == "tucker2-as-conv" \
-                and chosen[nxt][0] != ():
-            pending_flatten = name  # moves after the convolutional l1
-            continue
+        if name == flatten:
+            continue  # moves after the first linear layer's convolutions
+        before = child.num_parameters()
+        if name in folded_into:
+            before = original[name].num_parameters() + original[folded_into[name]].num_parameters()
         if name not in methods or chosen[name][0] == ():
             layers[name] = copy.deepcopy(child)
             if name in methods:
-                n = child.num_parameters()
-                rows.append(LayerReport(name, "none", (), "-", n, n, 0.0))
+                rows.append(LayerReport(name, "none", (), "-", before, before if name not in folded_into
+                                        else child.num_parameters(), 0.0, folded=folded_into.get(name, "")))
             continue
         how = methods[name]
         r, source = chosen[name]
+        algorithm = _algorithm(method, how, prod(shapes[name]))
+        start = time.perf_counter()
         if r is None:
-            r = _vbmf_ranks(name, child, how, volume)
+            r = _vbmf_ranks(name, _kernel(child, how, volume), _modes(how))
         try:
-            new, dec = _replace(child, how, r, volume, method)
+            new, dec = _replace(child, how, r, volume, algorithm)
         except ValueError as exc:
             raise ValueError(f"layer {name!r}: {exc}") from None
         layers[name] = new
         if how == "tucker2-as-conv":
-            layers[pending_flatten or "flatten"] = Flatten()
-        rows.append(LayerReport(name, how, tuple(f.shape[1] for f in dec.factors), source,
-                                child.num_parameters(), new.num_parameters(), dec.rel_error))
+            layers[flatten] = Flatten()
+        rows.append(LayerReport(name, how, tuple(f.shape[1] for f in dec.factors), source, before,
+                                new.num_parameters(), dec.rel_error, algorithm, folded_into.get(name, ""),
+                                time.perf_counter() - start))
     out = Sequential(layers)
     out.input_shape = None if input_shape is None else tuple(input_shape)
     first = next((m for m in out if m.parameters()), None)
     if first is not None:
         first.needs_input_grad = False
-    out.train(net.training)
+    out.train(original.training)
     return (out, rows) if report else out
 
 
 def parse_ranks(text: str):
-    """CLI ``--ranks``: 'vbmf', 'paper' or a JSON object {"c1": [2, 2], "l2": 1, ...}."""
-    if text in ("vbmf", "paper"):
+    """CLI ``--ranks``: 'vbmf', 'paper', 'full', 'fraction:F' or a JSON object {"c1": [2, 2], "l2": 1, ...}."""
+    if text in ("vbmf", "paper") or _is_spec(text):
+        if text.startswith("fraction:"):
+            parse_fraction(text)
         return text
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--ranks must be 'vbmf', 'paper' or a JSON object of ranks, got {text!r} ({exc})") from None
+        raise ValueError(f"--ranks must be 'vbmf', 'paper', 'full', 'fraction:F' or a JSON object of ranks, "
+                         f"got {text!r} ({exc})") from None
     if not isinstance(value, dict):
         raise ValueError(f"--ranks JSON must be an object {{layer: ranks}}, got {text!r}")
     return value
 
 
 def format_report(rows) -> str:
-    """The per-layer table printed by ``tuckerref compress``."""
-    lines = [f"{'layer':<8} {'method':<16} {'ranks':<10} {'source':<6} {'params':>10} {'->':^4} {'params':<10} "
-             f"{'x':>7} {'rel.err':>9}"]
-    before = after = 0
+    """The per-layer table printed by ``tuckerref compress`` (and the BatchNorm3d layers folded first)."""
+    width = max([8] + [len(r.name) for r in rows])
+    lines = [f"{'layer':<{width}} {'method':<16} {'ranks':<10} {'source':<6} {'algo':<5} {'params':>10} {'->':^4} "
+             f"{'params':<10} {'x':>7} {'rel.err':>9} {'seconds':>8}"]
+    before = after = seconds = 0
     for r in rows:
         ranks = ",".join(str(v) for v in r.ranks) or "-"
-        lines.append(f"{r.name:<8} {r.method:<16} {ranks:<10} {r.rank_source:<6} {r.params_before:>10,} {'->':^4} "
-                     f"{r.params_after:<10,} {r.params_before / max(r.params_after, 1):>7.2f} {r.rel_error:>9.4f}")
+        lines.append(f"{r.name:<{width}} {r.method:<16} {ranks:<10} {r.rank_source:<6} {r.algorithm:<5} "
+                     f"{r.params_before:>10,} {'->':^4} {r.params_after:<10,} "
+                     f"{r.params_before / max(r.params_after, 1):>7.2f} {r.rel_error:>9.4f} {r.seconds:>8.2f}")
         before += r.params_before
         after += r.params_after
-    lines.append(f"{'total':<8} {'':<16} {'':<10} {'':<6} {before:>10,} {'->':^4} {after:<10,} "
-                 f"{before / max(after, 1):>7.2f}")
+        seconds += r.seconds
+    lines.append(f"{'total':<{width}} {'':<16} {'':<10} {'':<6} {'':<5} {before:>10,} {'->':^4} {after:<10,} "
+                 f"{before / max(after, 1):>7.2f} {'':>9} {seconds:>8.2f}")
+    folded = [(r.name, r.folded) for r in rows if r.folded]
+    if folded:
+        lines.append("BatchNorm3d folded into the convolution before it (eval statistics): "
+                     + ", ".join(f"{bn} -> {conv}" for conv, bn in folded))
     return "\n".join(lines)
 
 
 __all__ = ["tucker2_conv", "tucker1_conv", "tucker1_linear", "tucker2_linear_as_conv", "linear_as_conv",
-           "compress_network", "plan_methods", "LayerReport", "Decomposition", "PAPER_RANKS", "PLANS",
+           "compress_network", "plan_methods", "resolve_plan", "fits_table2", "check_chain", "fold_batchnorms",
+           "LayerReport", "Decomposition", "PAPER_RANKS", "PLANS", "ALGORITHMS", "RANK_SPECS", "CHAIN_LAYERS",
            "parse_ranks", "format_report"]

@@ -5,10 +5,21 @@ Two cost measures are reported for every layer and every sub-layer of a (nested)
 
 * ``flops``: the authors' convention, which reproduces the paper's Table 2 exactly (docs/method.md section 8):
   a convolution costs ``T * I' * (2 * S * Λ - 1)`` plus ``I'`` *once* if it has a bias (sic: not per
-  output channel); a linear layer costs ``(2 * in - 1) * out`` plus ``out`` with a bias. Pooling, ReLU,
-  dropout and flatten cost 0 in this convention (their element counts are still reported).
+  output channel); a linear layer costs ``(2 * in - 1) * out`` plus ``out`` with a bias. Max pooling,
+  ReLU, dropout and flatten cost 0 in this convention (their element counts are still reported).
+  Layers the paper's network does not have get a documented extension that counts their floating-point
+  arithmetic the same way (each multiplication and each addition one FLOP): a BatchNorm3d (eval mode,
+  the per-channel affine map y = s_c x + t_c) costs 2 per element; an average pooling costs, per
+  output element, the number of input elements its window sums (V - 1 additions and one scaling:
+  V, padding positions excluded), so a global average pooling costs D·H·W per channel; an Identity
+  costs 0.
 * ``macs``: plain multiply-accumulate counts, ``T * S * Λ * I'`` for a convolution and ``in * out`` for a
-  linear layer; these are Table 1's "multiplications" (Section 3.1.1; docs/method.md section 7).
+  linear layer; these are Table 1's "multiplications" (Section 3.1.1; docs/method.md section 7). A BatchNorm3d counts one per
+  element (its multiplication by s_c); poolings, ReLU, dropout, flatten and identity count 0. The full
+  C3D (Tran et al. 2015, 3 x 16 x 112 x 112) comes to about 38.5 G.
+
+Parameters are the trainable arrays (weights, biases, a BatchNorm3d's weight and bias); buffers such as
+running statistics are not parameters.
 
 Everything follows from :meth:`Module.output_shape`, so counting the full-size network needs no forward pass.
 Table 1's closed forms are provided as functions (``conv_multiplications`` ...) to check the per-layer counts.
@@ -18,7 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
-from .nn import Conv3d, Dropout, Flatten, Linear, MaxPool3d, Module, ReLU, Sequential
+from .kernels.avg_pool import adaptive_windows, avg_pool_windows
+from .nn import (AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Dropout, Flatten, Identity, Linear, MaxPool3d,
+                 Module, ReLU, Sequential)
 
 
 # -- Table 1 closed forms (Λ = kernel volume, I = input positions, I' = output positions) ----------
@@ -168,9 +181,31 @@ def _count_free(m, in_shape, out_shape):
     return 0, 0
 
 
+def _count_batchnorm(m: BatchNorm3d, in_shape, out_shape):
+    """Extension: eval mode's y = s_c x + t_c, a multiplication and an addition per element."""
+    elements = prod(in_shape)
+    return 2 * elements, elements
+
+
+def window_sum_flops(windows, channels: int) -> int:
+    """FLOPs of window means: per output element, V - 1 additions and one scaling for a window of V input
+    elements; separable, so the total is channels x the product over dimensions of the summed lengths."""
+    return channels * prod(int((e - s).sum()) for s, e in zip(windows.starts, windows.ends))
+
+
+def _count_avg_pool(m: AvgPool3d, in_shape, out_shape):
+    windows = avg_pool_windows(in_shape[1:], m.kernel_size, m.stride, m.padding, out_shape[1:])
+    return window_sum_flops(windows, in_shape[0]), 0
+
+
+def _count_adaptive_avg_pool(m: AdaptiveAvgPool3d, in_shape, out_shape):
+    return window_sum_flops(adaptive_windows(in_shape[1:], out_shape[1:]), in_shape[0]), 0
+
+
 #: Leaf layer type -> function (module, input shape, output shape) -> (paper FLOPs, MACs).
 COUNTERS = {Conv3d: _count_conv, Linear: _count_linear, MaxPool3d: _count_free, ReLU: _count_free,
-            Dropout: _count_free, Flatten: _count_free}
+            Dropout: _count_free, Flatten: _count_free, Identity: _count_free, BatchNorm3d: _count_batchnorm,
+            AvgPool3d: _count_avg_pool, AdaptiveAvgPool3d: _count_adaptive_avg_pool}
 
 
 def _counter(m: Module):

@@ -7,7 +7,6 @@ import numpy as np
 
 from .nn import (AdaptiveAvgPool3d, BatchNorm3d, Conv3d, Dropout, Dropout3d, Flatten, Linear, MaxPool3d, ReLU,
                  Sequential)
-from .nn import feature_volume  # noqa: F401  (its home is tuckerref.nn; importable here as before)
 from .nn.init import as_rng
 
 PAPER_INPUT_SHAPE = (4, 28, 120, 160)

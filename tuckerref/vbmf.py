@@ -169,6 +169,43 @@ def _result(Uy, s, Vty, keep, shrunk, transposed, sigma2, threshold, free_energy
                       np.ascontiguousarray(V), float(threshold), float(free_energy))
 
 
+def _evb_fit(s_full, L, M, H, total, sigma2):
+    """(sigma^2, singular-value threshold, 2F/M objective) of EVBMF from the singular values ``s_full``
+    of a non-zero L x M matrix (L <= M) with squared norm ``total``; ``sigma2`` None estimates it."""
+    s = s_full[:H]
+    x_evb = evb_x_threshold(L / M)
+    objective = lambda u: _evb_twice_free_energy_over_M(u, s, total, L, M, x_evb)  # noqa: E731
+    if sigma2 is None:
+        sigma2 = _minimise_log_sigma2(objective, *_evb_sigma2_bounds(s_full, L, M, H, x_evb, total))
+    return sigma2, float(np.sqrt(M * sigma2 * x_evb)), objective
+
+
+def singular_values(Y) -> np.ndarray:
+    """Singular values of a real matrix, descending, as the square roots of the eigenvalues of its
+    smaller Gram matrix (Y Y^T or Y^T Y; negative rounding clipped to 0).
+
+    Much quicker than an SVD for the large unfoldings of a C3D-size kernel (a 4096 x 8192 matrix: a
+    fifth of the time of ``np.linalg.svd(Y, compute_uv=False)``); a value is exact to about
+    eps * s_1^2 / s, ample for EVBMF's threshold, which lies at the noise level, far above that."""
+    Y = np.asarray(Y, dtype=np.float64)
+    gram = Y @ Y.T if Y.shape[0] <= Y.shape[1] else Y.T @ Y
+    w = np.linalg.eigvalsh(gram)[::-1]
+    return np.sqrt(np.maximum(w, 0.0))
+
+
+def evbmf_rank(Y, H=None) -> int:
+    """The rank :func:`evbmf` estimates (noise variance estimated), from :func:`singular_values` alone:
+    no singular vectors, so it stays quick on large matrices."""
+    Y, _, H = _as_matrix(Y, H)
+    L, M = Y.shape
+    s_full = singular_values(Y)
+    total = float(np.sum(Y * Y))
+    if total == 0.0:
+        return 0
+    _, threshold, _ = _evb_fit(s_full, L, M, H, total, None)
+    return int(np.count_nonzero(s_full[:H] > threshold))
+
+
 def evbmf(Y, sigma2=None, H=None) -> VBMFResult:
     """Empirical VBMF (NIPS12 Theorem 2; JMLR13): rank, noise variance and shrunk factors of ``Y``.
 
@@ -179,18 +216,13 @@ def evbmf(Y, sigma2=None, H=None) -> VBMFResult:
     Y, transposed, H = _as_matrix(Y, H)
     sigma2 = _check_sigma2(sigma2)
     L, M = Y.shape
-    alpha = L / M
     Uy, s_full, Vty = np.linalg.svd(Y, full_matrices=False)
     total = float(np.sum(Y * Y))
     s = s_full[:H]
-    x_evb = evb_x_threshold(alpha)
     if total == 0.0:
         empty = np.zeros(0)
         return _result(Uy, s, Vty, np.zeros(H, bool), empty, transposed, sigma2 or 0.0, 0.0, -np.inf)
-    objective = lambda u: _evb_twice_free_energy_over_M(u, s, total, L, M, x_evb)  # noqa: E731
-    if sigma2 is None:
-        sigma2 = _minimise_log_sigma2(objective, *_evb_sigma2_bounds(s_full, L, M, H, x_evb, total))
-    threshold = np.sqrt(M * sigma2 * x_evb)
+    sigma2, threshold, objective = _evb_fit(s_full, L, M, H, total, sigma2)
     keep = s > threshold
     g = s[keep]
     r = (L + M) * sigma2 / g ** 2
@@ -287,4 +319,4 @@ def estimate_ranks(kernel, modes) -> tuple:
     kernel = np.asarray(kernel)
     if np.isscalar(modes):
         modes = (modes,)
-    return tuple(evbmf(unfold(kernel, m)).rank for m in modes)
+    return tuple(evbmf_rank(unfold(kernel, m)) for m in modes)

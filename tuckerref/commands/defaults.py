@@ -8,8 +8,9 @@ source, so a change in the engine that is not made here fails a test.
 PAPER_INPUT_SHAPE = (4, 28, 120, 160)            # tuckerref.models.PAPER_INPUT_SHAPE
 OPTIMIZER_NAMES = ("adam", "sgd")                # sorted(tuckerref.optim.OPTIMIZERS)
 CHECKPOINT_NAME = "checkpoint.h5"                # tuckerref.train.CHECKPOINT_NAME
-PLANS = ("table2", "algorithm1")                 # tuckerref.compress.PLANS
+PLANS = ("auto", "table2", "algorithm1")         # tuckerref.compress.PLANS
 METHODS = ("hooi", "hosvd")                      # tuckerref.tucker.METHODS
+ALGORITHMS = ("auto", "hooi", "hosvd")           # tuckerref.compress.ALGORITHMS
 WEIGHTS_FORMATS = ("array", "blob")              # tuckerref.export.WEIGHTS_FORMATS
 SYNTH_SHAPE = (28, 120, 160)                     # tuckerref.data.synthetic.DEFAULT_SHAPE
 LEFT_HANDED_FRACTION = 0.15                      # tuckerref.data.synthetic.LEFT_HANDED_FRACTION

@@ -1,6 +1,7 @@
 """``tuckerref scaling``: does execution time follow FLOPs? Time a layer's Tucker-2 replacement at many ranks.
 
-For one layer of the paper network, its Tucker-2 replacement (eqs. 8-10: 1x1x1 S->R_s, core R_s->R_t,
+For one layer of the paper network, or of any chain network read from ``--weights`` (a C3D, ...), its
+Tucker-2 replacement (eqs. 8-10: 1x1x1 S->R_s, core R_s->R_t,
 1x1x1 R_t->T) is built with random weights for every rank pair of a grid (optionally also for other
 output-channel counts T and core kernel sizes) and timed on the real input that layer sees in the
 network. A least-squares fit ``time = a + b * FLOPs`` (paper-convention FLOPs, docs/method.md section 8)
@@ -8,8 +9,10 @@ gives R^2, the achieved throughput 1/b (GFLOP/s) and the fixed overhead a. Timin
 (``no_grad``, so a Tucker-2 block runs fused) in round-robin rounds over the configurations. Writes ``scaling.csv``,
 ``scaling.json`` and ``scaling.png`` (time against FLOPs, the fit line, points labelled by ranks).
 
-``l1`` is swept as the convolution it is equivalent to (kernel = the 16 x 6 x 6 x 9 feature volume);
-a linear layer on a flat input (l2, l_out) is swept as Tucker-1 ``Linear(in -> R), Linear(R -> out)``.
+Any convolution can be swept (BatchNorm3d layers are folded into the convolutions before them first, as
+compression does). The first linear layer after a Flatten is swept as the convolution it is equivalent to
+(``l1``: kernel = the 16 x 6 x 6 x 9 feature volume; a C3D's fc6: 512 -> 4096 with kernel 1 x 4 x 4); a
+linear layer on a flat input (l2, l_out, fc7) is swept as Tucker-1 ``Linear(in -> R), Linear(R -> out)``.
 """
 from __future__ import annotations
 
@@ -219,7 +222,11 @@ def write_results(out_dir, rows, fit, meta, series) -> list:
 
 def register(sub):
     p = sub.add_parser("scaling", help="time a layer's Tucker-2 replacement at many ranks; fit time = a + b*FLOPs")
-    p.add_argument("--layer", default="c1", help="layer of the paper network (c1, c2, l1, l2, l_out); default c1")
+    p.add_argument("--weights", default=None,
+                   help="network saved by save_model (any chain network, e.g. a C3D); default: the paper's, random")
+    p.add_argument("--layer", default=None,
+                   help="convolution or linear layer to sweep (paper network: c1, c2, l1, l2, l_out); "
+                        "default: the network's first convolution")
     p.add_argument("--ranks", default="1,2,3,4,6", help="rank grid, comma-separated; all pairs (R_s, R_t) are timed")
     p.add_argument("--out-channels", default=None, help="optional comma-separated output channel counts T to add")
     p.add_argument("--kernel-sizes", default=None, help="optional core kernel sizes to add, e.g. 3x5x5,5x11x11")
@@ -227,16 +234,41 @@ def register(sub):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="which time the fit uses")
-    p.add_argument("--input-shape", type=int, nargs=4, default=PAPER_INPUT_SHAPE, metavar=("C", "F", "H", "W"))
+    p.add_argument("--input-shape", type=int, nargs=4, default=None, metavar=("C", "F", "H", "W"),
+                   help=f"clip shape (default: the weights file's, else {PAPER_INPUT_SHAPE})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/scaling", help="output folder (default runs/scaling)")
     p.set_defaults(func=run)
 
 
+def load_network(args):
+    """(network in eval mode with BatchNorm3d folded, input shape, layer name) from the parsed arguments."""
+    weights = getattr(args, "weights", None)
+    if weights:
+        from ..compress import fold_batchnorms
+        from ..io import load_model
+        net, meta = load_model(weights)
+        shape = tuple(args.input_shape or meta.get("input_shape") or PAPER_INPUT_SHAPE)
+        net, _ = fold_batchnorms(net.eval())
+    else:
+        shape = tuple(args.input_shape or PAPER_INPUT_SHAPE)
+        net = thetis_net(shape, seed=args.seed)
+    layer = getattr(args, "layer", None)
+    if layer is None:
+        layer = next((name for name, m in net.named_children() if isinstance(m, Conv3d)), None)
+        if layer is None:
+            raise ValueError(f"the network has no convolution to sweep; name a layer with --layer (layers: {net.names()})")
+    net.input_shape = shape
+    return net.eval(), shape, layer
+
+
 def prepare(args):
-    """Network, input batch, rank grid and extra axes from the parsed arguments."""
-    net = thetis_net(tuple(args.input_shape), seed=args.seed).eval()
-    x = np.random.default_rng(args.seed).random((1,) + tuple(args.input_shape), dtype=np.float32)
+    """Network, input batch, rank grid and extra axes from the parsed arguments (``args.layer`` and
+    ``args.input_shape`` are filled in where they were left to their defaults)."""
+    net, shape, args.layer = load_network(args)
+    args.input_shape = list(shape)
+    layer_geometry(net, args.layer, shape)  # a bad --layer fails before anything is built or timed
+    x = np.random.default_rng(args.seed).random((1,) + shape, dtype=np.float32)
     ranks = parse_int_list(args.ranks, "--ranks")
     out_channels = parse_int_list(args.out_channels, "--out-channels") if args.out_channels else None
     kernels = parse_kernels(args.kernel_sizes) if args.kernel_sizes else None
@@ -268,7 +300,8 @@ def run(args):
     fit = fit_time_vs_flops([r["flops"] for r in rows], [r[f"{args.clock}_median_s"] for r in rows])
     print_rows(rows, args.clock)
     print_fit(fit)
-    meta = {"layer": args.layer, "input_shape": list(args.input_shape), "threads": threads, "repeats": args.repeats,
+    meta = {"layer": args.layer, "weights": args.weights, "input_shape": list(args.input_shape), "threads": threads,
+            "repeats": args.repeats,
             "warmup": args.warmup, "clock": args.clock, "backend": "numba", "omp_wait_policy": wait_policy,
             "register_file": register_file()}
     for path in write_results(args.out, rows, fit, meta, [("tuckerref", rows, fit, args.clock)]):

@@ -1,9 +1,12 @@
 """``tuckerref table2``: the paper's Table 2 for the original and the compressed network, with measured times.
 
-For each layer with parameters (c1, c2, l1, l2, l_out): method, S/R_in, T/R_out, weights, FLOPs
-(paper convention, docs/method.md section 8) and time, each with its sub-layer breakdown, then the
+For each convolution and linear layer (c1, c2, l1, l2, l_out in the paper's network; any chain network's,
+e.g. a C3D's, from ``--weights``): method, S/R_in, T/R_out, weights, FLOPs (paper convention, docs/method.md
+section 8, extended as :mod:`tuckerref.flops` says) and time, each with its sub-layer breakdown, then the
 improvement factors: storage (weights), theoretical speed-up (FLOPs ratio) and observed speed-up
-(time ratio). Parameter-free layers (ReLU, pooling, dropout, flatten) are summed in an "other" row;
+(time ratio). A BatchNorm3d after a convolution is folded into it in both networks (eval mode, so the
+original's outputs do not change; the folded pairs are printed). The other layers (ReLU, pooling,
+dropout, flatten, an unfolded BatchNorm3d) are summed in an "other" row;
 the total time is the whole forward pass. Sub-layers are timed one by one; with the numba backend
 a Tucker-2 block's own time is its fused forward pass, and the total is the inference pass with all
 its fusions (:mod:`tuckerref.nn.fusion`), every figure of both networks timed round robin
@@ -29,7 +32,7 @@ import numpy as np
 
 from ..flops import count_network
 from ..models import PAPER_INPUT_SHAPE, thetis_net
-from ..nn import Conv3d, Linear, Sequential
+from ..nn import Conv3d, Linear, Sequential, feature_volume
 from ..profile import (PROFILERS, check_repeats, check_threads, get_profiler, profile_each, profile_network,
                        register_file, sleep_idle_workers)
 from ..report import compact, markdown_table, milliseconds, ratio, write_json, write_text
@@ -60,21 +63,21 @@ def describe(original, compressed, volume) -> tuple:
 
 
 def parameter_layers(net: Sequential) -> list:
-    names = [name for name, m in net.named_children() if m.num_parameters()]
-    for name in names:
-        if isinstance(net[name], Sequential):
+    """Names of the convolutions and linear layers of ``net``: the table's rows."""
+    for name, m in net.named_children():
+        if isinstance(m, Sequential):
             raise ValueError(f"layer {name!r} is already decomposed; table2 needs the original (uncompressed) network")
-    return names
+    return [name for name, m in net.named_children() if isinstance(m, (Conv3d, Linear))]
 
 
-def _unflattened_input(count, name) -> tuple:
-    """Per-sample input shape of layer ``name``, taken before the flatten that directly precedes it (if any)."""
-    previous = None
-    for layer in count.layers:
-        if layer.name == name:
-            return previous.input_shape if previous is not None and previous.kind == "Flatten" else layer.input_shape
-        previous = layer
-    raise ValueError(f"no layer named {name!r}")
+def _unflattened_input(net, count, name) -> tuple:
+    """Per-sample input shape of layer ``name``, the volume before the Flatten that feeds it (if one does)."""
+    from ..compress import flatten_before
+    try:
+        flatten_before(net, name)
+    except ValueError:
+        return count[name].input_shape
+    return feature_volume(net, count.input_shape, name)
 
 
 def _timing(t, clock):
@@ -95,7 +98,8 @@ def build_table(original: Sequential, compressed: Sequential, x: np.ndarray, pro
                                                                  warmup=warmup, threads=threads)))
     rows = []
     for name in names:
-        method, S, T, r_in, r_out = describe(original[name], compressed[name], _unflattened_input(counts["original"], name))
+        method, S, T, r_in, r_out = describe(original[name], compressed[name],
+                                             _unflattened_input(original, counts["original"], name))
         row = {"layer": name, "method": method, "S": S, "T": T, "R_in": r_in, "R_out": r_out}
         for which in ("original", "compressed"):
             c, t = counts[which][name], profiles[which][name]
@@ -106,7 +110,9 @@ def build_table(original: Sequential, compressed: Sequential, x: np.ndarray, pro
     other, total = {}, {}
     for which in ("original", "compressed"):
         others = [t for t in profiles[which].layers if t.name not in names]
-        other[which] = {"layers": [t.name for t in others], "time_s": sum(t.clock(clock).median for t in others)}
+        other[which] = {"layers": [t.name for t in others], "time_s": sum(t.clock(clock).median for t in others),
+                        "params": sum(counts[which][t.name].params for t in others),
+                        "flops": sum(counts[which][t.name].flops for t in others)}
         total[which] = {"params": counts[which].params, "flops": counts[which].flops, "macs": counts[which].macs,
                         "time": _timing(profiles[which].total, clock)}
     for r in rows + [total]:
@@ -159,7 +165,9 @@ def render(table: dict) -> str:
                      f"x{imp['observed_speedup']:.2f}"])
     oth = table["other"]
     body.append(["other", ", ".join(oth["original"]["layers"]) if len(oth["original"]["layers"]) < 6
-                 else f"{len(oth['original']['layers'])} parameter-free layers", "", "", "0", "0",
+                 else f"{len(oth['original']['layers'])} {'other' if oth['original'].get('params') else 'parameter-free'} layers",
+                 "", "",
+                 f"{oth['original'].get('params', 0):,}", compact(oth["original"].get("flops", 0)),
                  f"{milliseconds(oth['original']['time_s'])} -> {milliseconds(oth['compressed']['time_s'])} (sum)"])
     tot = table["total"]
     for which in ("original", "compressed"):
@@ -182,6 +190,9 @@ def render(table: dict) -> str:
                   "(total) also fuses each convolution with the max pooling and ReLU after it, so it can take "
                   "less than the sum of the rows. Both networks are timed round robin, one call of every "
                   "figure per round.")
+    if table.get("folded_batchnorm"):
+        title += ("\n\nBatchNorm3d folded into the convolution before it in both networks (eval statistics): "
+                  + ", ".join(f"{bn} -> {conv}" for conv, bn in table["folded_batchnorm"]) + ".")
     parts = [title, markdown_table(head, body), markdown_table(speed_head, speed)]
     spread = imp.get("observed_speedup_rounds")
     if spread:
@@ -205,9 +216,12 @@ def _spread(rounds: dict) -> str:
 def register(sub):
     p = sub.add_parser("table2", help="the paper's Table 2: weights, FLOPs and measured time, original vs compressed")
     p.add_argument("--weights", default=None, help="original network saved by save_model (default: random, --seed)")
-    p.add_argument("--plan", choices=("table2", "algorithm1"), default="table2")
-    p.add_argument("--ranks", choices=("paper", "vbmf"), default="paper")
-    p.add_argument("--method", choices=("hosvd", "hooi"), default="hosvd",
+    p.add_argument("--plan", choices=("auto", "table2", "algorithm1"), default="auto",
+                   help="auto (default): table2 for the paper's network, algorithm1 for any other")
+    p.add_argument("--ranks", default=None,
+                   help="'paper' (default for plan table2), 'vbmf' (default otherwise), 'full', 'fraction:F' "
+                        "or JSON like '{\"conv2a\": [16, 32]}'")
+    p.add_argument("--method", choices=("auto", "hooi", "hosvd"), default="hosvd",
                    help="decomposition algorithm (no column of the table depends on it; hosvd is quicker)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -224,8 +238,9 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def load_networks(args):
-    """(original, compressed, input shape) from the parsed arguments."""
+def load_networks(args, record=None):
+    """(original, compressed, input shape) from the parsed arguments; ``record`` (a dict), if given,
+    receives the plan and ranks used and the BatchNorm3d layers folded, [[conv, batchnorm], ...]."""
     if args.weights:
         from ..io import load_model
         net, meta = load_model(args.weights)
@@ -235,15 +250,15 @@ def load_networks(args):
         net = thetis_net(shape, seed=args.seed)
     net.input_shape = shape
     parameter_layers(net)
-    try:
-        from ..compress import compress_network
-    except ModuleNotFoundError as exc:
-        if exc.name != "tuckerref.compress":
-            raise
-        raise ValueError("tuckerref.compress is not available in this checkout; table2 needs compress_network") from None
-    compressed = compress_network(net, plan=args.plan, ranks=args.ranks, input_shape=shape,
-                                  method=getattr(args, "method", "hosvd"))
+    from ..compress import compress_network, fold_batchnorms, parse_ranks, resolve_plan
+    plan = resolve_plan(net, args.plan)
+    ranks = parse_ranks(args.ranks) if args.ranks else ("paper" if plan == "table2" else "vbmf")
+    net, folded = fold_batchnorms(net.eval())  # the original as it runs in eval mode, BatchNorm folded
+    net.input_shape = shape
+    compressed = compress_network(net, plan=plan, ranks=ranks, input_shape=shape, method=getattr(args, "method", "hosvd"))
     compressed.input_shape = shape
+    if record is not None:
+        record.update(plan=plan, ranks=args.ranks or ranks, folded_batchnorm=[list(pair) for pair in folded])
     return net.eval(), compressed.eval(), shape
 
 
@@ -260,12 +275,13 @@ def run(args):
     check_threads(args.threads)
     if args.batch < 1:  # argparse has made it an int
         raise ValueError(f"--batch must be a positive integer, got {args.batch!r}")
-    original, compressed, shape = load_networks(args)
+    record = {}
+    original, compressed, shape = load_networks(args, record)
     x = np.random.default_rng(args.seed).random((args.batch,) + shape, dtype=np.float32)
     table = build_table(original, compressed, x, get_profiler(args.backend), repeats=args.repeats,
                         warmup=args.warmup, threads=args.threads, clock=args.clock)
-    table.update(plan=args.plan, ranks=args.ranks, method=args.method, weights=args.weights,
-                 omp_wait_policy=wait_policy, register_file=register_file())
+    table.update(record, method=args.method, weights=args.weights, omp_wait_policy=wait_policy,
+                 register_file=register_file())
     text = render(table)
     print(text)
     for path in write_outputs(args.out, table, text):

@@ -16,7 +16,7 @@ import numpy as np
 from ..io import atomic_path
 from ..nn import AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Linear, MaxPool3d
 from . import templates as tpl
-from .memory import CONV_BLOCK_COLUMNS, footprint, format_footprint, place_units, plan_units
+from .memory import CONV_BLOCK_COLUMNS, footprint, place_units, plan_units
 from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
 
 WEIGHTS_FORMATS = ("array", "blob")

@@ -43,7 +43,8 @@ def integer_in_range(value, low: int, high: int, what: str, detail: str = "") ->
     The check of a mode (``low`` 0, ``high`` ndim - 1) or a rank (``low`` 1, ``high`` the mode's size)
     in :mod:`tuckerref.tucker`, :mod:`tuckerref.vbmf` and :mod:`tuckerref.compress`.
     """
-    if isinstance(value, (bool, np.bool_)) or int(value) != value or not low <= int(value) <= high:
+    numeric = isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not numeric or not np.isfinite(value) or int(value) != value or not low <= int(value) <= high:
         raise ValueError(f"{what} must be an integer in [{low}, {high}]{detail}, got {value!r}")
     return int(value)
 

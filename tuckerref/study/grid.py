@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..compress import CHANNEL_MODES, OUTPUT_MODE, linear_as_conv, plan_methods
-from ..models import feature_volume
+from ..nn import feature_volume
 from ..tucker import unfold
 from ..vbmf import estimate_ranks
 
