@@ -38,7 +38,7 @@ from .tiling import TILE_VECTORS
 WIDE_CHANNELS = 16
 
 #: Input channels per pass over a tile column (keeps the column's slice of X in L1).
-S_BLOCK = 128
+S_BLOCK = 64
 
 #: Tile columns per parallel task.
 COLUMN_BLOCK = 8
