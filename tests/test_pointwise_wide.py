@@ -2,7 +2,7 @@
 float64 loop reference, the streaming kernel, and finite differences through conv3d_backward.
 
 Every call uses C-contiguous (N, S, P) arrays of float64 or float32, so the tiled kernel compiles
-two specialisations (and the short-clip loop two more)."""
+two specialisations."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -53,7 +53,7 @@ def test_eq8_tiled_matrix_product_matches_float64_loop_reference(N, S, T, P, dty
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_eq8_tiled_matrix_product_blocks_s_and_covers_every_column(dtype):
     """S over two cache blocks, T two channel groups plus one, and positions fewer than a tile
-    column, a whole number of columns, one short of it and one past it (the flush last column), batch 2."""
+    column, a whole number of columns, one short of it and one past it (a last column past the clip's end), batch 2."""
     S, T, width = S_BLOCK + 5, 2 * TILE_CHANNELS + 1, tile_width(dtype)
     for P in (3, width * 9, width * 9 - 1, width * 17 + 1):
         x, w, b = arrays(2, S, T, P, P, dtype)
