@@ -6,11 +6,10 @@ Shapes: the first and last factors of Tucker-2 blocks of a compressed C3D (256 -
 16x56x56), batch 1 and 8, float32. GFLOP/s = 2 * N * S * T * positions / median time. The four
 engines are timed round robin, one call each per round, after one untimed warm-up call (which
 also compiles the kernels); ratios are of GFLOP/s in the same run. ``--crossover`` instead times
-the tiled and streaming kernels on narrow channel counts (where :mod:`tuckerref.kernels.pointwise_tiles`
+the tiled and streaming kernels on narrow channel counts at 16x56x56 (where :mod:`tuckerref.kernels.pointwise_tiles`
 switches).
 
-    OPENBLAS_CORETYPE= OPENBLAS_L2_SIZE= env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
-        .venv/bin/python bench/pointwise.py [--rounds 7] [--threads 2] [--crossover]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/pointwise.py [--rounds 7] [--threads 2] [--crossover]
 
 (leave OPENBLAS_CORETYPE unset for this command only: a forced core type slows NumPy's BLAS).
 On a shared, loaded machine the figures are indicative only; quote ratios from one run.
