@@ -44,7 +44,8 @@ from .activation import relu as relu_kernel
 from .conv3d_tiles import PaddedTileConvolution, forward_tiles_padded, tiles_fit
 from .linear import _linear_forward
 from .padding import _pad, _padded
-from .pointwise import pointwise_forward, pointwise_grad_weight
+from .pointwise import pointwise_grad_weight
+from .pointwise_tiles import pointwise_mix
 from .pool import max_pool3d_values
 
 
@@ -387,7 +388,7 @@ def _forward_into(x, weight, bias, stride, padding, out):
     T = weight.shape[0]
     if _is_pointwise(weight, stride, padding):
         b = np.zeros(T, x.dtype) if bias is None else bias
-        pointwise_forward(x.reshape(N, S, -1), weight.reshape(T, S), b, out.reshape(N, T, -1))
+        pointwise_mix(x.reshape(N, S, -1), weight.reshape(T, S), b, out.reshape(N, T, -1))
     elif _is_full_window(x, weight, padding):
         # One output position whose window is the whole input: Y(n, t) = b(t) + <K(t), X(n)>,
         # a matrix-vector product over the flattened clip (l1 of the paper's network as a convolution).
@@ -445,7 +446,7 @@ def _conv3d_backward_unchecked(x, weight, grad_out, stride, padding, need_grad_x
         if need_grad_x:
             grad_x = np.empty_like(x)
             wt = np.ascontiguousarray(weight.reshape(T, S).T)
-            pointwise_forward(grad_out.reshape(N, T, -1), wt, np.zeros(S, x.dtype), grad_x.reshape(N, S, -1))
+            pointwise_mix(grad_out.reshape(N, T, -1), wt, np.zeros(S, x.dtype), grad_x.reshape(N, S, -1))
         return grad_x, grad_weight, grad_bias
 
     sd, sh, sw = stride

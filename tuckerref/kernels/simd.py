@@ -370,3 +370,29 @@ def tile_max_store(typingctx, tile, acc, out, start, channel_stride, row_stride)
     (rows or channels may share addresses: each is merged in turn)."""
     return types.none(tile, acc, out, start, channel_stride, row_stride), _tile_store(tile, acc, out, True)
 
+
+
+@intrinsic
+def tile_load(typingctx, tile, values, start, channel_stride, row_stride):
+    """acc[r, k, v] = values[start + r*row_stride + k*channel_stride + v*L : ... + L], the inverse of
+    :func:`tile_store`: a tile resumes a reduction that an earlier pass stored (a blocked sum)."""
+    _check_flat("values", values)
+    acc = _accumulators(tile, values.dtype)
+    n = acc.dtype.lanes
+    align = acc.dtype.dtype.bitwidth // 8
+    C, V = tile.channels, tile.vectors
+
+    def codegen(context, builder, sig, args):
+        _, array, first, cstride, rstride = args
+        base = _address(context, builder, sig.args[1], array, first)
+        out = []
+        for r in range(tile.rows):
+            for k in range(C):
+                offset = builder.add(builder.mul(rstride, ir.Constant(rstride.type, r)),
+                                     builder.mul(cstride, ir.Constant(cstride.type, k)))
+                row = builder.gep(base, [offset], inbounds=True)
+                for v in range(V):
+                    out.append(builder.load(_vector_pointer(builder, _step(builder, row, v * n), n), align=align))
+        return context.make_tuple(builder, acc, out)
+
+    return acc(tile, values, start, channel_stride, row_stride), codegen
