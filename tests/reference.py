@@ -157,21 +157,42 @@ def assert_gradient_along_random_directions(fun, x, grad, rng, directions=3, eps
 WIDTH_AND_STRIDE = ((1, 1), (3, 1), (3, 2))
 
 
+#: Longest rows (input and output width) of a drawn conv3d case: narrower than a float64 SIMD vector,
+#: so that the forward pass takes the plane and row kernels, whose compile-time constants are only
+#: the (kernel width, width stride) above. Wider rows take the register tiles, where every channel
+#: count and row width is a specialisation of its own; those have their own tests (TILE_CASES),
+#: and WIDE_CASE brings the drawn-case properties to them. (The input gradient's rows, up to
+#: 3 + kW - 1 = 5 wide, take one-vector tiles: those of TILE_CASES[1] for 2 and 3 channels.)
+CASE_MAX_WIDTH = 3
+
+
 @st.composite
 def conv_cases(draw, max_batch=2, max_channels=3):
-    """A valid conv3d case: sizes, kernel, stride, padding (kernel may exceed the unpadded input)."""
+    """A valid conv3d case: sizes, kernel, stride, padding (kernel may exceed the unpadded input);
+    rows (input and output) at most CASE_MAX_WIDTH wide."""
     kw, sw = draw(st.sampled_from(WIDTH_AND_STRIDE))
     kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), kw)
     stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), sw)
     size, padding = [], []
-    for k in kernel:
-        n = draw(st.integers(1, 6))
+    for d, (k, s) in enumerate(zip(kernel, stride)):
+        n = draw(st.integers(1, 6 if d < 2 else CASE_MAX_WIDTH))
         low = max(0, -(-(k - n) // 2))  # smallest padding giving a non-empty output
-        padding.append(draw(st.integers(low, low + 1)))
+        high = low + 1
+        if d == 2 and (n + 2 * high - k) // s + 1 > CASE_MAX_WIDTH:
+            high = low
+        padding.append(draw(st.integers(low, high)))
         size.append(n)
     return dict(N=draw(st.integers(1, max_batch)), S=draw(st.integers(1, max_channels)),
                 T=draw(st.integers(1, max_channels)), size=tuple(size), kernel=kernel, stride=stride,
                 padding=tuple(padding), bias=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+#: A drawn-case-like conv3d case whose rows take the register tiles, for the properties of the drawn
+#: cases (references, finite differences, PyTorch) on the tile path: 3 output channels on rows of 17
+#: forward (the 3-channel tiles of TILE_CASES[0]) and one input channel, so the input gradient's
+#: rows of 19 take that case's one-channel two-row tiles: no kernel of its own to compile.
+WIDE_CASE = dict(N=2, S=1, T=3, size=(3, 4, 17), kernel=(2, 3, 3), stride=(1, 1, 1), padding=(1, 1, 1), bias=True,
+                 seed=5)
 
 
 def conv_arrays(case, dtype=np.float64):
@@ -203,6 +224,28 @@ def distinct_input(case):
 
 #: The most channels one register tile holds, by vector registers (what a mixed Tucker-2 store needs).
 TILE_CHANNELS_AT_MOST = {16: 3, 32: 6}
+
+#: Register-tile cases of the float64 tile tests: (output channels T, vector registers, output row
+#: width). The tile shape (channels x vectors x rows, vector bytes) is a compile-time constant of
+#: the tile kernels, so each (T, registers, width) compiles its own specialisations, several seconds
+#: each; every other size, stride, padding and kernel is a run-time value. These four cases give
+#: every channel count of a tile (1-3 with 16 registers, 4-6 with 32), a narrower last channel
+#: block under either register file, one-channel tiles (two rows where the height stride allows),
+#: rows of exactly one vector, whole tiles, a flush last tile, and 64-byte vectors. The tests that
+#: draw from them share the compiled kernels (Numba's cache is on disk).
+TILE_CASES = (
+    (7, 16, 17),   # 3-channel tiles x 2 + a 1-channel block; 4 vectors + a flush 1-vector tile
+    (5, 16, 4),    # a 3-channel tile + a narrower 2-channel block; a row of exactly one vector
+    (4, 32, 40),   # 4-channel tiles of 64-byte vectors; whole tiles only
+    (11, 32, 43),  # a 6-channel tile + a narrower 5-channel block; 4 vectors + a flush 3-vector tile
+)
+
+#: Core channel counts R_t of a Tucker-2 block, with the vector registers, for the float64 tests of
+#: the fused block on rows of TILE_CASES[0]'s width (17): one tile holds all R_t channels (and
+#: mixes them by U_t in registers) for one channel (over two rows where the height stride allows),
+#: the most of 16 registers (3) and the most of 32 (6); R_t = 7 fits neither, so the block runs its
+#: three convolutions (the core's tiles then those of TILE_CASES[0]).
+MIXED_TILE_CASES = ((1, 16), (3, 16), (6, 32), (7, 16))
 
 
 def vector_registers(n):

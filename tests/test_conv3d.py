@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
-from reference import (assert_gradient_along_random_directions, conv3d_ref, conv_arrays, conv_cases,
-                       numerical_gradient, vector_registers)
+from reference import (TILE_CASES, WIDE_CASE, assert_gradient_along_random_directions, conv3d_ref, conv_arrays,
+                       conv_cases, numerical_gradient, vector_registers)
 from tuckerref import conv3d, conv3d_backward
 
 # A case whose kernel is larger than the unpadded input in every dimension, with batch 2.
@@ -18,6 +18,7 @@ KERNEL_EXCEEDS_INPUT = dict(N=2, S=2, T=3, size=(2, 1, 2), kernel=(3, 3, 3), str
 @settings(max_examples=30)
 @given(case=conv_cases())
 @example(case=KERNEL_EXCEEDS_INPUT)
+@example(case=WIDE_CASE)
 def test_eq1_conv3d_matches_float64_loop_reference(case):
     x, w, b = conv_arrays(case)
     y = conv3d(x, w, b, stride=case["stride"], padding=case["padding"])
@@ -68,6 +69,7 @@ def test_eq1_conv3d_is_linear_in_x_and_in_weight(case, a, c):
 @settings(max_examples=12)
 @given(case=conv_cases())
 @example(case=KERNEL_EXCEEDS_INPUT)
+@example(case=WIDE_CASE)
 def test_conv3d_backward_matches_finite_differences_of_g_dot_y(case):
     """Central differences of L = <G, conv3d(x, K, b)> w.r.t. x and K (random directions) and every b(t)."""
     x, w, b = conv_arrays(case)
@@ -86,21 +88,17 @@ def test_conv3d_backward_matches_finite_differences_of_g_dot_y(case):
     np.testing.assert_array_equal(gw2, gw)
 
 
-# Output widths for the register-tile path, in SIMD vectors of float64 (4 lanes): exactly one
-# vector, whole tiles, and whole tiles plus a narrower last tile placed flush with the row's end.
-TILE_WIDTHS = (4, 17, 40, 43)
-
-
-@settings(max_examples=14)
-@given(N=st.integers(1, 2), S=st.integers(1, 3), T=st.sampled_from([1, 2, 3, 5, 6, 7]),
-       width=st.sampled_from(TILE_WIDTHS), kernel=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 5)),
+@pytest.mark.parametrize("T, registers, width", TILE_CASES)
+@settings(max_examples=4)
+@given(N=st.integers(1, 2), S=st.integers(1, 3), kernel=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 5)),
        stride=st.tuples(st.integers(1, 2), st.integers(1, 2)), pad=st.tuples(st.integers(0, 1), st.integers(0, 1)),
-       bias=st.booleans(), registers=st.sampled_from([16, 32]), seed=st.integers(0, 2**31 - 1))
-def test_eq1_register_tile_path_matches_float64_loop_reference(N, S, T, width, kernel, stride, pad, bias, registers,
+       bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_eq1_register_tile_path_matches_float64_loop_reference(T, registers, width, N, S, kernel, stride, pad, bias,
                                                                seed):
-    """Eq. (1) through the register tiles of either register file: 1-6 channels per tile (T = 5 and 7
-    leave a narrower block with 16 registers, T = 7 with 32), one-channel tiles over two rows, any
-    depth/height stride, unit width stride, output rows of one vector up to several tiles."""
+    """Eq. (1) through the register tiles of either register file (reference.TILE_CASES): 1-6
+    channels per tile (T = 7 leaves a narrower block with 16 registers, T = 11 with 32), one-channel
+    tiles over two rows (one row at height stride 2), any depth/height stride, unit width stride,
+    output rows of one vector up to several tiles, whole or with a flush last tile."""
     assume((kernel, stride, pad) != ((1, 1, 1), (1, 1), (0, 0)))  # that one is the 1x1x1 path
     r = np.random.default_rng(seed)
     padding = pad + (kernel[2] // 2,)
@@ -121,7 +119,7 @@ def test_eq1_an_infinite_input_reaches_only_the_outputs_whose_window_holds_it(re
     """Only outputs whose window (eq. 1) covers the inf are non-finite, as in a loop over the
     kernel's taps: the tiles never multiply an input by a weight outside the kernel (a two-row
     tile's first and last input rows feed one of its rows only)."""
-    x = rng.uniform(-1, 1, (1, 2, 3, 9, 24))
+    x = rng.uniform(-1, 1, (1, 2, 3, 9, 17))  # the one-channel rows of reference.TILE_CASES[0]
     x[0, 1, 1, 0, 7] = np.inf  # first input row: a two-row tile starting there must not use it for row 1
     x[0, 0, 2, 8, 3] = -np.inf  # last input row
     w = rng.uniform(0.5, 1, (1, 2, 2, 3, 5))  # one output channel: two-row tiles

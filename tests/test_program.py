@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from reference import vector_registers
+from reference import WIDTH_AND_STRIDE, vector_registers
 from tuckerref.commands.scaling import tucker2_stand_in
 from tuckerref.compress import compress_network
 from tuckerref.models import thetis_net
@@ -45,10 +45,10 @@ def test_program_equals_inference_pass_bit_for_bit_on_the_paper_networks(paper_n
     assert program.describe()[0] == "fused" and "fused" in program.describe()[2:3]
 
 
-def _drawn_network(rng, S, conv, pool, relu, tucker, dropout, in_shape):
+def _drawn_network(rng, S, T, R_t, conv, pool, relu, tucker, dropout, in_shape):
     kernel, stride, padding = conv
-    layer = (tucker2_stand_in(S, 5, kernel, 2, 3, stride=stride, padding=padding, rng=rng) if tucker else
-             Conv3d(S, 5, kernel, stride=stride, padding=padding, rng=rng))
+    layer = (tucker2_stand_in(S, 5, kernel, 2, R_t, stride=stride, padding=padding, rng=rng) if tucker else
+             Conv3d(S, T, kernel, stride=stride, padding=padding, rng=rng))
     layers = [layer]
     if pool is not None:
         layers.append(MaxPool3d(pool))
@@ -61,25 +61,39 @@ def _drawn_network(rng, S, conv, pool, relu, tucker, dropout, in_shape):
     return Sequential(*layers, Flatten(), Linear(int(np.prod(volume)), 3, rng=rng), ReLU(), Linear(3, 2, rng=rng))
 
 
-@settings(max_examples=12)
-@given(S=st.integers(1, 3), D=st.integers(2, 4), H=st.integers(4, 7), W=st.sampled_from([5, 19, 24]),
-       kernel=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)),
-       stride=st.tuples(st.integers(1, 2), st.integers(1, 2), st.sampled_from([1, 1, 2])),
-       padding=st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1)),
+#: (dtype, vector registers, (output channels T, row width) of a plain convolution, (core channels
+#: R_t, row width) of a Tucker-2 block): the register tiles of the float64 kernel tests
+#: (reference.TILE_CASES and MIXED_TILE_CASES) and of the paper network's c1 on the test clips
+#: (float32, 48 wide), so that the drawn programs reuse their compiled kernels. R_t = 6 fits one
+#: tile under 32 registers only (a fusion decided by the register file).
+PROGRAM_CASES = ((np.float64, 16, (7, 17), (3, 17)), (np.float32, 16, (6, 48), (2, 48)),
+                 (np.float64, 32, (4, 40), (6, 17)))
+
+
+@pytest.mark.parametrize("dtype, registers, plain, block", PROGRAM_CASES)
+@settings(max_examples=6)
+@given(S=st.integers(1, 3), D=st.integers(2, 4), H=st.integers(4, 7), narrow=st.booleans(),
+       kernel_dh=st.tuples(st.integers(1, 2), st.integers(1, 3)), width_and_stride=st.sampled_from(WIDTH_AND_STRIDE),
+       stride_dh=st.tuples(st.integers(1, 2), st.integers(1, 2)), padding_dh=st.tuples(st.integers(0, 1), st.integers(0, 1)),
        pool=st.sampled_from([None, (1, 2, 2), (2, 1, 1)]), relu=st.booleans(), tucker=st.booleans(),
-       dropout=st.booleans(), float64=st.booleans(), registers=st.sampled_from([16, 32]),
-       seed=st.integers(0, 2**31 - 1))
-def test_program_equals_inference_pass_for_drawn_layers(S, D, H, W, kernel, stride, padding, pool, relu, tucker,
-                                                        dropout, float64, registers, seed):
+       dropout=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_program_equals_inference_pass_for_drawn_layers(dtype, registers, plain, block, S, D, H, narrow, kernel_dh,
+                                                        width_and_stride, stride_dh, padding_dh, pool, relu, tucker,
+                                                        dropout, seed):
     """Whatever path each group takes (fused on the tiles, a kernel into a kept buffer, or a module
-    copy), the program's output is the inference pass's, bit for bit."""
+    copy), the program's output is the inference pass's, bit for bit. Rows are the case's width at
+    unit width stride (the width padding keeps them so), or 3 (``narrow``: no register tiles), or
+    halved by a width stride of 2 (no register tiles either)."""
     rng = np.random.default_rng(seed)
-    dtype = np.float64 if float64 else np.float32
+    kernel, stride = kernel_dh + (width_and_stride[0],), stride_dh + (width_and_stride[1],)
+    padding = padding_dh + (kernel[2] // 2,)
+    (T, plain_width), (R_t, block_width) = plain, block
+    W = 3 if narrow else block_width if tucker else plain_width
     try:
-        net = _drawn_network(rng, S, (kernel, stride, padding), pool, relu, tucker, dropout, (S, D, H, W))
+        net = _drawn_network(rng, S, T, R_t, (kernel, stride, padding), pool, relu, tucker, dropout, (S, D, H, W))
     except ValueError:  # the drawn pooling does not fit the convolution's output
         return
-    if float64:
+    if dtype == np.float64:
         for p in net.parameters():
             p.data = p.data.astype(np.float64)
     x = rng.uniform(-1, 1, (2, S, D, H, W)).astype(dtype)

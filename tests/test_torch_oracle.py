@@ -4,9 +4,9 @@ PyTorch is only an oracle here: the engine never imports it.
 """
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
-from reference import conv_arrays, conv_cases, distinct_input, pool_cases
+from reference import WIDE_CASE, conv_arrays, conv_cases, distinct_input, pool_cases
 from tuckerref import conv3d, conv3d_backward, linear, linear_backward, max_pool3d, max_pool3d_backward
 from tuckerref import softmax_cross_entropy
 from tuckerref.models import thetis_net
@@ -27,6 +27,7 @@ def to_numpy(t):
 
 @settings(max_examples=15)
 @given(case=conv_cases())
+@example(case=WIDE_CASE)
 def test_conv3d_forward_and_backward_match_torch(case):
     x, w, b = conv_arrays(case)
     tx, tw = leaf(x), leaf(w)
