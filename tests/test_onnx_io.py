@@ -173,9 +173,11 @@ def test_imported_torch_network_compressed_and_exported_matches_onnxruntime(torc
     from tuckerref.fold import fold_batchnorm
     path, x = torch_exports("torchscript-batchnorm", "fc")
     net = fold_batchnorm(read_onnx(path))
-    compressed = compress_network(net, ranks={"conv1": [2, 3], "conv2": [3, 4], "conv3": [4, 5], "fc1": [6, 8]})
+    # Algorithm 1 (the default plan for a network other than the paper's): Tucker-1 conv1 (two Conv nodes),
+    # Tucker-2 conv2, conv3 and fc1 as a convolution (three each)
+    compressed = compress_network(net, ranks={"conv1": 2, "conv2": [3, 4], "conv3": [4, 5], "fc1": [6, 8], "fc2": 3})
     model = export_onnx(compressed, tmp_path / "compressed.onnx", batch_size=BATCH)
-    assert [n.op_type for n in model.graph.node].count("Conv") == 4 * 3     # three Tucker-2 convs and fc1
+    assert [n.op_type for n in model.graph.node].count("Conv") == 2 + 3 * 3
     _assert_relative(_ort_logits(tmp_path / "compressed.onnx", x), _run_net(compressed, x))
 
 
@@ -367,7 +369,7 @@ def test_chain_round_trips_through_onnx_unchanged(net):
 
 
 def test_compressed_network_round_trips_with_its_names(tmp_path):
-    net = compress_network(_tuckerref_net(batch_norm=False), ranks={"conv1": [2, 3], "conv2": [3, 4],
+    net = compress_network(_tuckerref_net(batch_norm=False), ranks={"conv1": 2, "conv2": [3, 4], "fc2": 3,
                                                                    "fc1": [4, 5]}).eval()
     export_onnx(net, tmp_path / "c.onnx", keep_dropout=True)
     back = import_onnx(tmp_path / "c.onnx", tmp_path / "c.h5")

@@ -100,6 +100,7 @@ def tree(tmp_path_factory):
     fh.write_text(FOREHAND_CSV)
     bh.write_text(BACKHAND_CSV)
     out, report = root / "out" / "thetis.h5", root / "report.txt"
+    out.parent.mkdir()  # an output's directory must exist before the command runs (tuckerref.outputs)
     rc = _cli("thetis", root, "--annotations", fh, bh, out, "--skip", "p11_foreflat_s1.avi",
               "--workers", 2, "--no-progress", "--report", report)
     ds = ClipDataset(out)
