@@ -34,9 +34,9 @@ def _run_net(net, x):
 def _ort_logits(path_or_model, x):
     ort = pytest.importorskip("onnxruntime")
     source = path_or_model if isinstance(path_or_model, (str, Path)) else path_or_model.SerializeToString()
-    session = ort.InferenceSession(str(source) if isinstance(source, Path) else source,
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    runner = ort.InferenceSession(str(source) if isinstance(source, Path) else source,
+                                  providers=["CPUExecutionProvider"])
+    return runner.run(None, {runner.get_inputs()[0].name: x})[0]
 
 
 def _assert_relative(got, want, rtol=RTOL):
@@ -167,9 +167,9 @@ def test_torchscript_view_with_dynamic_batch_reads_its_shape_computation(tmp_pat
     _assert_relative(_run_net(net, x), _ort_logits(path, x))
 
 
-def test_imported_torch_network_compressed_and_exported_matches_onnxruntime(torch_exports, tmp_path):
-    """The user's path: PyTorch -> ONNX -> import -> fold BatchNorm -> compress -> export ONNX; onnxruntime
-    runs the compressed model with the engine's compressed logits."""
+def test_imported_torch_network_compressed_and_exported_matches_onnxruntime_and_c(torch_exports, tmp_path):
+    """The user's path: PyTorch -> ONNX -> import -> fold BatchNorm -> compress -> export ONNX and C;
+    onnxruntime and the compiled C run the compressed model with the engine's compressed logits."""
     from tuckerref.fold import fold_batchnorm
     path, x = torch_exports("torchscript-batchnorm", "fc")
     net = fold_batchnorm(read_onnx(path))
@@ -178,7 +178,15 @@ def test_imported_torch_network_compressed_and_exported_matches_onnxruntime(torc
     compressed = compress_network(net, ranks={"conv1": 2, "conv2": [3, 4], "conv3": [4, 5], "fc1": [6, 8], "fc2": 3})
     model = export_onnx(compressed, tmp_path / "compressed.onnx", batch_size=BATCH)
     assert [n.op_type for n in model.graph.node].count("Conv") == 2 + 3 * 3
-    _assert_relative(_ort_logits(tmp_path / "compressed.onnx", x), _run_net(compressed, x))
+    want = _run_net(compressed, x)
+    _assert_relative(_ort_logits(tmp_path / "compressed.onnx", x), want)
+    # ... and the same compressed network exported as C gives the same logits
+    import shutil
+
+    from tuckerref.export import compile_c, export_c, run_c
+    if shutil.which("cc") or shutil.which("gcc"):
+        export_c(compressed, tmp_path / "c", input_shape=x.shape[1:])
+        _assert_relative(run_c(compile_c(tmp_path / "c"), x)[0], want)
 
 
 def test_external_data_is_read_from_the_model_folder(tmp_path, monkeypatch):
