@@ -241,7 +241,7 @@ def generate(indices, seed=0, shape=DEFAULT_SHAPE, channels=CHANNELS):
 def write_digits(path, n=1000, seed=0, shape=DEFAULT_SHAPE, channels=CHANNELS, progress=False):
     """Write clips ``0 .. n-1`` of data set ``seed`` to the ``tuckerref-clips`` HDF5 file ``path``
     (atomically, through :class:`tuckerref.data.store.DatasetWriter`); return its path."""
-    from .store import DatasetWriter
+    from .store import write_generated
 
     n, seed = _check_index("n", n), _check_index("seed", seed)
     if n < 1:
@@ -252,13 +252,8 @@ def write_digits(path, n=1000, seed=0, shape=DEFAULT_SHAPE, channels=CHANNELS, p
     attrs = {"generator": "tuckerref.data.digits", "seed": seed, "distinct_images": min(n, distinct_images())}
     source = f"moving handwritten digits (tuckerref.data.digits, scikit-learn load_digits, seed {seed})"
     clips = generate(n, seed, shape, channels)
-    if progress:
-        from tqdm import tqdm
-        clips = tqdm(clips, total=n, desc="rendering", unit="clip")
-    with DatasetWriter(path, (channels,) + shape, class_names=CLASS_NAMES, source=source, attrs=attrs) as writer:
-        for clip, label, name, meta in clips:
-            writer.append(clip, label, name, **meta)
-    return writer.path
+    return write_generated(path, (channels,) + shape, clips, n, progress=progress, desc="rendering",
+                           class_names=CLASS_NAMES, source=source, attrs=attrs)
 
 
 __all__ = ["make_clip", "generate", "write_digits", "clip_label", "clip_image", "digit_images", "image_orders",

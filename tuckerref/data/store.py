@@ -186,6 +186,22 @@ class DatasetWriter:
         return False
 
 
+def write_generated(path, clip_shape, clips, n, *, progress=False, desc="writing", **writer_kwargs):
+    """Write ``n`` generated clips to ``path`` (atomically, through :class:`DatasetWriter`); return its path.
+
+    ``clips`` yields ``(clip, label, name, per-clip metadata dict)``, as the built-in generators
+    (:mod:`.synthetic`, :mod:`.digits`) do; ``progress`` shows a tqdm bar labelled ``desc``;
+    ``writer_kwargs`` go to :class:`DatasetWriter` (class names, source, attributes).
+    """
+    if progress:
+        from tqdm import tqdm
+        clips = tqdm(clips, total=n, desc=desc, unit="clip")
+    with DatasetWriter(path, clip_shape, **writer_kwargs) as writer:
+        for clip, label, name, meta in clips:
+            writer.append(clip, label, name, **meta)
+    return writer.path
+
+
 def write_dataset(path, clips, labels, names, *, metadata=None, **writer_kwargs):
     """Write whole arrays at once: ``clips`` (N, C, F, H, W) uint8, ``labels`` (N,), ``names`` (N,).
 

@@ -404,7 +404,7 @@ def synthesize(path, n=327, seed=0, shape=DEFAULT_SHAPE, *, balance=True,
                left_handed_fraction=LEFT_HANDED_FRACTION, progress=False):
     """Write clips ``0 .. n-1`` of data set ``seed`` to the ``tuckerref-clips`` HDF5 file ``path``
     (atomically, through :class:`tuckerref.data.store.DatasetWriter`); return its path."""
-    from .store import DatasetWriter
+    from .store import write_generated
 
     n, seed = _check_index("n", n), _check_index("seed", seed)
     shape = _check_shape(shape)
@@ -413,10 +413,5 @@ def synthesize(path, n=327, seed=0, shape=DEFAULT_SHAPE, *, balance=True,
              "left_handed_fraction": float(left_handed_fraction)}
     source = f"synthetic THETIS-like clips (tuckerref.data.synthetic, seed {seed})"
     clips = generate(n, seed, shape, balance=balance, left_handed_fraction=left_handed_fraction)
-    if progress:
-        from tqdm import tqdm
-        clips = tqdm(clips, total=n, desc="synthesizing", unit="clip")
-    with DatasetWriter(path, (CHANNELS,) + shape, class_names=CLASS_NAMES, source=source, attrs=attrs) as writer:
-        for clip, label, name, meta in clips:
-            writer.append(clip, label, name, **meta)
-    return writer.path
+    return write_generated(path, (CHANNELS,) + shape, clips, n, progress=progress, desc="synthesizing",
+                           class_names=CLASS_NAMES, source=source, attrs=attrs)
