@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import literally, njit, prange, typeof, types
 
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
 from .activation import relu as relu_kernel
+from .conv3d_panels import panel_forward_padded, panels_fit
 from .conv3d_tiles import PaddedTileConvolution, forward_tiles_padded, tiles_fit
 from .linear import _linear_forward
 from .padding import _pad, _padded
@@ -366,9 +368,16 @@ def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu
                                                                   check_finite=check_finite)
     pool = as_triple(pool, "pool", minimum=1)
     pooled = pooled_dims(out_dims, pool)
-    if not tiles_fit(stride, out_dims[2], x.dtype):
+    if not pooled_tiles_fit(x.shape[1], weight.shape, stride, out_dims[2], x.dtype):
         return pool_then_relu(_conv3d_unchecked(x, weight, bias, stride, padding, out_dims), pool, relu)
     return pooled_convolution(x.shape, weight, bias, stride, padding, pool, relu)(x)
+
+
+def pooled_tiles_fit(S, weight_shape, stride, out_width, dtype) -> bool:
+    """Whether a convolution followed by max pooling takes the fused register-tile path of
+    :func:`pooled_convolution`: the row tiles apply, and the layer is not one for the faster
+    wide-channel panels (:func:`.conv3d_panels.panels_fit`), which then pool in a pass of their own."""
+    return tiles_fit(stride, out_width, dtype) and not panels_fit(S, weight_shape[0], weight_shape[2:])
 
 
 def pooled_convolution(x_shape, weight, bias, stride, padding, pool, relu, keep_buffers=False):
@@ -394,6 +403,9 @@ def _forward_into(x, weight, bias, stride, padding, out):
         # a matrix-vector product over the flattened clip (l1 of the paper's network as a convolution).
         out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
         _linear_forward(np.ascontiguousarray(x).reshape(N, -1), weight.reshape(T, -1), out.reshape(N, T))
+    elif panels_fit(S, T, weight.shape[2:]):
+        b = np.zeros(T, x.dtype) if bias is None else bias
+        panel_forward_padded(_pad(x, padding), weight, b, stride, out, numba.get_num_threads())
     elif tiles_fit(stride, out.shape[4], x.dtype):
         _forward_tiles(x, weight, bias, padding, stride, out)
     elif _uses_planes(stride):

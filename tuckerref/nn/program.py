@@ -33,8 +33,7 @@ import numpy as np
 
 from ..kernels.activation import relu as relu_kernel
 from ..kernels.batchnorm import channel_affine_into
-from ..kernels.conv3d import conv3d_into, pooled_convolution
-from ..kernels.conv3d_tiles import tiles_fit
+from ..kernels.conv3d import conv3d_into, pooled_convolution, pooled_tiles_fit
 from ..kernels.linear import linear_into
 from ..kernels.tucker2 import block_geometry, fused_block
 from ..kernels import simd
@@ -155,7 +154,7 @@ def _fused_tucker2(block, x_shape, dtype, pool=None, relu=False):
 def _fused_pooled_conv(conv: Conv3d, x_shape, pool, relu, dtype):
     """The prepared convolution + pooling (+ ReLU), or None when the register tiles do not apply."""
     out_width = conv.output_shape(x_shape[1:])[3]
-    if not tiles_fit(conv.stride, out_width, dtype):
+    if not pooled_tiles_fit(x_shape[1], conv.weight.shape, conv.stride, out_width, dtype):
         return None
     return _FusedStep(pooled_convolution(tuple(x_shape), _array(conv.weight, dtype), _array(conv.bias, dtype),
                                          conv.stride, conv.padding, pool, relu, keep_buffers=True))

@@ -1,0 +1,109 @@
+"""The wide-channel panel convolution, eq. (1) as Y(n, t, p) = b(t) + sum_k K(t, k) A(n, k, p) over the
+unfolded input A, against the float64 loop reference and finite differences.
+
+Every call of the kernel uses C-contiguous 5-D arrays of float64 or float32 and the same register
+tiles, so it compiles two specialisations whatever Hypothesis draws."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from reference import assert_gradient_along_random_directions, conv3d_ref
+from tuckerref import conv3d, conv3d_backward
+from tuckerref.kernels.conv3d_panels import K_BLOCK, TILE_CHANNELS, panel_forward_padded, panels_fit, tile_width
+from tuckerref.kernels.padding import _pad
+
+
+def panel_conv(x, w, b, stride, padding, threads=2):
+    """The panel kernel called directly (whatever conv3d's dispatch would pick)."""
+    N, T = x.shape[0], w.shape[0]
+    out_dims = tuple((x.shape[2 + d] + 2 * padding[d] - w.shape[2 + d]) // stride[d] + 1 for d in range(3))
+    y = np.full((N, T) + out_dims, np.nan, x.dtype)
+    panel_forward_padded(_pad(x, padding), w, b, stride, y, threads)
+    return y
+
+
+def assert_matches_reference(y, x, w, b, stride, padding):
+    ref = conv3d_ref(x, w, b, stride, padding)
+    if y.dtype == np.float64:
+        np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+    else:  # a few units in the last place of the sum of magnitudes
+        scale = conv3d_ref(np.abs(x), np.abs(w), np.abs(b), stride, padding)
+        assert np.all(np.abs(y - ref) <= 1e-5 * scale + 1e-6)
+
+
+@st.composite
+def wide_cases(draw):
+    """Shapes of C3D-like layers, scaled down: channels 1-64, frames 1-40 wide, kernels 1-3, strides 1-2."""
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(3))
+    stride = tuple(draw(st.integers(1, 2)) for _ in range(3))
+    padding = tuple(draw(st.integers(0, k // 2 + 1)) for k in kernel)
+    size = (draw(st.integers(1, 4)), draw(st.integers(1, 9)), draw(st.integers(1, 40)))
+    size = tuple(max(s, k - 2 * p) for s, k, p in zip(size, kernel, padding))  # non-empty output
+    return dict(N=draw(st.integers(1, 2)), S=draw(st.integers(1, 64)), T=draw(st.integers(1, 64)), size=size,
+                kernel=kernel, stride=stride, padding=padding, dtype=draw(st.sampled_from([np.float64, np.float32])),
+                threads=draw(st.integers(1, 8)), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def case_arrays(c):
+    r = np.random.default_rng(c["seed"])
+    x = r.standard_normal((c["N"], c["S"]) + c["size"]).astype(c["dtype"])
+    w = r.standard_normal((c["T"], c["S"]) + c["kernel"]).astype(c["dtype"])
+    return x, w, r.standard_normal(c["T"]).astype(c["dtype"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=wide_cases())
+def test_eq1_panel_convolution_matches_float64_loop_reference(c):
+    """Any stride, padding, kernel, frame width (runs of one position to whole tile columns) and channel
+    count (one-channel tiles for T mod C; more or fewer tasks than threads, so channel blocks too)."""
+    x, w, b = case_arrays(c)
+    y = panel_conv(x, w, b, c["stride"], c["padding"], c["threads"])
+    assert_matches_reference(y, x, w, b, c["stride"], c["padding"])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_eq1_panel_convolution_blocks_taps_and_covers_every_column(dtype):
+    """Taps over two cache blocks, T two channel groups plus one, positions a whole number of tile
+    columns, one short and one past it (a last column past the clip's end), 7-column frames."""
+    width = tile_width(dtype)
+    S, T = K_BLOCK // 27 + 1, 2 * TILE_CHANNELS + 1  # S*27 > K_BLOCK
+    r = np.random.default_rng(0)
+    for P in (width * 3, width * 3 - 1, width * 3 + 1):
+        x = r.standard_normal((2, S, 1, 1, P)).astype(dtype)
+        w = r.standard_normal((T, S, 1, 3, 3)).astype(dtype)
+        b = r.standard_normal(T).astype(dtype)
+        y = panel_conv(x, w, b, (1, 1, 1), (0, 1, 1))
+        assert_matches_reference(y, x, w, b, (1, 1, 1), (0, 1, 1))
+    x = r.standard_normal((1, 40, 2, 7, 7)).astype(dtype)
+    w = r.standard_normal((33, 40, 3, 3, 3)).astype(dtype)
+    b = r.standard_normal(33).astype(dtype)
+    assert_matches_reference(panel_conv(x, w, b, (1, 1, 1), (1, 1, 1)), x, w, b, (1, 1, 1), (1, 1, 1))
+
+
+def test_eq1_conv3d_takes_panels_for_wide_layers_and_keeps_reference_values(rng):
+    """conv3d's dispatch picks the panel kernel for many output channels and a long reduction
+    (conv5a-like, scaled down), and its values are the reference's."""
+    x = rng.standard_normal((1, 8, 2, 5, 5))
+    w = rng.standard_normal((40, 8, 3, 3, 3))
+    b = rng.standard_normal(40)
+    assert panels_fit(8, 40, (3, 3, 3)) and not panels_fit(8, 8, (3, 3, 3)) and not panels_fit(2, 40, (1, 1, 1))
+    np.testing.assert_allclose(conv3d(x, w, b, padding=1), conv3d_ref(x, w, b, padding=1), rtol=1e-12, atol=1e-12)
+
+
+def test_eq1_wide_conv3d_backward_matches_finite_differences(rng):
+    """Central differences of L = <G, conv3d(x, W, b)> w.r.t. x and W (random directions) for a layer wide
+    enough that the forward and the input gradient (a convolution with the flipped, transposed kernel,
+    32+ outputs) both run on panels."""
+    S, T = 34, 33
+    x = rng.standard_normal((1, S, 2, 3, 4))
+    w = rng.standard_normal((T, S, 2, 2, 3)) / np.sqrt(S * 12)
+    b = rng.standard_normal(T)
+    assert panels_fit(S, T, w.shape[2:]) and panels_fit(T, S, w.shape[2:])
+    y = conv3d(x, w, b, padding=(1, 0, 1))
+    g = rng.standard_normal(y.shape)
+    gx, gw, gb = conv3d_backward(x, w, g, padding=(1, 0, 1))
+    assert_gradient_along_random_directions(lambda v: np.vdot(g, conv3d(v, w, b, padding=(1, 0, 1))), x, gx, rng,
+                                            name="x")
+    assert_gradient_along_random_directions(lambda v: np.vdot(g, conv3d(x, v, b, padding=(1, 0, 1))), w, gw, rng,
+                                            name="weight")
+    np.testing.assert_allclose(gb, g.sum(axis=(0, 2, 3, 4)), rtol=1e-12)

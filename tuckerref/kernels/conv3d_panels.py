@@ -1,0 +1,246 @@
+"""Wide-channel 3-D convolution, eq. (1), as a register-tiled matrix product over packed input panels.
+
+    Y(n, t, p) = b(t) + sum_k K(t, k) A(n, k, p),   A(n, k, p) = Xp(n, s, f'*sd + i, h'*sh + j, w'*sw + l)
+
+with k = (s, i, j, l) running over the S * kD * kH * kW taps and p = (f', h', w') over the output
+positions of a clip. Per clip this is the matrix product (T x K) @ (K x P) of the weights with the
+"unfolded" input A, which is never built whole: the layers of a real video CNN (C3D's 64 to 512
+channels on frames of 7 to 56 columns) have too many channels for the row tiles of
+:mod:`.conv3d_tiles` to keep their input in cache, and rows too narrow (7 or 14 columns) to fill
+their SIMD vectors.
+
+Blocking (the same register tile and the same column pass as the wide 1x1x1 convolution,
+:mod:`.pointwise_tiles`): a task owns one clip, a block of :data:`COLUMN_BLOCK` tile columns of
+positions and a block of output channels. The k axis runs in blocks of :data:`K_BLOCK` taps: for
+each, the task first gathers A's rows for its columns into one contiguous (K block x V*L) panel per
+column, a few contiguous runs per row since a column's positions cover consecutive output columns
+of one or more output rows (so narrow frames fill whole vectors), then every channel group of each
+column streams that panel from the L1 cache while C channels x V vectors of accumulators stay in
+registers. Positions past P in the last column are zero in its panel and never stored.
+
+Every output is summed in k order starting from the bias, whatever the blocking, so the results do
+not depend on the number of threads. The input is zero-padded once beforehand; the gather costs
+one copy of each panel value per K block and column, against T multiply-adds that use it, which is
+why this path is for layers with many output channels (:func:`panels_fit`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .simd import VECTOR_BYTES, VECTOR_REGISTERS, RegisterTile, lanes, tile_fma, tile_load, tile_store
+from .tiling import TILE_VECTORS
+
+#: Taps per pass over a tile column (keeps the column's panel in L1: 128 x 32 float32 = 16 KiB).
+K_BLOCK = 128
+
+#: Tile columns per parallel task.
+COLUMN_BLOCK = 8
+
+#: Output channels from which :func:`panels_fit` takes this kernel, and the fewest taps per output.
+WIDE_OUTPUTS = 32
+WIDE_TAPS = 64
+
+#: Output channels per register tile: the widest single-row tile of :data:`.tiling.TILE_VECTORS`,
+#: whose accumulators, broadcast weights and one input vector fill the vector registers.
+TILE_CHANNELS = {16: 3, 32: 6}[VECTOR_REGISTERS]
+
+# The tile holds its channels as tile *rows* (:class:`.simd.RegisterTile`): row r's weight is read
+# at w_start - r * w_row_step, so with w_row_step = -K it is W(t + r, k) of the row-major (T, K)
+# weights as given, and every row multiplies the same input vectors. No packed copy of the weights
+# is needed (for C3D's conv5a one would be 28 MB per call).
+_TILE = RegisterTile(1, TILE_VECTORS[VECTOR_REGISTERS][TILE_CHANNELS, 1], TILE_CHANNELS, VECTOR_BYTES)
+_ONE = RegisterTile(1, _TILE.vectors, 1, VECTOR_BYTES)
+# One 32-byte vector: the gather's copy unit.
+_VECTOR = RegisterTile(1, 1, 1, 32)
+
+
+def tile_width(dtype) -> int:
+    """Positions one tile column covers for ``dtype``."""
+    return _TILE.vectors * lanes(np.dtype(dtype), _TILE.vector_bytes)
+
+
+def panels_fit(S: int, T: int, kernel_size) -> bool:
+    """Whether a convolution with S inputs, T outputs and this kernel size takes the panel kernel: many
+    output channels (each gathered value feeds T multiply-adds) and a long reduction."""
+    return T >= WIDE_OUTPUTS and S * math.prod(kernel_size) >= WIDE_TAPS
+
+
+@njit(cache=True)
+def _column_runs(p0, width, P, Ho, Wo, geometry, run_q, run_len, run_src):
+    """The contiguous runs of output positions p0 .. min(p0 + width, P) - 1 within output rows: for
+    each, its first position in the column, its length and the offset of its first window in one
+    padded input channel. Returns the number of runs."""
+    # fo, ho, wo output frame, row and column of position p.
+    plane_stride, row_stride, sd, sh, sw = geometry
+    end = min(p0 + width, P)
+    runs = 0
+    p = p0
+    while p < end:
+        fo = p // (Ho * Wo)
+        ho = (p // Wo) % Ho
+        wo = p % Wo
+        m = min(Wo - wo, end - p)
+        run_q[runs] = p - p0
+        run_len[runs] = m
+        run_src[runs] = fo * sd * plane_stride + ho * sh * row_stride + wo * sw
+        runs += 1
+        p += m
+    return runs
+
+
+@njit(cache=True)
+def _gather_panel(vec, L, xf, x_first, tap_offset, k0, k1, width, sw, runs, run_q, run_len, run_src, valid, xb, xb_first):
+    """xb[xb_first + (k - k0)*width + q] = A(k, p0 + q) for k0 <= k < k1: the runs of each tap's row copied
+    from the padded input (channel block at ``x_first``, tap k at ``tap_offset[k]``), zeros past ``valid``.
+
+    With unit width stride a run is copied in whole SIMD vectors (``vec``: one vector of L values), the last one
+    running past the run's end: the extra values land where the next run, the zeros past ``valid``
+    or the next tap's row are written afterwards, or in the panel's slack of one vector past its end
+    (the caller allocates it). A run whose last vector would read past the input is copied value by value.
+    """
+    # k tap (s, i, j, l) flattened; r one run of positions; m position within the run.
+    size = xf.size
+    for k in range(k0, k1):
+        src0 = x_first + tap_offset[k]
+        dst0 = xb_first + (k - k0) * width
+        for r in range(runs):
+            src = src0 + run_src[r]
+            dst = dst0 + run_q[r]
+            n = run_len[r]
+            if sw == 1 and src + n + L <= size:
+                for m in range(0, n, L):
+                    tile_store(vec, tile_load(vec, xf, src + m, 0, 0), xb, dst + m, 0, 0)
+            else:
+                for m in range(n):
+                    xb[dst + m] = xf[src + m * sw]
+        for q in range(valid, width):
+            xb[dst0 + q] = 0
+
+
+@njit(cache=True)
+def _column_pass(tile, one, xb, xb_first, width, k0, k1, K, T, w, bias_rows, out, out_first, out_stride):
+    """Taps k0 <= k < k1 of T output channels of one tile column:
+    out[out_first + t*out_stride + q] (+)= sum_k w[t*K + k] xb[xb_first + (k - k0)*width + q] for q < width,
+    starting from ``bias_rows`` (T rows of ``width`` copies of each bias) when k0 is 0, else from the
+    stored partial sums. Channels go R = tile.rows at a time, the last T % R one at a time."""
+    # g channel group (channels g*R .. g*R + R - 1); t one channel; k tap.
+    R = tile.rows
+    G = T // R
+    for g in range(G):
+        o = out_first + g * R * out_stride
+        if k0 == 0:
+            acc = tile_load(tile, bias_rows, g * R * width, 0, width)
+        else:
+            acc = tile_load(tile, out, o, 0, out_stride)
+        w0 = g * R * K
+        for k in range(k0, k1):
+            acc = tile_fma(tile, acc, w, w0 + k, -K, xb, xb_first + (k - k0) * width)
+        tile_store(tile, acc, out, o, 0, out_stride)
+    for t in range(G * R, T):
+        o = out_first + t * out_stride
+        if k0 == 0:
+            acc1 = tile_load(one, bias_rows, t * width, 0, width)
+        else:
+            acc1 = tile_load(one, out, o, 0, out_stride)
+        for k in range(k0, k1):
+            acc1 = tile_fma(one, acc1, w, t * K + k, 0, xb, xb_first + (k - k0) * width)
+        tile_store(one, acc1, out, o, 0, out_stride)
+
+
+@njit(parallel=True, cache=True)
+def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geometry, out_dims, blocks):
+    """out[n, t, p] = bias[t] + sum_k w[t, k] A(n, k, p) for the padded input xp (N, S, Fp, Hp, Wp), the
+    (T, K) weights w and out (N, T, P).
+
+    ``tap_offset[k]`` is tap k's offset in one padded clip, ``geometry`` = (Hp*Wp, Wp, sd, sh, sw),
+    ``out_dims`` = (Fo, Ho, Wo) and ``blocks`` = (k_block, column_block, channel_block); a channel
+    block is a multiple of the tile's channels (rows).
+    """
+    # n clip; c tile column (positions c*width .. c*width + width - 1, the last one possibly partial);
+    # t0 first output channel of the task's block, g0 its channel group.
+    N = xp.shape[0]
+    T, K = w.shape
+    Fo, Ho, Wo = out_dims
+    P = Fo * Ho * Wo
+    k_block, column_block, channel_block = blocks
+    xf, of = xp.reshape(xp.size), out.reshape(out.size)
+    clip = xp.size // N
+    columns = (P + width - 1) // width
+    col_blocks = (columns + column_block - 1) // column_block
+    t_blocks = (T + channel_block - 1) // channel_block
+    sw = geometry[4]
+    for task in prange(N * col_blocks * t_blocks):
+        n = task // (col_blocks * t_blocks)
+        c_first = ((task // t_blocks) % col_blocks) * column_block
+        t0 = (task % t_blocks) * channel_block
+        tb = min(channel_block, T - t0)
+        ncols = min(columns, c_first + column_block) - c_first
+        kb_max = min(k_block, K)
+        xb = np.empty(kb_max * ncols * width + L, xf.dtype)
+        ob = np.empty(tb * width, xf.dtype)
+        runs = np.empty(ncols, np.int64)
+        run_q = np.empty((ncols, width + 2), np.int64)
+        run_len = np.empty((ncols, width + 2), np.int64)
+        run_src = np.empty((ncols, width + 2), np.int64)
+        for c in range(ncols):
+            runs[c] = _column_runs((c_first + c) * width, width, P, Ho, Wo, geometry,
+                                      run_q[c], run_len[c], run_src[c])
+        wt = w.reshape(w.size)[t0 * K:]
+        bias_rows = np.empty(tb * width, xf.dtype)
+        for t in range(tb):
+            bias_rows[t * width:(t + 1) * width] = bias[t0 + t]
+        for k0 in range(0, K, k_block):
+            k1 = min(k0 + k_block, K)
+            kb = k1 - k0
+            for c in range(ncols):
+                p = (c_first + c) * width
+                _gather_panel(vec, L, xf, n * clip, tap_offset, k0, k1, width, sw, runs[c], run_q[c], run_len[c],
+                              run_src[c], min(width, P - p), xb, c * kb * width)
+            for c in range(ncols):
+                p = (c_first + c) * width
+                if p + width <= P:
+                    _column_pass(tile, one, xb, c * kb * width, width, k0, k1, K, tb, wt, bias_rows, of,
+                                 (n * T + t0) * P + p, P)
+                else:
+                    _column_pass(tile, one, xb, c * kb * width, width, k0, k1, K, tb, wt, bias_rows, ob, 0, width)
+        p = (c_first + ncols - 1) * width
+        if p + width > P:
+            for t in range(tb):
+                of[(n * T + t0 + t) * P + p:(n * T + t0 + t + 1) * P] = ob[t * width:t * width + P - p]
+
+
+def tap_offsets(padded_shape, kernel_size):
+    """Offset of each tap k = (s, i, j, l) in one padded clip (S, Fp, Hp, Wp), k in row-major order."""
+    S, Fp, Hp, Wp = padded_shape
+    kD, kH, kW = kernel_size
+    s, i, j, l = np.meshgrid(np.arange(S), np.arange(kD), np.arange(kH), np.arange(kW), indexing="ij")
+    return (((s * Fp + i) * Hp + j) * Wp + l).reshape(-1).astype(np.int64)
+
+
+def channel_block(T: int, tasks: int, threads: int, channels: int = TILE_CHANNELS) -> int:
+    """Output channels per task: all T unless the other blocks leave fewer tasks than twice the threads;
+    then T split evenly into enough blocks, each a multiple of the tile's channels."""
+    if tasks >= 2 * threads:
+        return T
+    split = min(-(-2 * threads // tasks), max(1, T // (4 * channels)))
+    return -(-T // split // channels) * channels
+
+
+def panel_forward_padded(xp, weight, bias, stride, out, threads):
+    """out = conv3d(xp, weight, bias, stride) for the already zero-padded xp (N, S, Fp, Hp, Wp), weight
+    (T, S, kD, kH, kW), bias (T,) and out (N, T, Fo, Ho, Wo), C-contiguous, one float dtype."""
+    N, S = xp.shape[:2]
+    T = weight.shape[0]
+    Fo, Ho, Wo = out.shape[2:]
+    width = tile_width(xp.dtype)
+    w = weight.reshape(T, -1)
+    columns = -(-(Fo * Ho * Wo) // width)
+    tasks = N * -(-columns // COLUMN_BLOCK)
+    blocks = (K_BLOCK, COLUMN_BLOCK, channel_block(T, tasks, threads))
+    sd, sh, sw = stride
+    geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
+    _panel_forward(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, w, bias, out,
+                   tap_offsets(xp.shape[1:], weight.shape[2:]), geometry, (Fo, Ho, Wo), blocks)
