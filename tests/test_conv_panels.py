@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from reference import assert_gradient_along_random_directions, conv3d_ref
 from tuckerref import conv3d, conv3d_backward
-from tuckerref.kernels.conv3d_panels import K_BLOCK, TILE_CHANNELS, panel_forward_padded, panels_fit, tile_width
+from tuckerref.kernels.conv3d_panels import (K_BLOCK, TILE_CHANNELS, panel_forward_padded, panel_grad_weight_padded,
+                                             panels_fit, tile_width)
 from tuckerref.kernels.padding import _pad
 
 
@@ -20,6 +21,14 @@ def panel_conv(x, w, b, stride, padding, threads=2):
     y = np.full((N, T) + out_dims, np.nan, x.dtype)
     panel_forward_padded(_pad(x, padding), w, b, stride, y, threads)
     return y
+
+
+def grad_weight_ref(x, g, kernel, stride, padding):
+    """dL/dK(t, s, i, j, l) = sum_{n, p} G(n, t, p) Xp(n, s, f'*sd + i, h'*sh + j, w'*sw + l) in float64."""
+    xp = np.pad(np.asarray(x, np.float64), [(0, 0), (0, 0)] + [(p, p) for p in padding])
+    windows = np.lib.stride_tricks.sliding_window_view(xp, kernel, axis=(2, 3, 4))
+    windows = windows[:, :, ::stride[0], ::stride[1], ::stride[2]][:, :, :g.shape[2], :g.shape[3], :g.shape[4]]
+    return np.einsum("ntfhw,nsfhwijl->tsijl", np.asarray(g, np.float64), windows)
 
 
 def assert_matches_reference(y, x, w, b, stride, padding):
@@ -59,6 +68,25 @@ def test_eq1_panel_convolution_matches_float64_loop_reference(c):
     x, w, b = case_arrays(c)
     y = panel_conv(x, w, b, c["stride"], c["padding"], c["threads"])
     assert_matches_reference(y, x, w, b, c["stride"], c["padding"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(c=wide_cases())
+def test_eq1_panel_weight_gradient_matches_float64_reference(c):
+    """dL/dK = sum_{n,p} G(n, t, p) A(n, k, p) by the panel kernel: any stride, padding, kernel, frame
+    width and channel count (channels past a tile width, taps past a task's block, positions past a block)."""
+    x, w, _ = case_arrays(c)
+    stride, padding = c["stride"], c["padding"]
+    out_dims = tuple((x.shape[2 + d] + 2 * padding[d] - w.shape[2 + d]) // stride[d] + 1 for d in range(3))
+    g = np.random.default_rng(c["seed"] + 1).standard_normal((c["N"], c["T"]) + out_dims).astype(c["dtype"])
+    gw = np.zeros_like(w)
+    panel_grad_weight_padded(_pad(x, padding), g, stride, gw)
+    ref = grad_weight_ref(x, g, w.shape[2:], stride, padding)
+    if gw.dtype == np.float64:
+        np.testing.assert_allclose(gw, ref, rtol=1e-11, atol=1e-11)
+    else:
+        scale = grad_weight_ref(np.abs(x), np.abs(g), w.shape[2:], stride, padding)
+        assert np.all(np.abs(gw - ref) <= 1e-5 * scale + 1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -17,7 +17,7 @@ Backward:
 
 The input gradient reuses the forward kernel, so it is as fast and as exact.
 
-Two loop structures implement the same sums:
+Several loop structures implement the same sums:
 
 * *plane kernels* (unit stride in H and W, the common case): each padded input plane
   Xp(n, s, f, :, :) is read as one flat run of Hp*Wp values, and the output is computed on
@@ -30,6 +30,10 @@ Two loop structures implement the same sums:
   accumulate the whole reduction in registers and are stored once, straight into the output;
   see :mod:`.conv3d_tiles`. A tile can also mix its channels by a 1x1x1 convolution
   before it stores (the fused Tucker-2 block of :mod:`.tucker2`).
+* *panel kernels* (many output channels and a long reduction: the layers of real video CNNs,
+  :func:`.conv3d_panels.panels_fit`): the forward pass and the weight gradient as register-tiled
+  matrix products over gathered panels of the unfolded input (:mod:`.conv3d_panels`); they take
+  precedence over the others, and the input gradient, a forward convolution, follows suit.
 """
 from __future__ import annotations
 
@@ -42,12 +46,12 @@ from numba import literally, njit, prange, typeof, types
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
 from .activation import relu as relu_kernel
-from .conv3d_panels import panel_forward_padded, panels_fit
+from .conv3d_panels import panel_forward_padded, panel_grad_weight_padded, panels_fit
 from .conv3d_tiles import PaddedTileConvolution, forward_tiles_padded, tiles_fit
 from .linear import _linear_forward
 from .padding import _pad, _padded
 from .pointwise import pointwise_grad_weight
-from .pointwise_tiles import pointwise_mix
+from .pointwise_tiles import WIDE_CHANNELS, pointwise_mix
 from .pool import max_pool3d_values
 
 
@@ -453,7 +457,10 @@ def _conv3d_backward_unchecked(x, weight, grad_out, stride, padding, need_grad_x
     grad_bias = grad_out.sum(axis=(0, 2, 3, 4))
     grad_weight = np.zeros_like(weight)
     if _is_pointwise(weight, stride, padding):
-        pointwise_grad_weight(x.reshape(N, S, -1), grad_out.reshape(N, T, -1), grad_weight.reshape(T, S))
+        if S >= WIDE_CHANNELS and T >= WIDE_CHANNELS:
+            panel_grad_weight_padded(x, grad_out, stride, grad_weight)
+        else:
+            pointwise_grad_weight(x.reshape(N, S, -1), grad_out.reshape(N, T, -1), grad_weight.reshape(T, S))
         grad_x = None
         if need_grad_x:
             grad_x = np.empty_like(x)
@@ -462,7 +469,9 @@ def _conv3d_backward_unchecked(x, weight, grad_out, stride, padding, need_grad_x
         return grad_x, grad_weight, grad_bias
 
     sd, sh, sw = stride
-    if _uses_planes(stride):
+    if panels_fit(S, T, weight.shape[2:]):
+        panel_grad_weight_padded(_pad(x, padding), grad_out, stride, grad_weight)
+    elif _uses_planes(stride):
         _grad_weight_planes(x, grad_out, padding, sd, grad_weight)
     else:
         _call_specialised(_direct_grad_weight, _pad(x, padding), grad_out, grad_weight, sd, sh, sw, weight.shape[4],

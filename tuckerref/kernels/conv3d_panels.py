@@ -244,3 +244,86 @@ def panel_forward_padded(xp, weight, bias, stride, out, threads):
     geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
     _panel_forward(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, w, bias, out,
                    tap_offsets(xp.shape[1:], weight.shape[2:]), geometry, (Fo, Ho, Wo), blocks)
+
+
+#: Output positions per pass of the weight gradient (its reduction block): a tile column of G's
+#: transpose (this many positions x one tile width of output channels) stays in L1.
+GRAD_POSITIONS = 128
+
+#: Taps per task of the weight gradient (a multiple of every tile's channels).
+GRAD_TAPS = 48
+
+
+@njit(parallel=True, cache=True)
+def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geometry, out_dims):
+    """gwt[k, t] += sum_{n, p} A(n, k, p) G(n, t, p), the weight gradient of eq. (1) as the product of the
+    unfolded input (K x P per clip) with G's transpose ``gt`` (N, P, Tp), Tp a multiple of ``width``
+    (channels past T are zero). ``gwt`` is (K, Tp); the other arguments as for :func:`_panel_forward`.
+
+    Each task owns :data:`GRAD_TAPS` rows of ``gwt`` (no two tasks write the same output) and runs over
+    every clip and block of :data:`GRAD_POSITIONS` positions: it gathers its taps' rows of A for the block
+    into one panel, then for each tile column of channels (``width`` of them, G's transpose in L1) and
+    each group of R taps (the tile's rows, broadcast from the panel) accumulates the block's positions
+    in registers. Every output is summed over (n, p) in order, whatever the number of threads.
+    """
+    # n clip; p0 first position of the block; k0 first tap of the task, kg of a tile's group of taps;
+    # tc first channel of a tile column; q position within the block.
+    N = xp.shape[0]
+    Tp = gt.shape[2]
+    K = gwt.shape[0]
+    Fo, Ho, Wo = out_dims
+    P = Fo * Ho * Wo
+    R = tile.rows
+    Pb = GRAD_POSITIONS
+    xf, gf, of = xp.reshape(xp.size), gt.reshape(gt.size), gwt.reshape(gwt.size)
+    clip = xp.size // N
+    sw = geometry[4]
+    for task in prange((K + GRAD_TAPS - 1) // GRAD_TAPS):
+        k0 = task * GRAD_TAPS
+        k1 = min(K, k0 + GRAD_TAPS)
+        kb = k1 - k0
+        xb = np.empty(kb * Pb + L, xf.dtype)
+        run_q = np.empty(Pb + 2, np.int64)
+        run_len = np.empty(Pb + 2, np.int64)
+        run_src = np.empty(Pb + 2, np.int64)
+        for n in range(N):
+            for p0 in range(0, P, Pb):
+                valid = min(Pb, P - p0)
+                runs = _column_runs(p0, Pb, P, Ho, Wo, geometry, run_q, run_len, run_src)
+                _gather_panel(vec, L, xf, n * clip, tap_offset, k0, k1, Pb, sw, runs, run_q, run_len, run_src,
+                              valid, xb, 0)
+                g0 = (n * P + p0) * Tp
+                for tc in range(0, Tp, width):
+                    kg = k0
+                    while kg + R <= k1:
+                        o = kg * Tp + tc
+                        acc = tile_load(tile, of, o, 0, Tp)
+                        for q in range(valid):
+                            acc = tile_fma(tile, acc, xb, (kg - k0) * Pb + q, -Pb, gf, g0 + q * Tp + tc)
+                        tile_store(tile, acc, of, o, 0, Tp)
+                        kg += R
+                    for k in range(kg, k1):
+                        o = k * Tp + tc
+                        acc1 = tile_load(one, of, o, 0, Tp)
+                        for q in range(valid):
+                            acc1 = tile_fma(one, acc1, xb, (k - k0) * Pb + q, 0, gf, g0 + q * Tp + tc)
+                        tile_store(one, acc1, of, o, 0, Tp)
+
+
+def panel_grad_weight_padded(xp, grad_out, stride, grad_weight):
+    """grad_weight += dL/dK of eq. (1) for the zero-padded input xp (N, S, Fp, Hp, Wp) and the output
+    gradient grad_out (N, T, Fo, Ho, Wo): dL/dK(t, k) = sum_{n, p} G(n, t, p) A(n, k, p)."""
+    N, T = grad_out.shape[:2]
+    Fo, Ho, Wo = grad_out.shape[2:]
+    P = Fo * Ho * Wo
+    width = tile_width(xp.dtype)
+    Tp = -(-T // width) * width
+    gt = np.zeros((N, P, Tp), xp.dtype)
+    gt[:, :, :T] = grad_out.reshape(N, T, P).transpose(0, 2, 1)
+    K = grad_weight[0].size
+    gwt = np.zeros((K, Tp), xp.dtype)
+    sd, sh, sw = stride
+    geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
+    _panel_grad_weight(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, gt, gwt,
+                       tap_offsets(xp.shape[1:], grad_weight.shape[2:]), geometry, (Fo, Ho, Wo))
+    grad_weight += gwt[:, :T].T.reshape(grad_weight.shape)
