@@ -1,7 +1,10 @@
 """Whole network, tuckerref against PyTorch CPU in the same run: forward passes and one training step.
 
-Both engines hold the same weights (the paper network, and its Table 2 compression with the paper's
-ranks) in equivalent modules (torch: a real ``torch.nn.Sequential``) and see the same random clips:
+Both engines hold the same weights in equivalent modules (torch: a real ``torch.nn.Sequential``) and
+see the same random clips. ``--network paper``: the paper network and its Table 2 compression with
+the paper's ranks. ``--network c3d``: C3D (``--width``, ``--batch-norm``, input 3 x 16 x 112 x 112 by
+default) and its compression with VBMF ranks (BatchNorm folded first; saved to and loaded from
+``--cache`` since EVBMF and the decompositions of the full-size network take minutes):
 
 * forward pass (inference: ``no_grad`` in both engines) at batch 1 and at ``--batch``;
 * one training step at ``--batch``: forward, mean cross-entropy, backward, SGD with the paper's
@@ -12,6 +15,9 @@ Each figure is the median of ``--repeats`` timed calls after one untimed warm-up
 tuckerref's kernels); torch / tuckerref > 1 means tuckerref is faster.
 
     .venv/bin/python bench/whole_network.py [--batch 8] [--repeats 3] [--threads 2] [--input-shape 4 28 120 160]
+    .venv/bin/python bench/whole_network.py --network c3d --batch 1 --skip-train
+    .venv/bin/python bench/whole_network.py --network c3d --width 0.25 --batch-norm --input-shape 3 16 56 56 \
+        --batch 8 --skip-forward --skip-compressed
 """
 from __future__ import annotations
 
@@ -29,8 +35,11 @@ except ImportError:
 
 from tuckerref.compress import compress_network
 from tuckerref.kernels import softmax_cross_entropy
-from tuckerref.models import PAPER_INPUT_SHAPE, thetis_net
-from tuckerref.nn import Conv3d, Flatten, Linear, MaxPool3d, ReLU, Sequential, no_grad
+from tuckerref.flops import count_network
+from tuckerref.io import load_model, save_model
+from tuckerref.models import C3D_INPUT_SHAPE, PAPER_INPUT_SHAPE, c3d, thetis_net
+from tuckerref.nn import (AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Flatten, Identity, Linear, MaxPool3d, ReLU,
+                          Sequential, no_grad)
 from tuckerref.optim import SGD
 
 
@@ -42,8 +51,20 @@ def to_torch(m):
         t = torch.nn.Conv3d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=m.bias is not None)
     elif isinstance(m, Linear):
         t = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    elif isinstance(m, BatchNorm3d):
+        t = torch.nn.BatchNorm3d(m.num_features, eps=m.eps, momentum=m.momentum)
+        with torch.no_grad():
+            for name in ("running_mean", "running_var"):
+                getattr(t, name).copy_(torch.from_numpy(getattr(m, name)))
     elif isinstance(m, MaxPool3d):
         return torch.nn.MaxPool3d(m.kernel_size, m.stride, m.padding)
+    elif isinstance(m, AvgPool3d):
+        return torch.nn.AvgPool3d(m.kernel_size, m.stride, m.padding, count_include_pad=m.count_include_pad,
+                                  divisor_override=m.divisor_override)
+    elif isinstance(m, AdaptiveAvgPool3d):
+        return torch.nn.AdaptiveAvgPool3d(m.output_size)
+    elif isinstance(m, Identity):
+        return torch.nn.Identity()
     elif isinstance(m, ReLU):
         return torch.nn.ReLU()
     elif isinstance(m, Flatten):
@@ -93,33 +114,72 @@ def median_time(step, repeats):
     return first, float(np.median(times))
 
 
+def networks(args, shape):
+    """(original, compressed) of ``--network`` for clips of ``shape``."""
+    if args.network == "paper":
+        original = thetis_net(shape, seed=0, dropout=0.0)
+        ranks = "paper" if shape == PAPER_INPUT_SHAPE else {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1}
+        return original, None if args.skip_compressed else compress_network(original, plan="table2", ranks=ranks,
+                                                                            method="hosvd")
+    original = c3d(shape, num_classes=args.classes, width=args.width, batch_norm=args.batch_norm, dropout=0.0, seed=0)
+    if args.skip_compressed:
+        return original, None
+    key = f"c3d-w{args.width}-bn{int(args.batch_norm)}-{'x'.join(map(str, shape))}-{args.classes}-vbmf.h5"
+    path = args.cache / key if args.cache else None
+    if path is not None and path.exists():
+        return original, load_model(path)
+    compressed = compress_network(original.eval(), plan="algorithm1", ranks="vbmf")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(compressed, path)
+    return original, compressed
+
+
 def main(argv=None):
+    from pathlib import Path
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--network", choices=("paper", "c3d"), default="paper")
+    p.add_argument("--width", type=float, default=1.0, help="C3D's channel scale")
+    p.add_argument("--batch-norm", action="store_true", help="C3D with BatchNorm3d after each convolution")
+    p.add_argument("--classes", type=int, default=101, help="C3D's classes")
+    p.add_argument("--cache", type=Path, default=Path("runs/whole_network"), help="compressed C3D networks")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
-    p.add_argument("--input-shape", type=int, nargs=4, default=PAPER_INPUT_SHAPE, metavar=("C", "F", "H", "W"))
+    p.add_argument("--input-shape", type=int, nargs=4, default=None, metavar=("C", "F", "H", "W"))
+    p.add_argument("--skip-forward", action="store_true")
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-compressed", action="store_true")
     args = p.parse_args(argv)
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    shape = tuple(args.input_shape)
+    shape = tuple(args.input_shape or (PAPER_INPUT_SHAPE if args.network == "paper" else C3D_INPUT_SHAPE))
     rng = np.random.default_rng(0)
     x = rng.random((args.batch,) + shape, dtype=np.float32)
-    y = np.arange(args.batch) % 2
-    original = thetis_net(shape, seed=0, dropout=0.0)
-    ranks = "paper" if shape == PAPER_INPUT_SHAPE else {"c1": (2, 2), "c2": (2, 3), "l1": (4, 7), "l2": 1}
-    compressed = compress_network(original, plan="table2", ranks=ranks, method="hosvd")
-    print(f"clips {shape}, {args.threads} thread(s), median of {args.repeats} after a warm-up call")
+    original, compressed = networks(args, shape)
+    y = np.arange(args.batch) % list(original.children())[-1].out_features
+    nets = [("original", original)] + ([("compressed", compressed)] if compressed is not None else [])
+    print(f"{args.network} clips {shape}, {args.threads} thread(s), median of {args.repeats} after a warm-up call")
     print(f"{'network':<12} {'what':<22} {'tuckerref ms':>13} {'torch ms':>10} {'torch/tuckerref':>16}")
-    for name, net in (("original", original), ("compressed", compressed)):
+    forward = {}
+    flops = {name: count_network(net, shape).flops for name, net in nets}
+    for name, net in nets if not args.skip_forward else ():
         tnet = to_torch(net)
         net.eval(), tnet.eval()
         for batch in sorted({1, args.batch}):
             xb = x[:batch]
-            _, t_e = median_time(lambda: engine_forward(net, xb), args.repeats)
-            _, t_t = median_time(lambda: torch_forward(tnet, torch.from_numpy(xb)), args.repeats)
-            print(f"{name:<12} {f'forward, batch {batch}':<22} {1e3 * t_e:>13.1f} {1e3 * t_t:>10.1f} {t_t / t_e:>16.2f}")
-    for name, net in (("original", original), ("compressed", compressed)):
+            out_e, t_e = median_time(lambda: engine_forward(net, xb), args.repeats)
+            out_t, t_t = median_time(lambda: torch_forward(tnet, torch.from_numpy(xb)), args.repeats)
+            err = float(np.abs(out_e - out_t.numpy()).max() / max(np.abs(out_t.numpy()).max(), 1e-30))
+            forward[name, batch] = t_e, t_t
+            print(f"{name:<12} {f'forward, batch {batch}':<22} {1e3 * t_e:>13.1f} {1e3 * t_t:>10.1f} {t_t / t_e:>16.2f}"
+                  f"   logits rel. diff {err:.1e}")
+    for batch in sorted({1, args.batch}):
+        if ("compressed", batch) in forward:
+            (oe, ot), (ce, ct) = forward["original", batch], forward["compressed", batch]
+            print(f"batch {batch}: compressed/original speed-up tuckerref x{oe / ce:.2f}, torch x{ot / ct:.2f}, "
+                  f"FLOPs x{flops['original'] / flops['compressed']:.2f}")
+    for name, net in nets if not args.skip_train else ():
         net.train()
         tnet = to_torch(net).train()
         opt = SGD(net.parameters(), lr=1e-3, momentum=0.7, weight_decay=0.01)

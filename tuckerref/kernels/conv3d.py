@@ -494,14 +494,22 @@ def _grad_weight_planes(x, grad_out, padding, sd, grad_weight):
 
 
 def _input_gradient(x_shape, weight, grad_out, stride, padding):
-    """dL/dX as a stride-1 forward convolution of the dilated, fully padded G with the flipped kernel."""
+    """dL/dX as a stride-1 forward convolution of the dilated, fully padded G with the flipped kernel.
+
+    With unit stride and padding p <= k - 1 that is G padded by k - 1 - p, whose output has exactly X's
+    shape; otherwise the gradient of the whole padded input is computed and its border dropped.
+    """
     N, T = grad_out.shape[:2]
     ksize = weight.shape[2:]
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
+    if stride == (1, 1, 1) and all(p <= k - 1 for p, k in zip(padding, ksize)):
+        grad_x = np.empty((N, weight.shape[1]) + tuple(x_shape[2:]), grad_out.dtype)
+        _forward_into(grad_out, flipped, None, (1, 1, 1), tuple(k - 1 - p for k, p in zip(ksize, padding)), grad_x)
+        return grad_x
     if stride != (1, 1, 1):
         dil = np.zeros((N, T) + tuple((o - 1) * s + 1 for o, s in zip(grad_out.shape[2:], stride)), grad_out.dtype)
         dil[:, :, ::stride[0], ::stride[1], ::stride[2]] = grad_out
         grad_out = dil
-    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
     span = tuple(grad_out.shape[2 + d] + ksize[d] - 1 for d in range(3))
     grad_xp = np.empty((N, weight.shape[1]) + span, grad_out.dtype)  # _forward_into writes all of it
     _forward_into(grad_out, flipped, None, (1, 1, 1), tuple(k - 1 for k in ksize), grad_xp)
