@@ -3,8 +3,9 @@
 Both engines hold the same weights in equivalent modules (torch: a real ``torch.nn.Sequential``) and
 see the same random clips. ``--network paper``: the paper network and its Table 2 compression with
 the paper's ranks. ``--network c3d``: C3D (``--width``, ``--batch-norm``, input 3 x 16 x 112 x 112 by
-default) and its compression with VBMF ranks (BatchNorm folded first; saved to and loaded from
-``--cache`` since EVBMF and the decompositions of the full-size network take minutes):
+default) and its compression by Algorithm 1 with ``--ranks`` (default ``fraction:0.25``: on random
+weights EVBMF finds no signal and picks rank 1 everywhere; BatchNorm folded first; saved to and
+loaded from ``--cache`` since the decompositions of the full-size network take minutes):
 
 * forward pass (inference: ``no_grad`` in both engines) at batch 1 and at ``--batch``;
 * one training step at ``--batch``: forward, mean cross-entropy, backward, SGD with the paper's
@@ -124,11 +125,12 @@ def networks(args, shape):
     original = c3d(shape, num_classes=args.classes, width=args.width, batch_norm=args.batch_norm, dropout=0.0, seed=0)
     if args.skip_compressed:
         return original, None
-    key = f"c3d-w{args.width}-bn{int(args.batch_norm)}-{'x'.join(map(str, shape))}-{args.classes}-vbmf.h5"
+    key = (f"c3d-w{args.width}-bn{int(args.batch_norm)}-{'x'.join(map(str, shape))}-{args.classes}-"
+           f"{args.ranks.replace(':', '')}.h5")
     path = args.cache / key if args.cache else None
     if path is not None and path.exists():
         return original, load_model(path)
-    compressed = compress_network(original.eval(), plan="algorithm1", ranks="vbmf")
+    compressed = compress_network(original.eval(), plan="algorithm1", ranks=args.ranks)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_model(compressed, path)
@@ -142,6 +144,7 @@ def main(argv=None):
     p.add_argument("--width", type=float, default=1.0, help="C3D's channel scale")
     p.add_argument("--batch-norm", action="store_true", help="C3D with BatchNorm3d after each convolution")
     p.add_argument("--classes", type=int, default=101, help="C3D's classes")
+    p.add_argument("--ranks", default="fraction:0.25", help="C3D's compression ranks (see tuckerref compress)")
     p.add_argument("--cache", type=Path, default=Path("runs/whole_network"), help="compressed C3D networks")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)

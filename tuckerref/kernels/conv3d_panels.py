@@ -9,19 +9,25 @@ channels on frames of 7 to 56 columns) have too many channels for the row tiles 
 :mod:`.conv3d_tiles` to keep their input in cache, and rows too narrow (7 or 14 columns) to fill
 their SIMD vectors.
 
-Blocking (the same register tile and the same column pass as the wide 1x1x1 convolution,
-:mod:`.pointwise_tiles`): a task owns one clip, a block of :data:`COLUMN_BLOCK` tile columns of
-positions and a block of output channels. The k axis runs in blocks of :data:`K_BLOCK` taps: for
-each, the task first gathers A's rows for its columns into one contiguous (K block x V*L) panel per
-column, a few contiguous runs per row since a column's positions cover consecutive output columns
-of one or more output rows (so narrow frames fill whole vectors), then every channel group of each
-column streams that panel from the L1 cache while C channels x V vectors of accumulators stay in
-registers. Positions past P in the last column are zero in its panel and never stored.
+Forward blocking: a task owns one clip, a block of :data:`COLUMN_BLOCK` tile columns of positions
+and a block of output channels. The k axis runs in blocks of :data:`K_BLOCK` taps: for each, the
+task first gathers A's rows for its columns into one contiguous (K block x V*L) panel per column (a
+column's positions are consecutive output columns of one or more output rows, so narrow frames fill
+whole vectors; each row segment is copied in whole SIMD vectors), then every group of C output
+channels streams that panel from the L1 cache while C channels x V vectors of accumulators stay in
+registers (a later K block resumes the stored sums). Positions past P in the last column are zero
+in its panel and never stored. The 1x1x1 convolution of a Tucker-2 factor is the case of one tap per
+input channel (:mod:`.pointwise_tiles`).
 
-Every output is summed in k order starting from the bias, whatever the blocking, so the results do
-not depend on the number of threads. The input is zero-padded once beforehand; the gather costs
-one copy of each panel value per K block and column, against T multiply-adds that use it, which is
-why this path is for layers with many output channels (:func:`panels_fit`).
+Weight gradient, dL/dK(t, k) = sum_{n, p} G(n, t, p) A(n, k, p): the same panels, multiplied by G's
+transpose (:func:`panel_grad_weight_padded`); each task owns a block of taps, so no two tasks add
+into the same output.
+
+Every output is summed in k order starting from the bias (forward) or in (n, p) order (weight
+gradient), whatever the blocking, so the results do not depend on the number of threads. The input
+is zero-padded once beforehand; the gather costs one copy of each panel value per K block and
+column, against T multiply-adds that use it, which is why this path is for layers with many output
+channels (:func:`panels_fit`).
 """
 from __future__ import annotations
 
