@@ -162,8 +162,9 @@ def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geome
     (T, K) weights w and out (N, T, P).
 
     ``tap_offset[k]`` is tap k's offset in one padded clip, ``geometry`` = (Hp*Wp, Wp, sd, sh, sw),
-    ``out_dims`` = (Fo, Ho, Wo) and ``blocks`` = (k_block, column_block, channel_block); a channel
-    block is a multiple of the tile's channels (rows).
+    ``out_dims`` = (Fo, Ho, Wo) and ``blocks`` = (k_block, column_tasks, channel_block): a clip's tile
+    columns are split into ``column_tasks`` near-equal runs, its channels into blocks of
+    ``channel_block``, a multiple of the tile's channels (rows).
     """
     # n clip; c tile column (positions c*width .. c*width + width - 1, the last one possibly partial);
     # t0 first output channel of the task's block, g0 its channel group.
@@ -171,19 +172,19 @@ def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geome
     T, K = w.shape
     Fo, Ho, Wo = out_dims
     P = Fo * Ho * Wo
-    k_block, column_block, channel_block = blocks
+    k_block, col_blocks, channel_block = blocks
     xf, of = xp.reshape(xp.size), out.reshape(out.size)
     clip = xp.size // N
     columns = (P + width - 1) // width
-    col_blocks = (columns + column_block - 1) // column_block
     t_blocks = (T + channel_block - 1) // channel_block
     sw = geometry[4]
     for task in prange(N * col_blocks * t_blocks):
         n = task // (col_blocks * t_blocks)
-        c_first = ((task // t_blocks) % col_blocks) * column_block
+        ct = (task // t_blocks) % col_blocks
+        c_first = ct * columns // col_blocks
+        ncols = (ct + 1) * columns // col_blocks - c_first
         t0 = (task % t_blocks) * channel_block
         tb = min(channel_block, T - t0)
-        ncols = min(columns, c_first + column_block) - c_first
         kb_max = min(k_block, K)
         xb = np.empty(kb_max * ncols * width + L, xf.dtype)
         ob = np.empty(tb * width, xf.dtype)
@@ -226,13 +227,24 @@ def tap_offsets(padded_shape, kernel_size):
     return (((s * Fp + i) * Hp + j) * Wp + l).reshape(-1).astype(np.int64)
 
 
-def channel_block(T: int, tasks: int, threads: int, channels: int = TILE_CHANNELS) -> int:
-    """Output channels per task: all T unless the other blocks leave fewer tasks than twice the threads;
-    then T split evenly into enough blocks, each a multiple of the tile's channels."""
+def task_blocks(N: int, columns: int, T: int, threads: int, channels: int = TILE_CHANNELS) -> tuple:
+    """(column tasks per clip, output channels per task) of :func:`_panel_forward`.
+
+    Each clip's tile columns are split into runs of at most :data:`COLUMN_BLOCK`, and into a multiple
+    of ``threads`` runs when the clips alone do not share out evenly: the parallel loop hands each
+    thread an equal share of tasks, and C3D's conv4a (25 columns) in blocks of 8, 8, 8 and 1 left one
+    of two threads with 16 columns and the other with 9. All T channels go to one task unless that
+    leaves fewer tasks than twice the threads; then T is split evenly into enough blocks, each a
+    multiple of the tile's channels.
+    """
+    per_clip = -(-columns // COLUMN_BLOCK)
+    if N % threads:
+        per_clip = min(columns, -(-per_clip // threads) * threads)
+    tasks = N * per_clip
     if tasks >= 2 * threads:
-        return T
+        return per_clip, T
     split = min(-(-2 * threads // tasks), max(1, T // (4 * channels)))
-    return -(-T // split // channels) * channels
+    return per_clip, -(-T // split // channels) * channels
 
 
 def panel_forward_padded(xp, weight, bias, stride, out, threads):
@@ -244,8 +256,7 @@ def panel_forward_padded(xp, weight, bias, stride, out, threads):
     width = tile_width(xp.dtype)
     w = weight.reshape(T, -1)
     columns = -(-(Fo * Ho * Wo) // width)
-    tasks = N * -(-columns // COLUMN_BLOCK)
-    blocks = (K_BLOCK, COLUMN_BLOCK, channel_block(T, tasks, threads))
+    blocks = (K_BLOCK,) + task_blocks(N, columns, T, threads)
     sd, sh, sw = stride
     geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
     _panel_forward(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, w, bias, out,
