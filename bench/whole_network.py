@@ -129,11 +129,11 @@ def networks(args, shape):
            f"{args.ranks.replace(':', '')}.h5")
     path = args.cache / key if args.cache else None
     if path is not None and path.exists():
-        return original, load_model(path)
+        return original, load_model(path)[0]
     compressed = compress_network(original.eval(), plan="algorithm1", ranks=args.ranks)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_model(compressed, path)
+        save_model(path, compressed)
     return original, compressed
 
 
