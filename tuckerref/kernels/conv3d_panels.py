@@ -327,6 +327,20 @@ def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geomet
                         tile_store(one, acc1, of, o, 0, Tp)
 
 
+@njit(parallel=True, cache=True)
+def _transpose_channels(g, gt):
+    """gt[n, p, t] = g[n, t, p] for g (N, T, P) and gt (N, P, Tp), Tp >= T; channels past T left as they are."""
+    # n clip, p position, t channel; a task owns a block of 64 positions of one clip.
+    N, T, P = g.shape
+    blocks = (P + 63) // 64
+    for task in prange(N * blocks):
+        n = task // blocks
+        p0 = (task % blocks) * 64
+        for t in range(T):
+            for p in range(p0, min(P, p0 + 64)):
+                gt[n, p, t] = g[n, t, p]
+
+
 def panel_grad_weight_padded(xp, grad_out, stride, grad_weight):
     """grad_weight += dL/dK of eq. (1) for the zero-padded input xp (N, S, Fp, Hp, Wp) and the output
     gradient grad_out (N, T, Fo, Ho, Wo): dL/dK(t, k) = sum_{n, p} G(n, t, p) A(n, k, p)."""
@@ -336,7 +350,7 @@ def panel_grad_weight_padded(xp, grad_out, stride, grad_weight):
     width = tile_width(xp.dtype)
     Tp = -(-T // width) * width
     gt = np.zeros((N, P, Tp), xp.dtype)
-    gt[:, :, :T] = grad_out.reshape(N, T, P).transpose(0, 2, 1)
+    _transpose_channels(np.ascontiguousarray(grad_out, xp.dtype).reshape(N, T, P), gt)
     K = grad_weight[0].size
     gwt = np.zeros((K, Tp), xp.dtype)
     sd, sh, sw = stride
