@@ -215,7 +215,7 @@ CONV3D_EQUATION = """\
  * consecutive output columns of one row, whose whole sum over (s, i, j, l) is accumulated in a local
  * array before one store. Each input value read feeds CT multiply-adds, and the inner loop runs over
  * the VW columns, which a C99 compiler vectorises. A tile whose taps reach into the padding or past
- * the row reads a zero-padded copy of its input row segment instead.
+ * the row reads a copy of its input row segment, zero where it lies outside the row.
 """
 
 CONV3D = Template("""\
@@ -245,10 +245,16 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
                 const int w0 = ow * SW - PW;  /* input column of the tile's first tap */
                 const int inside = w0 >= 0 && w0 + SPAN <= W;  /* every tap of the tile inside the row */
                 const int nv = OW - ow < VW ? OW - ow : VW;    /* columns stored (the last tile may be short) */
+                /* an edge tile's taps xe[n] = row[w0 + n] lie inside the row for n in ea..eb-1 */
+                const int ea = w0 >= 0 ? 0 : -w0 < SPAN ? -w0 : SPAN;
+                const int eb = W - w0 < ea ? ea : W - w0 < SPAN ? W - w0 : SPAN;
                 float acc[CT][VW];
                 for (c = 0; c < CT; ++c)
                     for (v = 0; v < VW; ++v)
                         acc[c][v] = 0.0f;
+                if (!inside)  /* the padding and what lies past the row stay zero in xe */
+                    for (n = 0; n < SPAN; ++n)
+                        xe[n] = 0.0f;
                 for (s = 0; s < S; ++s)
                     for (i = 0; i < KD; ++i) {
                         const int f = od * SD + i - PD;
@@ -262,8 +268,8 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
                             row = x + (f % ring) * xfs + s * xcs + h * W;
                             k = weight + (((t0 * S + s) * KD + i) * KH + j) * KW;
                             if (!inside)
-                                for (n = 0; n < SPAN; ++n)
-                                    xe[n] = w0 + n >= 0 && w0 + n < W ? row[w0 + n] : 0.0f;
+                                for (n = ea; n < eb; ++n)
+                                    xe[n] = row[w0 + n];
                             {
                                 const float *restrict xb = inside ? row + w0 : xe;
                                 for (l = 0; l < KW; ++l) {
