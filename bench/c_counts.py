@@ -10,7 +10,7 @@ of each count against FLOPs (R^2), and the last-level misses per FLOP of each Tu
 factors against its core's.
 
     .venv/bin/python bench/c_counts.py [--input-shape 4 8 36 48] [--c3d [--c3d-width 0.25]
-        [--c3d-shape 3 16 32 32] [--c3d-ranks fraction:0.25]] [--out DIR]
+        [--c3d-shape 3 16 32 32] [--c3d-ranks fraction:0.25]] [--ll-kib 1024] [--out DIR]
 
 The same as ``tuckerref table2 --backend c --counter cache`` for one network; repeated runs give the
 same counts (the clip is fixed and Valgrind's caches are simulated).
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--c3d-width", type=float, default=0.25)
     p.add_argument("--c3d-shape", type=int, nargs=4, default=(3, 16, 32, 32), metavar=("C", "F", "H", "W"))
     p.add_argument("--c3d-ranks", default="fraction:0.25", help="Algorithm 1's ranks for the C3D (default fraction:0.25)")
+    p.add_argument("--ll-kib", type=int, default=None,
+                   help="simulated last-level cache in KiB (16-way, 64-byte lines; default: Valgrind's, the host's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for c_counts*.md/.json (default: print only)")
     args = p.parse_args(argv)
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
                                                             input_shape=shape3, method="hosvd").eval()}))
     for name, clip_shape, nets in runs:
         clip = np.random.default_rng(args.seed).standard_normal(clip_shape).astype(np.float32)
-        table = count_networks(nets, clip, args.counter)
+        table = count_networks(nets, clip, args.counter, ll_bytes=args.ll_kib * 1024 if args.ll_kib else None)
         text = render_counts(table)
         print(f"## {name}\n\n{text}\n")
         if args.out:

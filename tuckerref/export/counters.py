@@ -50,13 +50,16 @@ def check_counter(counter: str, option: str = "--counter") -> str:
     return counter
 
 
-def callgrind(binary, args, cwd, counter: str) -> dict:
-    """{C function: {event: inclusive count}} of one run of ``binary args`` under Callgrind."""
+def callgrind(binary, args, cwd, counter: str, ll_bytes=None) -> dict:
+    """{C function: {event: inclusive count}} of one run of ``binary args`` under Callgrind; ``ll_bytes``
+    sets the simulated last-level cache's size (16-way, 64-byte lines; default: Valgrind's, the host's)."""
     events = EVENTS[counter]
     out = Path(cwd) / "callgrind.out"
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     if counter == "cache":
         cmd.append("--cache-sim=yes")
+        if ll_bytes:
+            cmd.append(f"--LL={int(ll_bytes)},16,64")
     proc = subprocess.run(cmd + [str(binary), *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} {binary} failed with status {proc.returncode}:\n{proc.stderr[-2000:]}")
@@ -80,7 +83,7 @@ def parse_annotate(report: str, events) -> dict:
     return result
 
 
-def count_layers(net, x, counter: str = "cache", *, workdir=None, cflags=COUNT_CFLAGS) -> dict:
+def count_layers(net, x, counter: str = "cache", *, workdir=None, cflags=COUNT_CFLAGS, ll_bytes=None) -> dict:
     """Counts of every convolution and linear (sub-)layer of ``net`` on the clip ``x`` ((C, F, H, W) or a
     batch of one): {layer path: {"flops", "instructions"[, "data_reads", "data_writes", "ll_misses"]}}."""
     from .timing import compile_c
@@ -96,7 +99,8 @@ def count_layers(net, x, counter: str = "cache", *, workdir=None, cflags=COUNT_C
         result = export_c(net, outdir, input_shape=clip.shape)
         binary = compile_c(outdir, cflags)
         clip.tofile(outdir / "clip.f32")
-        counted = callgrind(binary.resolve(), ["-t", "1", "-W", "0", "clip.f32", "logits.f32"], outdir, counter)
+        counted = callgrind(binary.resolve(), ["-t", "1", "-W", "0", "clip.f32", "logits.f32"], outdir, counter,
+                            ll_bytes)
     rows = {}
     for step in result.steps:
         if step.kind not in COUNTED_KINDS:
@@ -192,19 +196,20 @@ def plot_counts(path, series: list, title: str) -> Path | None:
     return Path(path)
 
 
-def count_networks(nets: dict, x, counter: str = "cache") -> dict:
+def count_networks(nets: dict, x, counter: str = "cache", ll_bytes=None) -> dict:
     """Counts of several networks on one clip, with the fits against FLOPs over all their layers:
     {"counter", "input_shape", "networks": {name: {layer: counts}}, "fits": {field: fit},
     "misses_per_flop": [[network, block, {sub-layer: ratio}]]} (JSON-able)."""
     check_counter(counter)
     clip = np.asarray(x, dtype=np.float32)
-    networks = {name: count_layers(net, clip, counter) for name, net in nets.items()}
+    networks = {name: count_layers(net, clip, counter, ll_bytes=ll_bytes) for name, net in nets.items()}
     rows = [r for layers in networks.values() for r in layers.values()]
     fields = [f for f in FIELDS if all(f in r for r in rows)]
     fits = {f: fit_counts([r["flops"] for r in rows], [r[f] for r in rows]) for f in fields}
     misses = [[name, block, ratios] for name, layers in networks.items() if counter == "cache"
               for block, ratios in misses_per_flop(layers)]
     return {"counter": counter, "input_shape": list(clip.shape[-4:]), "cflags": " ".join(COUNT_CFLAGS),
+            "ll_bytes": ll_bytes,
             "networks": networks, "fits": fits, "misses_per_flop": misses}
 
 
@@ -225,7 +230,9 @@ def render_counts(table: dict) -> str:
             body.append(row)
     shape = " x ".join(map(str, table["input_shape"]))
     parts = [f"Exported C ({table['cflags']}), one clip {shape}, counted by Valgrind's Callgrind"
-             + (" with simulated caches" if table["counter"] == "cache" else "") + "; the same clip gives the same counts",
+             + (" with simulated caches" if table["counter"] == "cache" else "")
+             + (f" (last level {table['ll_bytes'] // 1024:,} KiB)" if table.get("ll_bytes") else "")
+             + "; the same clip gives the same counts",
              markdown_table(head, body)]
     parts.append("\n".join(f"{FIELDS[f]} against FLOPs over {fit['points']} layers: R^2 {fit['r2']:.4f} (with an "
                            f"intercept), {fit['r2_origin']:.4f} (through the origin), {fit['r2_log']:.4f} (log against "

@@ -376,30 +376,36 @@ static void $func(const float *restrict x, float *restrict y)
     const int PD = $PD, PH = $PH, PW = $PW;
     int c, od, oh, ow, i, j, l;
 
+    /* one output row at a time, taking the maximum with one window row tap l at a time */
     for (c = 0; c < C; ++c)
         for (od = 0; od < OD; ++od)
-            for (oh = 0; oh < OH; ++oh)
-                for (ow = 0; ow < OW; ++ow) {
-                    float best = -INFINITY;
-                    for (i = 0; i < KD; ++i) {
-                        const int f = od * SD + i - PD;
-                        if (f < 0 || f >= D)
+            for (oh = 0; oh < OH; ++oh) {
+                float *const yrow = y + ((c * OD + od) * OH + oh) * OW;
+                for (ow = 0; ow < OW; ++ow)
+                    yrow[ow] = -INFINITY;
+                for (i = 0; i < KD; ++i) {
+                    const int f = od * SD + i - PD;
+                    if (f < 0 || f >= D)
+                        continue;
+                    for (j = 0; j < KH; ++j) {
+                        const int h = oh * SH + j - PH;
+                        const float *xrow;
+                        if (h < 0 || h >= H)
                             continue;
-                        for (j = 0; j < KH; ++j) {
-                            const int h = oh * SH + j - PH;
-                            const float *xrow;
-                            if (h < 0 || h >= H)
-                                continue;
-                            xrow = x + ((c * D + f) * H + h) * W;
-                            for (l = 0; l < KW; ++l) {
-                                const int w = ow * SW + l - PW;
-                                if (w >= 0 && w < W && (xrow[w] > best || isnan(xrow[w])))
-                                    best = xrow[w];
+                        xrow = x + ((c * D + f) * H + h) * W;
+                        for (l = 0; l < KW; ++l) {
+                            /* the columns ow in lo..hi-1 have their tap ow*SW + l - PW inside 0..W-1 */
+                            const int lo = l >= PW ? 0 : (PW - l + SW - 1) / SW;
+                            const int last = W - 1 - l + PW;
+                            const int hi = last < 0 ? 0 : last / SW + 1 < OW ? last / SW + 1 : OW;
+                            for (ow = lo; ow < hi; ++ow) {
+                                const float v = xrow[ow * SW + l - PW];
+                                yrow[ow] = v > yrow[ow] || v != v ? v : yrow[ow];  /* a NaN stays */
                             }
                         }
                     }
-                    y[((c * OD + od) * OH + oh) * OW + ow] = best;
                 }
+            }
 }
 """)
 
