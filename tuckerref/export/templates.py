@@ -186,6 +186,16 @@ TILE_HELPERS = """
 #define NET_TILE_FLOATS 96
 #endif
 #endif
+/* Kernel taps a tile takes per pass over its accumulators: 1 where AVX registers hold the tile, else 2
+ * (where the compiler keeps the tile in memory, each accumulator is then read and written once per two
+ * multiply-adds); define NET_TILE_TAPS to choose. */
+#ifndef NET_TILE_TAPS
+#ifdef __AVX__
+#define NET_TILE_TAPS 1
+#else
+#define NET_TILE_TAPS 2
+#endif
+#endif
 #define NET_TILE_COLUMNS_(n) ((n) < 8 ? 8 : (n) > 32 ? 32 : (n))
 #define NET_TILE_COLUMNS(ct) NET_TILE_COLUMNS_(NET_TILE_FLOATS / (ct) / 8 * 8)
 
@@ -272,12 +282,7 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
                                     xe[n] = row[w0 + n];
                             {
                                 const float *restrict xb = inside ? row + w0 : xe;
-                                for (l = 0; l < KW; ++l) {
-$tile_weights                                    for (v = 0; v < VW; ++v) {
-                                        const float xv = xb[l + v * SW];
-$tile_madds                                    }
-                                }
-                            }
+$tile_taps                            }
                         }
                     }
                 for (c = 0; c < CT; ++c) {

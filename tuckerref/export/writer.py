@@ -116,6 +116,38 @@ def _macro_block(rows) -> str:
                      else f"#define {name:<{name_w}} {value}" for name, value, comment in rows)
 
 
+def _tile_taps(ct: int, kw: int, indent: int = 32) -> str:
+    """The C loops of a convolution tile over one kernel row's KW taps, in two variants chosen by the
+    macro NET_TILE_TAPS: one tap per pass over the accumulators, or two (l, l + 1; then the last tap of
+    an odd row), so that where the compiler keeps the tile in memory each accumulator is read and
+    written once per two multiply-adds."""
+    pad = " " * indent
+
+    def loop(head, first_line, taps):
+        lines = [pad + head] + ([f"{pad}    {first_line}"] if first_line else [])
+        for c in range(ct):
+            lines.append(f"{pad}    const float " + ", ".join(f"{t}{c} = k[{c} * TS + l{' + 1' if t == 'q' else ''}]"
+                                                            for t in taps) + ";")
+        lines.append(f"{pad}    for (v = 0; v < VW; ++v) {{")
+        lines.append(f"{pad}        const float " + ", ".join(f"x{t} = xb[l{' + 1' if t == 'q' else ''} + v * SW]"
+                                                            for t in taps) + ";")
+        for c in range(ct):
+            expr = f"acc[{c}][v]"
+            for t in taps:
+                expr = f"NET_MADD({t}{c}, x{t}, {expr})"
+            lines.append(f"{pad}        acc[{c}][v] = {expr};")
+        return lines + [f"{pad}    }}", f"{pad}}}"]
+
+    pairs = []
+    if kw >= 2:
+        pairs += loop("for (l = 0; l + 1 < KW; l += 2) {", None, ("k", "q"))
+    if kw % 2:
+        pairs += loop("{  /* the last tap of an odd row */", "l = KW - 1;", ("k",))
+    lines = (["#if NET_TILE_TAPS == 2"] + pairs + ["#else"] + loop("for (l = 0; l < KW; ++l) {", None, ("k",))
+             + ["#endif"])
+    return "".join(line + "\n" for line in lines)
+
+
 class _Generator:
     """Renders one network; holds the identifiers chosen for its layers and parameters."""
 
@@ -156,13 +188,10 @@ class _Generator:
             (S, D, H, W), (T, OD, OH, OW) = step.in_shape, step.out_shape
             (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
             ct = tile_channels(T)
-            indent = " " * 36
-            weights = "".join(f"{indent}const float k{c} = k[{c} * TS + l];\n" for c in range(ct))
-            madds = "".join(f"{indent}    acc[{c}][v] = NET_MADD(k{c}, xv, acc[{c}][v]);\n" for c in range(ct))
             body = tpl.CONV3D.substitute(func=func, S=S, D=D, H=H, W=W, T=T, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
                                          KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
                                          weight=self._weight(step, "weight"), init=self._init(step, "t0 + c"),
-                                         CT=ct, tile_weights=weights, tile_madds=madds)
+                                         CT=ct, tile_taps=_tile_taps(ct, KW))
             equation = tpl.CONV3D_EQUATION
         elif step.kind == "pointwise":
             body = tpl.POINTWISE.substitute(func=func, S=step.in_shape[0], T=step.out_shape[0],
