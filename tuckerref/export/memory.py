@@ -38,8 +38,8 @@ from .plan import IDENTITY, IN_PLACE_KINDS, Step
 STACK_BASE_BYTES = 256
 #: Most output channels a convolution's register tile holds (the C template's CT, a divisor of T).
 TILE_MAX_CHANNELS = 6
-#: Most floats such a tile accumulates on any target (NET_TILE_FLOATS where the target lacks AVX).
-TILE_MAX_FLOATS = 96
+#: Floats such a tile accumulates (the C macro NET_TILE_FLOATS): where the target has AVX, and else.
+TILE_AVX_FLOATS, TILE_MAX_FLOATS = 64, 96
 
 
 def tile_channels(out_channels: int) -> int:
@@ -56,7 +56,7 @@ def tile_columns(channels: int, tile_floats: int = TILE_MAX_FLOATS) -> int:
 def conv_tile_bytes(step: Step) -> int:
     """Stack bytes of a convolution's tile at its largest: the accumulators and the edge row copy."""
     ct = tile_channels(step.out_shape[0])
-    vw = max(tile_columns(ct, f) for f in (64, TILE_MAX_FLOATS))
+    vw = max(tile_columns(ct, f) for f in (TILE_AVX_FLOATS, TILE_MAX_FLOATS))
     span = (vw - 1) * step.module.stride[2] + step.module.kernel_size[2]
     return 4 * (ct * vw + span)
 
