@@ -153,6 +153,23 @@ def test_padded_pool_counts_minus_infinity_and_strided_padded_1x1x1_conv(tmp_pat
 
 
 @needs_cc
+def test_max_pool_propagates_nan_like_the_engine(tmp_path):
+    """PyTorch's max_pool3d: a NaN in a window makes its maximum NaN, wherever in the window it lies
+    (also before larger values), and the padding counts as -infinity."""
+    net = Sequential(MaxPool3d((1, 3, 2), stride=(1, 2, 2), padding=(0, 1, 1)), Flatten()).eval()
+    shape = (2, 2, 7, 6)
+    clips = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
+    clips[0, 0, 0, 2, 3] = np.nan
+    clips[1, 1, 1, 6, 0] = np.nan
+    clips[1, 1, 1, 5, 0] = 100.0  # read before the NaN of its window: the maximum is still NaN
+    export_c(net, tmp_path, input_shape=shape)
+    logits, _ = run_c(build(tmp_path), clips)
+    reference = net(clips)
+    assert np.array_equal(np.isnan(logits), np.isnan(reference)) and np.isnan(logits).sum() >= 2
+    assert np.array_equal(logits[~np.isnan(logits)], reference[~np.isnan(reference)])
+
+
+@needs_cc
 def test_eq1_every_tile_variant_matches_engine(tmp_path):
     """Eq. (1) in the register tiles of every shape the macros select (taps per pass NET_TILE_TAPS 1 or
     2; NET_TILE_FLOATS giving 8 to 32 columns), with even and odd kernel rows, a stride along W, padding
