@@ -1,118 +1,72 @@
 """Counted, not timed: the exported C's cost per layer under Valgrind, against FLOPs.
 
 Wall time on a shared machine moves by a third from run to run; instruction and simulated cache
-counts do not. This exports the paper's network and its Table 2 compression (paper ranks) with
-``tuckerref.export``, builds each with ``-O2 -g -fno-inline`` (every layer keeps its own function),
-runs main.c's layer-by-layer pass (``-t 1 -W 0``) under ``valgrind --tool=callgrind --cache-sim=yes``
-and reads, per convolution and linear (sub-)layer, the inclusive counts of its function:
-instructions (Ir), data reads (Dr) and writes (Dw), and last-level misses (DLmr + DLmw, Valgrind's
-simulated caches). It prints them with FLOPs, fits instructions against FLOPs (least squares
-through the origin and with an intercept, R^2 of each) and compares the last-level misses per FLOP
-of each Tucker-2 factor (the 1x1x1 convolutions) with the core's.
+counts do not. This exports the paper's network and its Table 2 compression (paper ranks), and with
+``--c3d`` also a narrow C3D (``tuckerref.models.c3d(width=...)``) and its Algorithm 1 compression
+(every Tucker rank a fraction of its mode), and counts each with
+:func:`tuckerref.export.counters.count_networks`: per convolution and linear (sub-)layer,
+instructions, data reads and writes and last-level misses of Callgrind's simulated caches; the fit
+of each count against FLOPs (R^2), and the last-level misses per FLOP of each Tucker-2 block's 1x1x1
+factors against its core's.
 
-    .venv/bin/python bench/c_counts.py [--input-shape 4 8 36 48]
+    .venv/bin/python bench/c_counts.py [--input-shape 4 8 36 48] [--c3d [--c3d-width 0.25]
+        [--c3d-shape 3 16 32 32] [--c3d-ranks fraction:0.25]] [--ll-kib 1024] [--out DIR]
 
-Repeated runs give the same counts (the clip is fixed and Valgrind's caches are simulated).
+The same as ``tuckerref table2 --backend c --counter cache`` for one network; repeated runs give the
+same counts (the clip is fixed and Valgrind's caches are simulated).
 """
 from __future__ import annotations
 
 import argparse
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from tuckerref.compress import compress_network, parse_ranks
+from tuckerref.export.counters import check_counter, count_networks, render_counts
+from tuckerref.models import c3d, thetis_net
+from tuckerref.report import write_json, write_text
+
 import numpy as np
-
-from tuckerref.compress import compress_network
-from tuckerref.export import compile_c, export_c
-from tuckerref.models import thetis_net
-from tuckerref.report import markdown_table
-
-EVENTS = ("Ir", "Dr", "Dw", "DLmr", "DLmw")
-
-
-def counts(outdir: Path, clip: np.ndarray) -> dict:
-    """{layer function: {event: inclusive count}} of one layer-by-layer pass under Callgrind."""
-    binary = compile_c(outdir, ("-O2", "-g", "-fno-inline", "-std=c99", "-Wall", "-Werror"))
-    clip.tofile(outdir / "clip.f32")
-    out = outdir / "callgrind.out"
-    subprocess.run(["valgrind", "--tool=callgrind", "--cache-sim=yes", f"--callgrind-out-file={out}",
-                    str(binary), "-t", "1", "-W", "0", "clip.f32", "logits.f32"],
-                   cwd=outdir, check=True, capture_output=True)
-    report = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", f"--show={','.join(EVENTS)}",
-                             str(out)], capture_output=True, text=True, check=True).stdout
-    result = {}
-    for line in report.splitlines():
-        # "1,145,108,539 (49.70%) 313,582,836 (49.75%) ... 0  5,184 (76.48%)  net.c:layer_c1 [/path/net]"
-        match = re.match(r"^(.*?)\s\S*:(layer_\w+) \[", line)
-        if not match or match.group(2) in result:
-            continue
-        tokens = re.sub(r"\([^)]*\)", " ", match.group(1)).split()
-        if len(tokens) == len(EVENTS) and all(re.fullmatch(r"[\d,]+|\.", t) for t in tokens):
-            result[match.group(2)] = {e: int(t.replace(",", "")) if t != "." else 0 for e, t in zip(EVENTS, tokens)}
-    return result
-
-
-def r_squared(x, y, intercept: bool) -> float:
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    a = np.column_stack([x, np.ones_like(x)]) if intercept else x[:, None]
-    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-    residual = y - a @ coef
-    total = y - y.mean() if intercept else y
-    return 1.0 - float(residual @ residual) / float(total @ total)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--input-shape", type=int, nargs=4, default=(4, 8, 36, 48), metavar=("C", "F", "H", "W"))
+    p.add_argument("--input-shape", type=int, nargs=4, default=(4, 8, 36, 48), metavar=("C", "F", "H", "W"),
+                   help="the paper network's clip (default 4 8 36 48)")
+    p.add_argument("--counter", choices=("instructions", "cache"), default="cache")
+    p.add_argument("--c3d", action="store_true", help="also count a narrow C3D and its Algorithm 1 compression")
+    p.add_argument("--c3d-width", type=float, default=0.25)
+    p.add_argument("--c3d-shape", type=int, nargs=4, default=(3, 16, 32, 32), metavar=("C", "F", "H", "W"))
+    p.add_argument("--c3d-ranks", default="fraction:0.25", help="Algorithm 1's ranks for the C3D (default fraction:0.25)")
+    p.add_argument("--ll-kib", type=int, default=None,
+                   help="simulated last-level cache in KiB (16-way, 64-byte lines; default: Valgrind's, the host's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for c_counts*.md/.json (default: print only)")
     args = p.parse_args(argv)
-    if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
-        sys.exit("bench/c_counts.py needs valgrind and callgrind_annotate (Debian: valgrind)")
+    try:
+        check_counter(args.counter)
+    except ValueError as exc:
+        sys.exit(f"bench/c_counts.py: {exc}")
+    runs = []
     shape = tuple(args.input_shape)
     original = thetis_net(shape, seed=args.seed).eval()
-    nets = {"original": original,
-            "compressed": compress_network(original, "table2", "paper", method="hosvd").eval()}
-    clip = np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
-    rows, flops, instructions, misses, cores = [], [], [], {}, set()
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, net in nets.items():
-            result = export_c(net, Path(tmp) / name, input_shape=shape)
-            counted = counts(result.outdir, clip)
-            for step in result.steps:
-                if step.kind not in ("conv3d", "pointwise", "linear"):
-                    continue
-                c = counted.get("layer_" + re.sub(r"\W", "_", step.path))
-                if c is None:
-                    continue
-                ll = c["DLmr"] + c["DLmw"]
-                rows.append([name, step.path, step.kind, f"{step.flops:,}", f"{c['Ir']:,}", f"{c['Dr']:,}",
-                             f"{c['Dw']:,}", f"{ll:,}", f"{c['Ir'] / step.flops:.3f}", f"{ll / step.flops:.2e}"])
-                flops.append(step.flops)
-                instructions.append(c["Ir"])
-                misses[(name, step.path)] = ll / step.flops
-                if step.kind == "conv3d" and step.path.endswith(".1"):
-                    cores.add(step.path[:-2])  # the core of a Tucker-2 block
-
-    print(f"Exported C, -O2 -g -fno-inline, one clip {' x '.join(map(str, shape))}, counted by Valgrind (callgrind, "
-          "simulated caches)\n")
-    print(markdown_table(["network", "layer", "kind", "FLOPs", "instructions", "data reads", "data writes",
-                          "LL misses", "instr/FLOP", "LL misses/FLOP"], rows))
-    print(f"\ninstructions against FLOPs over {len(flops)} layers: R^2 {r_squared(flops, instructions, True):.4f} "
-          f"(with intercept), {r_squared(flops, instructions, False):.4f} (through the origin), "
-          f"{r_squared(np.log(flops), np.log(instructions), True):.4f} (log against log: small layers count alike)")
-    for block in sorted(cores):
-        core = misses.get(("compressed", f"{block}.1"))
-        factors = [(f"{block}.{k}", misses.get(("compressed", f"{block}.{k}"))) for k in (0, 2)]
-        if not core:
-            print(f"{block}: no last-level misses in the core at this clip size (everything fits the simulated cache)")
-        else:
-            print(f"{block}: LL misses per FLOP, factors "
-                  + ", ".join(f"{p} {m:.2e} (x{m / core:.1f} the core's)" for p, m in factors if m is not None)
-                  + f", core {block}.1 {core:.2e}")
+    runs.append(("paper", shape, {"original": original,
+                                  "compressed": compress_network(original, "table2", "paper", method="hosvd").eval()}))
+    if args.c3d:
+        shape3 = tuple(args.c3d_shape)
+        net = c3d(shape3, num_classes=10, width=args.c3d_width, seed=args.seed).eval()
+        runs.append((f"c3d_w{args.c3d_width:g}", shape3, {
+            "original": net, "compressed": compress_network(net, "algorithm1", parse_ranks(args.c3d_ranks),
+                                                            input_shape=shape3, method="hosvd").eval()}))
+    for name, clip_shape, nets in runs:
+        clip = np.random.default_rng(args.seed).standard_normal(clip_shape).astype(np.float32)
+        table = count_networks(nets, clip, args.counter, ll_bytes=args.ll_kib * 1024 if args.ll_kib else None)
+        text = render_counts(table)
+        print(f"## {name}\n\n{text}\n")
+        if args.out:
+            for path in (write_text(Path(args.out) / f"c_counts_{name}.md", text),
+                         write_json(Path(args.out) / f"c_counts_{name}.json", table)):
+                print(f"wrote {path}")
     return 0
 
 

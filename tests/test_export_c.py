@@ -153,6 +153,42 @@ def test_padded_pool_counts_minus_infinity_and_strided_padded_1x1x1_conv(tmp_pat
 
 
 @needs_cc
+def test_max_pool_propagates_nan_like_the_engine(tmp_path):
+    """PyTorch's max_pool3d: a NaN in a window makes its maximum NaN, wherever in the window it lies
+    (also before larger values), and the padding counts as -infinity."""
+    net = Sequential(MaxPool3d((1, 3, 2), stride=(1, 2, 2), padding=(0, 1, 1)), Flatten()).eval()
+    shape = (2, 2, 7, 6)
+    clips = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
+    clips[0, 0, 0, 2, 3] = np.nan
+    clips[1, 1, 1, 6, 0] = np.nan
+    clips[1, 1, 1, 5, 0] = 100.0  # read before the NaN of its window: the maximum is still NaN
+    export_c(net, tmp_path, input_shape=shape)
+    logits, _ = run_c(build(tmp_path), clips)
+    reference = net(clips)
+    assert np.array_equal(np.isnan(logits), np.isnan(reference)) and np.isnan(logits).sum() >= 2
+    assert np.array_equal(logits[~np.isnan(logits)], reference[~np.isnan(reference)])
+
+
+@needs_cc
+def test_eq1_every_tile_variant_matches_engine(tmp_path):
+    """Eq. (1) in the register tiles of every shape the macros select (taps per pass NET_TILE_TAPS 1 or
+    2; NET_TILE_FLOATS giving 8 to 32 columns), with even and odd kernel rows, a stride along W, padding
+    and tiles that end past the row: all compute the engine's logits."""
+    net = Sequential(Conv3d(2, 6, (3, 5, 4), stride=(1, 2, 1), padding=(1, 2, 1), rng=0), ReLU(),
+                     Conv3d(6, 4, (1, 3, 3), stride=(1, 1, 2), padding=1, rng=1), Flatten(),
+                     Linear(4 * 6 * 5 * 11, 3, rng=2)).eval()
+    shape = (2, 4, 9, 23)
+    export_c(net, tmp_path, input_shape=shape)
+    clips = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
+    reference = net(clips)
+    for taps, floats in ((1, 64), (2, 96), (1, 16), (2, 256)):
+        binary = compile_c(tmp_path, CFLAGS + [f"-DNET_TILE_TAPS={taps}", f"-DNET_TILE_FLOATS={floats}"],
+                           output=f"net_{taps}_{floats}")
+        logits, _ = run_c(binary, clips)
+        assert_logits_match(logits, reference)
+
+
+@needs_cc
 def test_c_backend_times_every_layer_and_sub_layer_for_table2():
     from tuckerref.commands.table2 import build_table
     from tuckerref.profile import PROFILERS

@@ -217,7 +217,7 @@ def test_avg_pool_network_steps_and_in_place_affine_batchnorm(avgpool_built):
     assert kinds["bn0"] == kinds["bn3"] == "batchnorm3d" and kinds["ident"] == kinds["drop"] == "identity"
     assert avgpool_built.result.folded == [("conv2", "bn2")]
     text = avgpool_built.net_c()
-    for option in ("count_include_pad=False", "divisor_override=3", "(bn2 folded in)", "param_conv2_bias[t]"):
+    for option in ("count_include_pad=False", "divisor_override=3", "(bn2 folded in)", "param_conv2_bias[t0 + c]"):
         assert option in text
     weights = (avgpool_built.result.outdir / "weights.c").read_text()
     for name, shape in (("bn0.running_mean", (2,)), ("bn0.running_var", (2,)), ("bn3.running_var", (3,))):

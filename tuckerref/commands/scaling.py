@@ -9,6 +9,12 @@ gives R^2, the achieved throughput 1/b (GFLOP/s) and the fixed overhead a. Timin
 (``no_grad``, so a Tucker-2 block runs fused) in round-robin rounds over the configurations. Writes ``scaling.csv``,
 ``scaling.json`` and ``scaling.png`` (time against FLOPs, the fit line, points labelled by ranks).
 
+``--backend c`` times each configuration exported to C99 (:class:`tuckerref.export.timing.CTimer`,
+single-threaded) instead of the engine; ``--backend c --counter instructions|cache`` counts instead of
+timing, under Valgrind's Callgrind (:mod:`tuckerref.export.counters`): per configuration and sub-layer
+instructions (and data reads, writes and last-level misses), each fitted against FLOPs with its R^2,
+written to ``scaling_counts.csv``, ``.json`` and ``.png``. Counts do not move with the machine's load.
+
 Any convolution can be swept (BatchNorm3d layers are folded into the convolutions before them first, as
 compression does). The first linear layer after a Flatten is swept as the convolution it is equivalent to
 (``l1``: kernel = the 16 x 6 x 6 x 9 feature volume; a C3D's fc6: 512 -> 4096 with kernel 1 x 4 x 4); a
@@ -231,6 +237,13 @@ def register(sub):
     p.add_argument("--out-channels", default=None, help="optional comma-separated output channel counts T to add")
     p.add_argument("--kernel-sizes", default=None, help="optional core kernel sizes to add, e.g. 3x5x5,5x11x11")
     p.add_argument("--threads", type=int, default=None, help="Numba threads (1 = embedded setting); default all")
+    p.add_argument("--backend", choices=("numba", "c"), default="numba",
+                   help="numba (default): the engine; c: each configuration exported to C99, compiled with cc, "
+                        "one thread")
+    p.add_argument("--counter", choices=("instructions", "cache"), default=None,
+                   help="with --backend c: count instead of timing, under Valgrind's Callgrind (instructions; cache: "
+                        "also data reads, writes and last-level misses of simulated caches), per configuration and "
+                        "sub-layer, each fitted against FLOPs; writes scaling_counts.csv/.json/.png")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="which time the fit uses")
@@ -287,23 +300,105 @@ def print_fit(fit, name="tuckerref"):
     print(f"{name}: time = {fit['a_s'] * 1e3:.3f} ms + FLOPs / ({fit['gflops']:.3f} GFLOP/s);  R^2 = {fit['r2']:.4f}")
 
 
+def check_backend(args):
+    """Refuse option combinations of --backend and --counter before any work (naming the option)."""
+    backend, counter = getattr(args, "backend", "numba"), getattr(args, "counter", None)
+    if backend == "c" and args.threads not in (None, 1):
+        raise ValueError(f"--backend c runs single-threaded; --threads must be 1 or left out, got {args.threads}")
+    if counter is not None:
+        if backend != "c":
+            raise ValueError(f"--counter {counter} counts the exported C: it needs --backend c, got --backend {backend}")
+        from ..export.counters import check_counter
+        check_counter(counter)
+
+
+def count_sweep(net: Sequential, layer: str, x: np.ndarray, ranks: list, counter: str, *, out_channels=None,
+                kernels=None, progress=None) -> list:
+    """Valgrind's counts (:mod:`tuckerref.export.counters`) of every configuration's exported C on the input
+    ``layer`` sees in ``net`` for the single clip ``x``: row dicts with the configuration's FLOPs, its
+    counts (summed over its sub-layers) and ``sub``, each sub-layer's."""
+    from ..export.counters import FIELDS, count_layers
+    geom = layer_geometry(net, layer, tuple(x.shape[1:]))
+    points = sweep_points(geom, ranks, out_channels, kernels)
+    if len(points) < 2:
+        raise ValueError(f"ranks {ranks} give fewer than two valid configurations for {layer} "
+                         f"(S={geom['S']}, T={geom['T']})")
+    with no_grad():
+        layer_input = x if layer == net.names()[0] else capture_inputs(net.eval(), x)[layer]
+    layer_input = np.ascontiguousarray(layer_input.reshape((1,) + tuple(geom["volume"])))
+    rows = []
+    for i, (label, module) in enumerate(points):
+        counted = count_layers(module.eval(), layer_input, counter)
+        rec = count_layer(module, geom["volume"])
+        row = {"layer": layer, **label, "params": rec.params, "flops": rec.flops, "macs": rec.macs,
+               "sub": [{"name": name, **c} for name, c in counted.items()]}
+        for field in FIELDS:
+            if all(field in c for c in counted.values()):
+                row[field] = sum(c[field] for c in counted.values())
+        rows.append(row)
+        if progress:
+            progress(i + 1, len(points), label)
+    return rows
+
+
+def run_counts(args, net, x, ranks, out_channels, kernels) -> int:
+    """``scaling --backend c --counter ...``: counts instead of times, each fitted against FLOPs."""
+    from ..export.counters import FIELDS, fit_counts, plot_counts
+    rows = count_sweep(net, args.layer, x, ranks, args.counter, out_channels=out_channels, kernels=kernels,
+                       progress=lambda i, n, r: print(f"  counted [{i}/{n}] ({r['rs']},{r['rt']}) T={r['T']} "
+                                                      f"kernel {r['kernel']}", flush=True))
+    fields = [f for f in FIELDS if f in rows[0]]
+    fits = {f: fit_counts([r["flops"] for r in rows], [r[f] for r in rows]) for f in fields}
+    print(f"{'ranks':>8} {'T':>4} {'kernel':>8} {'FLOPs':>15} " + " ".join(f"{FIELDS[f]:>18}" for f in fields))
+    for r in rows:
+        print(f"{'(%d,%d)' % (r['rs'], r['rt']):>8} {r['T']:>4} {r['kernel']:>8} {r['flops']:>15,} "
+              + " ".join(f"{r[f]:>18,}" for f in fields))
+    for f, fit in fits.items():
+        print(f"{FIELDS[f]} = {fit['intercept']:,.0f} + {fit['per_flop']:.4g} * FLOPs;  R^2 = {fit['r2']:.4f} "
+              f"(log against log {fit['r2_log']:.4f})")
+    out = Path(args.out)
+    columns = ["layer", "rs", "rt", "T", "kernel", "params", "flops", "macs"] + fields
+    meta = {"layer": args.layer, "weights": args.weights, "input_shape": list(args.input_shape), "backend": "c",
+            "counter": args.counter}
+    paths = [write_csv(out / "scaling_counts.csv", columns, [[r[c] for c in columns] for r in rows]),
+             write_json(out / "scaling_counts.json", {**meta, "fits": fits, "rows": rows})]
+    png = plot_counts(out / "scaling_counts.png", [(args.layer, [r["flops"] for r in rows], {f: [r[f] for r in rows]
+                                                                                             for f in fields})],
+                      f"{args.layer} Tucker-2 sweep in exported C, input {tuple(args.input_shape)}: Callgrind counts")
+    for path in paths + ([png] if png else []):
+        print(f"wrote {path}")
+    return 0
+
+
 def run(args):
     from ..outputs import check_outputs
     check_outputs(dirs={"--out": args.out})
+    check_backend(args)
     wait_policy = sleep_idle_workers()  # before anything starts Numba's threads
     net, x, ranks, out_channels, kernels = prepare(args)
+    if getattr(args, "counter", None):
+        return run_counts(args, net, x, ranks, out_channels, kernels)
     threads = check_threads(args.threads)
-    rows = sweep(net, args.layer, x, ranks, out_channels=out_channels, kernels=kernels, repeats=args.repeats,
-                 warmup=args.warmup, threads=threads,
-                 progress=lambda i, n, r: print(f"  warmed up [{i}/{n}] ({r['rs']},{r['rt']}) T={r['T']} "
-                                                f"kernel {r['kernel']}", flush=True))
+    backend = getattr(args, "backend", "numba")
+    timer = numba_timer
+    if backend == "c":
+        from ..export.timing import CTimer
+        timer, threads = CTimer(), 1
+    try:
+        rows = sweep(net, args.layer, x, ranks, out_channels=out_channels, kernels=kernels, repeats=args.repeats,
+                     warmup=args.warmup, threads=threads, timer=timer,
+                     progress=lambda i, n, r: print(f"  warmed up [{i}/{n}] ({r['rs']},{r['rt']}) T={r['T']} "
+                                                    f"kernel {r['kernel']}", flush=True))
+    finally:
+        if backend == "c":
+            timer.close()
     fit = fit_time_vs_flops([r["flops"] for r in rows], [r[f"{args.clock}_median_s"] for r in rows])
     print_rows(rows, args.clock)
     print_fit(fit)
     meta = {"layer": args.layer, "weights": args.weights, "input_shape": list(args.input_shape), "threads": threads,
             "repeats": args.repeats,
-            "warmup": args.warmup, "clock": args.clock, "backend": "numba", "omp_wait_policy": wait_policy,
+            "warmup": args.warmup, "clock": args.clock, "backend": backend, "omp_wait_policy": wait_policy,
             "register_file": register_file()}
-    for path in write_results(args.out, rows, fit, meta, [("tuckerref", rows, fit, args.clock)]):
+    for path in write_results(args.out, rows, fit, meta, [(f"tuckerref ({backend})", rows, fit, args.clock)]):
         print(f"wrote {path}")
     return 0

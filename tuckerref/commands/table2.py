@@ -23,6 +23,12 @@ Timing backends: ``--backend`` offers the keys of :data:`tuckerref.profile.PROFI
 a function ``(net, x, *, repeats, warmup, threads) -> NetworkProfile`` whose layer names are the
 network's dotted child names. :func:`build_table` takes such a function, so other backends (exported
 C code, PyTorch in ``bench/vs_torch.py``) produce the same table from the same networks and input.
+
+Counting instead of timing: ``--backend c --counter instructions|cache`` runs both networks' exported C
+under Valgrind's Callgrind (:mod:`tuckerref.export.counters`) and reports, per layer and sub-layer,
+instructions (and with ``cache`` data reads, writes and last-level misses of simulated caches), the
+fit of each count against FLOPs (R^2) and each Tucker-2 block's last-level misses per FLOP, factors
+against core; it writes ``table2_counts.md``, ``.json`` and, with matplotlib, ``.png``.
 """
 from __future__ import annotations
 
@@ -229,6 +235,10 @@ def register(sub):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall (perf_counter) or process CPU time (process_time, as the paper) for the table")
     p.add_argument("--backend", choices=sorted(PROFILERS), default="numba", help="what is timed")
+    p.add_argument("--counter", choices=("instructions", "cache"), default=None,
+                   help="with --backend c: count instead of timing, under Valgrind's Callgrind (instructions; cache: "
+                        "also data reads, writes and last-level misses of simulated caches), per layer and "
+                        "sub-layer, fitted against FLOPs; writes table2_counts.md/.json/.png")
     p.add_argument("--input-shape", type=int, nargs=4, default=None, metavar=("C", "F", "H", "W"),
                    help=f"clip shape (default: the weights file's, else {PAPER_INPUT_SHAPE})")
     p.add_argument("--batch", type=int, default=1,
@@ -275,8 +285,18 @@ def run(args):
     check_threads(args.threads)
     if args.batch < 1:  # argparse has made it an int
         raise ValueError(f"--batch must be a positive integer, got {args.batch!r}")
+    counter = getattr(args, "counter", None)
+    if counter is not None:
+        if args.backend != "c":
+            raise ValueError(f"--counter {counter} counts the exported C: it needs --backend c, got --backend {args.backend}")
+        if args.batch != 1:
+            raise ValueError(f"--counter counts one clip; --batch must be 1, got {args.batch}")
+        from ..export.counters import check_counter
+        check_counter(counter)  # valgrind present, before the networks are built
     record = {}
     original, compressed, shape = load_networks(args, record)
+    if counter is not None:
+        return run_counts(args, original, compressed, shape, record)
     x = np.random.default_rng(args.seed).random((args.batch,) + shape, dtype=np.float32)
     table = build_table(original, compressed, x, get_profiler(args.backend), repeats=args.repeats,
                         warmup=args.warmup, threads=args.threads, clock=args.clock)
@@ -285,5 +305,24 @@ def run(args):
     text = render(table)
     print(text)
     for path in write_outputs(args.out, table, text):
+        print(f"wrote {path}")
+    return 0
+
+
+def run_counts(args, original, compressed, shape, record) -> int:
+    """``table2 --backend c --counter ...``: Valgrind's counts of both networks' exported C instead of times."""
+    from ..export.counters import count_networks, plot_counts, render_counts
+    x = np.random.default_rng(args.seed).random(shape, dtype=np.float32)
+    table = count_networks({"original": original, "compressed": compressed}, x, args.counter)
+    table.update(record, method=args.method, weights=args.weights)
+    text = render_counts(table)
+    print(text)
+    out = Path(args.out)
+    paths = [write_text(out / "table2_counts.md", text), write_json(out / "table2_counts.json", table)]
+    series = [(name, [r["flops"] for r in layers.values()],
+               {f: [r[f] for r in layers.values()] for f in table["fits"]}) for name, layers in table["networks"].items()]
+    png = plot_counts(out / "table2_counts.png", series,
+                      f"exported C, one clip {' x '.join(map(str, shape))}: Callgrind counts against FLOPs per layer")
+    for path in paths + ([png] if png else []):
         print(f"wrote {path}")
     return 0

@@ -5,7 +5,8 @@ the parameters (weights.c arrays or a weights.bin blob), main.c and a Makefile. 
 :mod:`tuckerref.export.plan` for the execution plan, :mod:`tuckerref.export.memory` for the fused
 units, the static memory plan and the footprint (footprint.json), and
 :mod:`tuckerref.export.templates` for the C code itself; :mod:`tuckerref.export.timing` compiles,
-runs and times it (the "c" backend of ``tuckerref table2``).
+runs and times it (the "c" backend of ``tuckerref table2``), :mod:`tuckerref.export.counters` counts it
+under Valgrind (``--counter``).
 """
 from .memory import Unit, footprint, format_footprint, place_units, plan_units
 from .plan import Step, place_buffers, plan_network

@@ -33,12 +33,32 @@ import numpy as np
 
 from .plan import IDENTITY, IN_PLACE_KINDS, Step
 
-#: Stack bytes bounded for any generated layer function besides its two kernel-column arrays
-#: (scalars, spilled registers, the saved return address); checked with gcc -fstack-usage.
+#: Stack bytes bounded for any generated layer function besides its convolution tile (scalars,
+#: spilled registers, the saved return address); checked with gcc -fstack-usage.
 STACK_BASE_BYTES = 256
-#: Output columns a convolution accumulates at once (a float array of that many on its stack); 64
-#: vectorises at -O2 and -O3 alike (measured on x86-64 with GCC 12).
-CONV_BLOCK_COLUMNS = 64
+#: Most output channels a convolution's register tile holds (the C template's CT, a divisor of T).
+TILE_MAX_CHANNELS = 6
+#: Floats such a tile accumulates (the C macro NET_TILE_FLOATS): where the target has AVX, and else.
+TILE_AVX_FLOATS, TILE_MAX_FLOATS = 64, 96
+
+
+def tile_channels(out_channels: int) -> int:
+    """Output channels of a convolution's register tile: the largest divisor of T up to TILE_MAX_CHANNELS."""
+    return max(c for c in range(1, min(out_channels, TILE_MAX_CHANNELS) + 1) if out_channels % c == 0)
+
+
+def tile_columns(channels: int, tile_floats: int = TILE_MAX_FLOATS) -> int:
+    """Output columns of a tile of ``channels`` channels: the C macro NET_TILE_COLUMNS, i.e.
+    tile_floats / channels rounded down to a multiple of 8, clamped to 8..32."""
+    return min(32, max(8, tile_floats // channels // 8 * 8))
+
+
+def conv_tile_bytes(step: Step) -> int:
+    """Stack bytes of a convolution's tile at its largest: the accumulators and the edge row copy."""
+    ct = tile_channels(step.out_shape[0])
+    vw = max(tile_columns(ct, f) for f in (TILE_AVX_FLOATS, TILE_MAX_FLOATS))
+    span = (vw - 1) * step.module.stride[2] + step.module.kernel_size[2]
+    return 4 * (ct * vw + span)
 
 
 @dataclass
@@ -102,10 +122,8 @@ class Unit:
     @property
     def stack_bytes(self) -> int:
         """Bound on the stack of this unit's C function and the helpers it calls."""
-        convs = [s for s in self.steps if s.kind == "conv3d"]
-        kw = max([s.module.kernel_size[2] for s in convs] or [0])
-        block = 4 * CONV_BLOCK_COLUMNS if convs else 0
-        return STACK_BASE_BYTES * (2 if self.kind == "stream" else 1) + 8 * kw + block
+        tile = max([conv_tile_bytes(s) for s in self.steps if s.kind == "conv3d"] or [0])
+        return STACK_BASE_BYTES * (2 if self.kind == "stream" else 1) + tile
 
 
 def step_macs(step: Step) -> int:

@@ -169,26 +169,42 @@ int net_load_weights(const char *path)
 
 BLOB_POINTER = Template("static const float *const $ident = net_params + $offset;  /* $name $shape */\n")
 
-# Shared by convolution and pooling: which output positions o have their tap o*stride + offset
-# inside 0 .. size-1. C's integer division truncates towards zero, hence the explicit cases.
-WINDOW_HELPERS = """
-/* ---- window helpers ------------------------------------------------------------------------ */
+# The convolution's register tile and multiply-add. FP_FAST_FMAF (C99 <math.h>) says fmaf is as fast
+# as a multiply and an add: then the fused form, which GCC does not contract on its own under -std=c99.
+TILE_HELPERS = """
+/* ---- convolution tiles --------------------------------------------------------------------- */
 
-/* First output index o >= 0 whose tap o*stride + offset is >= 0. */
-static int first_inside(int offset, int stride)
-{
-    return offset >= 0 ? 0 : (-offset + stride - 1) / stride;
-}
+/* Floats a convolution's register tile accumulates, at most: 64 where the target has AVX (its 16
+ * 256-bit registers hold the tile, the input vector and the weights), else 96 (a tile the compiler
+ * keeps in memory, where wider tiles amortise the loop); define NET_TILE_FLOATS to choose. A tile of
+ * ct output channels spans NET_TILE_COLUMNS(ct) output columns: NET_TILE_FLOATS / ct rounded down to
+ * a multiple of 8, 8 to 32. */
+#ifndef NET_TILE_FLOATS
+#ifdef __AVX__
+#define NET_TILE_FLOATS 64
+#else
+#define NET_TILE_FLOATS 96
+#endif
+#endif
+/* Kernel taps a tile takes per pass over its accumulators: 1 where AVX registers hold the tile, else 2
+ * (where the compiler keeps the tile in memory, each accumulator is then read and written once per two
+ * multiply-adds); define NET_TILE_TAPS to choose. */
+#ifndef NET_TILE_TAPS
+#ifdef __AVX__
+#define NET_TILE_TAPS 1
+#else
+#define NET_TILE_TAPS 2
+#endif
+#endif
+#define NET_TILE_COLUMNS_(n) ((n) < 8 ? 8 : (n) > 32 ? 32 : (n))
+#define NET_TILE_COLUMNS(ct) NET_TILE_COLUMNS_(NET_TILE_FLOATS / (ct) / 8 * 8)
 
-/* One past the last output index o < n_out whose tap o*stride + offset is <= size - 1. */
-static int end_inside(int offset, int stride, int size, int n_out)
-{
-    int end;
-    if (size - 1 - offset < 0)
-        return 0;
-    end = (size - 1 - offset) / stride + 1;
-    return end < n_out ? end : n_out;
-}
+/* a * b + c, fused where the target has a fast fmaf */
+#ifdef FP_FAST_FMAF
+#define NET_MADD(a, b, c) fmaf(a, b, c)
+#else
+#define NET_MADD(a, b, c) ((a) * (b) + (c))
+#endif
 """
 
 # --------------------------------------------------------------------------------------------
@@ -205,10 +221,11 @@ CONV3D_EQUATION = """\
  * Eq. (1), PyTorch's cross-correlation:
  *   Y(t, f', h', w') = b(t) + sum_{s, i, j, l} K(t, s, i, j, l) X(s, f_i, h_j, w_l),
  *   f_i = f'*stride_F + i - pad_F (likewise h_j, w_l); taps in the zero padding add nothing.
- * (With a Tucker core as K this is eq. (9).) Each output row Y(t, f', h', :) is computed in
- * blocks of VB columns whose taps all lie inside the input, each block's sum over (s, i, j, l) held
- * in a local array (an inner loop of VB independent multiply-adds, which a C99 compiler vectorises);
- * the columns near the edges are accumulated one kernel tap at a time.
+ * (With a Tucker core as K this is eq. (9).) Computed in register tiles: CT output channels by VW
+ * consecutive output columns of one row, whose whole sum over (s, i, j, l) is accumulated in a local
+ * array before one store. Each input value read feeds CT multiply-adds, and the inner loop runs over
+ * the VW columns, which a C99 compiler vectorises. A tile whose taps reach into the padding or past
+ * the row reads a copy of its input row segment, zero where it lies outside the row.
 """
 
 CONV3D = Template("""\
@@ -224,29 +241,30 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
     const int KD = $KD, KH = $KH, KW = $KW;
     const int SD = $SD, SH = $SH, SW = $SW;
     const int PD = $PD, PH = $PH, PW = $PW;
+    const int TS = S * KD * KH * KW;  /* floats from one output channel's kernel to the next */
     const float *const weight = $weight;  /* (T, S, KD, KH, KW) */
-    enum { VB = $VB };  /* output columns a block accumulates at once (acc: VB floats of stack) */
-    int lo[$KW], hi[$KW];  /* for kernel column l, the output columns ow in lo..hi-1 tap inside 0..W-1 */
-    int in_lo = 0, in_hi = OW, end, t, oh, ow, s, i, j, l, v, r;
+    /* a tile: CT output channels (CT divides T) by VW output columns, CT*VW floats of stack in acc;
+     * SPAN input columns feed one row of the tile */
+    enum { CT = $CT, VW = NET_TILE_COLUMNS($CT), SPAN = (VW - 1) * $SW + $KW };
+    float xe[SPAN];  /* an edge tile's input row segment, zero outside 0..W-1 */
+    int t0, c, oh, ow, s, i, j, l, v, n;
 
-    for (l = 0; l < KW; ++l) {
-        lo[l] = first_inside(l - PW, SW);
-        hi[l] = end_inside(l - PW, SW, W, OW);
-        in_lo = lo[l] > in_lo ? lo[l] : in_lo;  /* in_lo..in_hi-1: every tap of the row inside */
-        in_hi = hi[l] < in_hi ? hi[l] : in_hi;
-    }
-    in_lo = in_lo < OW ? in_lo : OW;
-    end = in_hi > in_lo ? in_lo + (in_hi - in_lo) / VB * VB : in_lo;  /* blocks cover in_lo..end-1 */
-    for (t = 0; t < T; ++t)
-        for (oh = 0; oh < OH; ++oh) {
-            float *const yrow = y + t * ycs + oh * OW;
-            for (ow = 0; ow < OW; ++ow)
-                yrow[ow] = $init;
-            /* interior columns, VB at a time: all taps of the block summed in acc, then stored */
-            for (ow = in_lo; ow < end; ow += VB) {
-                float acc[VB];
-                for (v = 0; v < VB; ++v)
-                    acc[v] = 0.0f;
+    for (t0 = 0; t0 < T; t0 += CT)
+        for (oh = 0; oh < OH; ++oh)
+            for (ow = 0; ow < OW; ow += VW) {
+                const int w0 = ow * SW - PW;  /* input column of the tile's first tap */
+                const int inside = w0 >= 0 && w0 + SPAN <= W;  /* every tap of the tile inside the row */
+                const int nv = OW - ow < VW ? OW - ow : VW;    /* columns stored (the last tile may be short) */
+                /* an edge tile's taps xe[n] = row[w0 + n] lie inside the row for n in ea..eb-1 */
+                const int ea = w0 >= 0 ? 0 : -w0 < SPAN ? -w0 : SPAN;
+                const int eb = W - w0 < ea ? ea : W - w0 < SPAN ? W - w0 : SPAN;
+                float acc[CT][VW];
+                for (c = 0; c < CT; ++c)
+                    for (v = 0; v < VW; ++v)
+                        acc[c][v] = 0.0f;
+                if (!inside)  /* the padding and what lies past the row stay zero in xe */
+                    for (n = 0; n < SPAN; ++n)
+                        xe[n] = 0.0f;
                 for (s = 0; s < S; ++s)
                     for (i = 0; i < KD; ++i) {
                         const int f = od * SD + i - PD;
@@ -254,47 +272,26 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
                             continue;
                         for (j = 0; j < KH; ++j) {
                             const int h = oh * SH + j - PH;
-                            const float *restrict xb;
-                            const float *restrict k;
+                            const float *row, *k;
                             if (h < 0 || h >= H)
                                 continue;
-                            xb = x + (f % ring) * xfs + s * xcs + h * W + (ow * SW - PW);
-                            k = weight + (((t * S + s) * KD + i) * KH + j) * KW;
-                            for (l = 0; l < KW; ++l) {
-                                const float kl = k[l];
-                                for (v = 0; v < VB; ++v)
-                                    acc[v] += kl * xb[l + v * SW];
-                            }
+                            row = x + (f % ring) * xfs + s * xcs + h * W;
+                            k = weight + (((t0 * S + s) * KD + i) * KH + j) * KW;
+                            if (!inside)
+                                for (n = ea; n < eb; ++n)
+                                    xe[n] = row[w0 + n];
+                            {
+                                const float *restrict xb = inside ? row + w0 : xe;
+$tile_taps                            }
                         }
                     }
-                for (v = 0; v < VB; ++v)
-                    yrow[ow + v] += acc[v];
-            }
-            /* the other columns, 0..in_lo-1 and end..OW-1, one kernel tap at a time */
-            for (s = 0; s < S; ++s)
-                for (i = 0; i < KD; ++i) {
-                    const int f = od * SD + i - PD;
-                    if (f < 0 || f >= D)
-                        continue;
-                    for (j = 0; j < KH; ++j) {
-                        const int h = oh * SH + j - PH;
-                        const float *xrow, *k;
-                        if (h < 0 || h >= H)
-                            continue;
-                        xrow = x + (f % ring) * xfs + s * xcs + h * W;
-                        k = weight + (((t * S + s) * KD + i) * KH + j) * KW;
-                        for (l = 0; l < KW; ++l)
-                            for (r = 0; r < 2; ++r) {
-                                /* columns a..b-1 of range r whose taps xrow[ow*SW + l - PW] lie inside */
-                                const int a = r == 0 ? lo[l] : (end > lo[l] ? end : lo[l]);
-                                const int b = r == 0 ? (in_lo < hi[l] ? in_lo : hi[l]) : hi[l];
-                                const float kl = k[l];
-                                for (ow = a; ow < b; ++ow)
-                                    yrow[ow] += kl * xrow[ow * SW + l - PW];
-                            }
-                    }
+                for (c = 0; c < CT; ++c) {
+                    float *const yrow = y + (t0 + c) * ycs + oh * OW + ow;
+                    const float b = $init;
+                    for (v = 0; v < nv; ++v)
+                        yrow[v] = b + acc[c][v];
                 }
-        }
+            }
 }
 
 static void $func(const float *restrict x, float *restrict y)
@@ -384,30 +381,36 @@ static void $func(const float *restrict x, float *restrict y)
     const int PD = $PD, PH = $PH, PW = $PW;
     int c, od, oh, ow, i, j, l;
 
+    /* one output row at a time, taking the maximum with one window row tap l at a time */
     for (c = 0; c < C; ++c)
         for (od = 0; od < OD; ++od)
-            for (oh = 0; oh < OH; ++oh)
-                for (ow = 0; ow < OW; ++ow) {
-                    float best = -INFINITY;
-                    for (i = 0; i < KD; ++i) {
-                        const int f = od * SD + i - PD;
-                        if (f < 0 || f >= D)
+            for (oh = 0; oh < OH; ++oh) {
+                float *const yrow = y + ((c * OD + od) * OH + oh) * OW;
+                for (ow = 0; ow < OW; ++ow)
+                    yrow[ow] = -INFINITY;
+                for (i = 0; i < KD; ++i) {
+                    const int f = od * SD + i - PD;
+                    if (f < 0 || f >= D)
+                        continue;
+                    for (j = 0; j < KH; ++j) {
+                        const int h = oh * SH + j - PH;
+                        const float *xrow;
+                        if (h < 0 || h >= H)
                             continue;
-                        for (j = 0; j < KH; ++j) {
-                            const int h = oh * SH + j - PH;
-                            const float *xrow;
-                            if (h < 0 || h >= H)
-                                continue;
-                            xrow = x + ((c * D + f) * H + h) * W;
-                            for (l = 0; l < KW; ++l) {
-                                const int w = ow * SW + l - PW;
-                                if (w >= 0 && w < W && (xrow[w] > best || isnan(xrow[w])))
-                                    best = xrow[w];
+                        xrow = x + ((c * D + f) * H + h) * W;
+                        for (l = 0; l < KW; ++l) {
+                            /* the columns ow in lo..hi-1 have their tap ow*SW + l - PW inside 0..W-1 */
+                            const int lo = l >= PW ? 0 : (PW - l + SW - 1) / SW;
+                            const int last = W - 1 - l + PW;
+                            const int hi = last < 0 ? 0 : last / SW + 1 < OW ? last / SW + 1 : OW;
+                            for (ow = lo; ow < hi; ++ow) {
+                                const float v = xrow[ow * SW + l - PW];
+                                yrow[ow] = v > yrow[ow] || v != v ? v : yrow[ow];  /* a NaN stays */
                             }
                         }
                     }
-                    y[((c * OD + od) * OH + oh) * OW + ow] = best;
                 }
+            }
 }
 """)
 

@@ -128,3 +128,41 @@ def profile_c(net: Sequential, x: np.ndarray, *, repeats: int = 10, warmup: int 
     tree = _timing_tree(net, "", leaf, repeats)
     return NetworkProfile(layers=tree.children, total=tree, input_shape=tuple(x.shape), repeats=repeats,
                           warmup=warmup, threads=1, backend="c")
+
+
+class CTimer:
+    """A timer of modules exported to C (the ``timer`` of :func:`tuckerref.commands.scaling.sweep`):
+    ``timer(module, x, repeats, warmup) -> (wall Stats, cpu Stats)`` of the sum of its layers' times
+    per pass (main.c's ``-t``, single-threaded). Each module is exported and compiled once, on its
+    first call, into a temporary directory that :meth:`close` (or leaving a ``with`` block) removes."""
+
+    def __init__(self, cflags=DEFAULT_CFLAGS):
+        self.cflags = tuple(cflags)
+        self._tmp = tempfile.TemporaryDirectory(prefix="tuckerref-c-")
+        self._binaries: dict = {}
+
+    def binary(self, module, input_shape) -> Path:
+        key = (id(module), tuple(input_shape))
+        if key not in self._binaries:
+            outdir = Path(self._tmp.name) / f"m{len(self._binaries)}"
+            export_c(module, outdir, input_shape=input_shape, weights_format="blob")
+            self._binaries[key] = (module, compile_c(outdir, self.cflags))  # the module kept: its id stays unique
+        return self._binaries[key][1]
+
+    def __call__(self, module, x, repeats, warmup):
+        x = np.asarray(x)
+        if x.ndim != 5 or x.shape[0] != 1:
+            raise ValueError(f"the C backend times one clip per pass, shaped (1, C, F, H, W); got {x.shape}")
+        _, timings = run_c(self.binary(module, x.shape[1:]), x, repeats=repeats, warmup=warmup)
+        cpu = np.sum([t[1] for t in timings], axis=0) * 1e-3
+        wall = np.sum([t[2] for t in timings], axis=0) * 1e-3
+        return _stats(wall), _stats(cpu)
+
+    def close(self):
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

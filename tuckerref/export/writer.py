@@ -16,7 +16,7 @@ import numpy as np
 from ..io import atomic_path
 from ..nn import AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Linear, MaxPool3d
 from . import templates as tpl
-from .memory import CONV_BLOCK_COLUMNS, footprint, place_units, plan_units
+from .memory import footprint, place_units, plan_units, tile_channels
 from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
 
 WEIGHTS_FORMATS = ("array", "blob")
@@ -36,6 +36,7 @@ class ExportResult:
     units: list = None          # the fused units net_forward runs (tuckerref.export.memory)
     footprint: dict = None      # footprint.json's contents
     layerwise_scratch_floats: int = 0  # the arena net_run_layer needs, one layer at a time
+    functions: dict = None      # computing step path -> its C function (net_run_layer's callee)
 
     @property
     def folded(self) -> list:
@@ -115,6 +116,38 @@ def _macro_block(rows) -> str:
                      else f"#define {name:<{name_w}} {value}" for name, value, comment in rows)
 
 
+def _tile_taps(ct: int, kw: int, indent: int = 32) -> str:
+    """The C loops of a convolution tile over one kernel row's KW taps, in two variants chosen by the
+    macro NET_TILE_TAPS: one tap per pass over the accumulators, or two (l, l + 1; then the last tap of
+    an odd row), so that where the compiler keeps the tile in memory each accumulator is read and
+    written once per two multiply-adds."""
+    pad = " " * indent
+
+    def loop(head, first_line, taps):
+        lines = [pad + head] + ([f"{pad}    {first_line}"] if first_line else [])
+        for c in range(ct):
+            lines.append(f"{pad}    const float " + ", ".join(f"{t}{c} = k[{c} * TS + l{' + 1' if t == 'q' else ''}]"
+                                                            for t in taps) + ";")
+        lines.append(f"{pad}    for (v = 0; v < VW; ++v) {{")
+        lines.append(f"{pad}        const float " + ", ".join(f"x{t} = xb[l{' + 1' if t == 'q' else ''} + v * SW]"
+                                                            for t in taps) + ";")
+        for c in range(ct):
+            expr = f"acc[{c}][v]"
+            for t in taps:
+                expr = f"NET_MADD({t}{c}, x{t}, {expr})"
+            lines.append(f"{pad}        acc[{c}][v] = {expr};")
+        return lines + [f"{pad}    }}", f"{pad}}}"]
+
+    pairs = []
+    if kw >= 2:
+        pairs += loop("for (l = 0; l + 1 < KW; l += 2) {", None, ("k", "q"))
+    if kw % 2:
+        pairs += loop("{  /* the last tap of an odd row */", "l = KW - 1;", ("k",))
+    lines = (["#if NET_TILE_TAPS == 2"] + pairs + ["#else"] + loop("for (l = 0; l < KW; ++l) {", None, ("k",))
+             + ["#endif"])
+    return "".join(line + "\n" for line in lines)
+
+
 class _Generator:
     """Renders one network; holds the identifiers chosen for its layers and parameters."""
 
@@ -154,10 +187,11 @@ class _Generator:
         if step.kind == "conv3d":
             (S, D, H, W), (T, OD, OH, OW) = step.in_shape, step.out_shape
             (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
+            ct = tile_channels(T)
             body = tpl.CONV3D.substitute(func=func, S=S, D=D, H=H, W=W, T=T, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
                                          KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
-                                         weight=self._weight(step, "weight"), init=self._init(step, "t"),
-                                         VB=CONV_BLOCK_COLUMNS)
+                                         weight=self._weight(step, "weight"), init=self._init(step, "t0 + c"),
+                                         CT=ct, tile_taps=_tile_taps(ct, KW))
             equation = tpl.CONV3D_EQUATION
         elif step.kind == "pointwise":
             body = tpl.POINTWISE.substitute(func=func, S=step.in_shape[0], T=step.out_shape[0],
@@ -333,7 +367,7 @@ class _Generator:
     def net_c(self) -> str:
         records = ",\n".join(f'    {{"{s.path}", "{s.layer_type}", {s.flops}.0}}' for s in self.computing)
         includes = "#include <stdio.h>\n#include <string.h>" if self.format == "blob" else ""
-        helpers = tpl.WINDOW_HELPERS if any(s.kind == "conv3d" for s in self.computing) else ""
+        helpers = tpl.TILE_HELPERS if any(s.kind == "conv3d" for s in self.computing) else ""
         return tpl.NET_C.substitute(
             title=self.title, includes=includes, parameters=self._parameters_section(), helpers=helpers,
             layer_functions="".join(self.layer_function(s) for s in self.computing)
@@ -411,4 +445,4 @@ def export_c(net, outdir, input_shape=None, weights_format="array", fold=True, f
                 tmp.write_text(text, encoding="utf-8")
         written.append(outdir / name)
     return ExportResult(outdir, written, gen.steps, gen.scratch, gen.param_floats, gen.units, gen.footprint(),
-                        gen.layerwise_scratch)
+                        gen.layerwise_scratch, dict(gen.func_ident))
