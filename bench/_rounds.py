@@ -7,6 +7,8 @@ Not a benchmark itself; ``bench/orchestration.py``, ``bench/vector_width.py`` an
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from contextlib import contextmanager
 
 import numba
@@ -30,6 +32,21 @@ def parse_round_args(doc: str, argv=None):
             p.error("--threads must be >= 1")
         numba.set_num_threads(args.threads)
     return args
+
+
+def round_robin_medians(fns: dict, repeats: int) -> dict:
+    """{name: median wall time} of the callables, each warmed up once (which also compiles the
+    kernels), then timed in ``repeats`` rounds of one call each, so that the machine's drift
+    touches every figure alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def paper_networks() -> tuple:

@@ -15,13 +15,12 @@ best GFLOP/s any engine reaches on any of the layers in the run (the machine's p
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import numba
 import numpy as np
 
+from _rounds import round_robin_medians
 from tuckerref.kernels.conv3d import conv3d
 from tuckerref.kernels.conv3d_panels import panel_forward_padded, panels_fit
 from tuckerref.kernels.conv3d_tiles import forward_tiles_padded, tiles_fit
@@ -54,18 +53,6 @@ def parse_args(argv=None):
     if args.repeats < 1 or args.batch < 1:
         p.error("--repeats and --batch must be >= 1")
     return args
-
-
-def medians(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def engine_paths(x, w, pad, threads):
@@ -108,7 +95,7 @@ def main(args):
                 with torch.no_grad():
                     torch.nn.functional.conv3d(tx, tw, padding=pad)
             fns[("torch", "")] = torch_fn
-        t = medians(fns, args.repeats)
+        t = round_robin_medians(fns, args.repeats)
         macs = args.batch * S * T * k ** 3 * np.prod(clip)  # output dims equal input dims (pad = k // 2)
         rows.append((name, {key: 2 * macs / v / 1e9 for key, v in t.items()}, t))
     peak = max(max(g.values()) for _, g, _ in rows)

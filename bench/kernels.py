@@ -48,14 +48,12 @@ if ARGS is not None and ARGS.threads is not None:
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
 
-import statistics  # noqa: E402
-import time  # noqa: E402
 from math import prod  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _rounds import tiles_of_at_most  # noqa: E402
+from _rounds import round_robin_medians, tiles_of_at_most  # noqa: E402
 from tuckerref import conv3d, conv3d_backward  # noqa: E402
 from tuckerref.kernels import simd  # noqa: E402
 from tuckerref.flops import conv_multiplications  # noqa: E402
@@ -70,20 +68,6 @@ POINTWISE = [("c1 factor U_s (4->2)", 4, 2), ("c1 factor U_t (2->6)", 2, 6)]
 def median_seconds(fn, repeats):
     """Median wall time of ``repeats`` calls of ``fn`` after one untimed warm-up call."""
     return round_robin_medians({"": fn}, repeats)[""]
-
-
-def round_robin_medians(fns: dict, repeats):
-    """{name: median wall time} of the callables, each warmed up once, then timed in ``repeats``
-    rounds of one call each, so that the machine's drift touches every figure alike."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def forward_with_tiles_of(nbytes, x, w):

@@ -17,11 +17,11 @@ On a shared, loaded machine the figures are indicative only; quote ratios from o
 from __future__ import annotations
 
 import argparse
-import time
 
 import numba
 import numpy as np
 
+from _rounds import round_robin_medians
 from tuckerref.kernels.pointwise import pointwise_forward
 from tuckerref.kernels.pointwise_tiles import tiled_forward
 
@@ -43,19 +43,6 @@ def parse_args(argv=None):
     if args.rounds < 1 or args.threads < 1:
         p.error("--rounds and --threads must be >= 1")
     return args
-
-
-def round_robin(engines: dict, rounds: int) -> dict:
-    """Median seconds per engine; one untimed call each first, then one call each per round."""
-    for f in engines.values():
-        f()
-    times = {k: [] for k in engines}
-    for _ in range(rounds):
-        for k, f in engines.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def engines_for(N, S, T, dims, torch):
@@ -104,7 +91,7 @@ def main(argv=None):
         for S, T in CROSSOVER:
             dims = (16, 56, 56)
             e = engines_for(1, S, T, dims, None)
-            m = round_robin({k: e[k] for k in ("tiled", "streaming")}, args.rounds)
+            m = round_robin_medians({k: e[k] for k in ("tiled", "streaming")}, args.rounds)
             flop = 2 * S * T * np.prod(dims)
             print(f"| {S} -> {T} | {'x'.join(map(str, dims))} | {flop / m['tiled'] / 1e9:.1f} | "
                   f"{flop / m['streaming'] / 1e9:.1f} | {m['streaming'] / m['tiled']:.2f} |", flush=True)
@@ -115,7 +102,7 @@ def main(argv=None):
     print("|---" * (3 + len(cols) + 1 + (torch is not None)) + "|")
     for N in (1, 8):
         for S, T, dims in SHAPES:
-            m = round_robin(engines_for(N, S, T, dims, torch), args.rounds)
+            m = round_robin_medians(engines_for(N, S, T, dims, torch), args.rounds)
             flop = 2 * N * S * T * np.prod(dims)
             g = {k: flop / v / 1e9 for k, v in m.items()}
             line = f"| {S} -> {T} | {'x'.join(map(str, dims))} | {N} | " + " | ".join(f"{g[c]:.1f}" for c in cols)

@@ -17,7 +17,6 @@ import argparse
 import sys
 from collections import OrderedDict
 
-import numba
 import numpy as np
 
 try:
