@@ -371,7 +371,7 @@ def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu
     x, weight, bias, stride, padding, out_dims = conv3d_arguments(x, weight, bias, stride, padding,
                                                                   check_finite=check_finite)
     pool = as_triple(pool, "pool", minimum=1)
-    pooled = pooled_dims(out_dims, pool)
+    pooled_dims(out_dims, pool)  # raises, naming the shapes, when no whole window fits
     if not pooled_tiles_fit(x.shape[1], weight.shape, stride, out_dims[2], x.dtype):
         return pool_then_relu(_conv3d_unchecked(x, weight, bias, stride, padding, out_dims), pool, relu)
     return pooled_convolution(x.shape, weight, bias, stride, padding, pool, relu)(x)

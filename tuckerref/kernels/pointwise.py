@@ -10,7 +10,6 @@ S input channels are accumulated into it.
 """
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
 
 # Positions per cache block: 4096 float32 = 16 KiB per channel row.
