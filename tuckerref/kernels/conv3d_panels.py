@@ -16,8 +16,8 @@ column's positions are consecutive output columns of one or more output rows, so
 whole vectors; each row segment is copied in whole SIMD vectors), then every group of C output
 channels streams that panel from the L1 cache while C channels x V vectors of accumulators stay in
 registers (a later K block resumes the stored sums). Positions past P in the last column are zero
-in its panel and never stored. The 1x1x1 convolution of a Tucker-2 factor is the case of one tap per
-input channel (:mod:`.pointwise_tiles`).
+in its panel and never stored. The wide 1x1x1 convolution of a Tucker-2 factor (:mod:`.pointwise_tiles`)
+uses the same column pass on plain slices of its input.
 
 Weight gradient, dL/dK(t, k) = sum_{n, p} G(n, t, p) A(n, k, p): the same panels, multiplied by G's
 transpose (:func:`panel_grad_weight_padded`); each task owns a block of taps, so no two tasks add
@@ -32,6 +32,7 @@ channels (:func:`panels_fit`).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from numba import njit, prange
@@ -98,17 +99,26 @@ def _column_runs(p0, width, P, Ho, Wo, geometry, run_q, run_len, run_src):
 
 
 @njit(cache=True)
-def _gather_panel(vec, L, xf, x_first, tap_offset, k0, k1, width, sw, runs, run_q, run_len, run_src, valid, xb, xb_first):
+def _gather_panel(column, column_width, vec, L, xf, x_first, tap_offset, k0, k1, width, sw, runs, run_q, run_len, run_src, valid,
+                  xb, xb_first):
     """xb[xb_first + (k - k0)*width + q] = A(k, p0 + q) for k0 <= k < k1: the runs of each tap's row copied
     from the padded input (channel block at ``x_first``, tap k at ``tap_offset[k]``), zeros past ``valid``.
 
-    With unit width stride a run is copied in whole SIMD vectors (``vec``: one vector of L values), the last one
-    running past the run's end: the extra values land where the next run, the zeros past ``valid``
-    or the next tap's row are written afterwards, or in the panel's slack of one vector past its end
-    (the caller allocates it). A run whose last vector would read past the input is copied value by value.
+    A panel of ``column_width`` positions (``column``'s: a fixed number of SIMD vectors) that is one run
+    of unit stride (every 1x1x1 column, and a wide frame's columns inside one output row) is copied as
+    one such tile per tap. Otherwise,
+    with unit width stride, a run is copied in whole SIMD vectors (``vec``: one vector of L values), the
+    last one running past the run's end: the extra values land where the next run, the zeros past
+    ``valid`` or the next tap's row are written afterwards, or in the panel's slack of one vector past its
+    end (the caller allocates it). A run whose last vector would read past the input is copied value by value.
     """
     # k tap (s, i, j, l) flattened; r one run of positions; m position within the run.
     size = xf.size
+    if width == column_width and runs == 1 and run_len[0] == width and sw == 1:
+        for k in range(k0, k1):
+            tile_store(column, tile_load(column, xf, x_first + tap_offset[k] + run_src[0], 0, 0), xb,
+                       xb_first + (k - k0) * width, 0, 0)
+        return
     for k in range(k0, k1):
         src0 = x_first + tap_offset[k]
         dst0 = xb_first + (k - k0) * width
@@ -204,7 +214,7 @@ def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geome
             kb = k1 - k0
             for c in range(ncols):
                 p = (c_first + c) * width
-                _gather_panel(vec, L, xf, n * clip, tap_offset, k0, k1, width, sw, runs[c], run_q[c], run_len[c],
+                _gather_panel(one, width, vec, L, xf, n * clip, tap_offset, k0, k1, width, sw, runs[c], run_q[c], run_len[c],
                               run_src[c], min(width, P - p), xb, c * kb * width)
             for c in range(ncols):
                 p = (c_first + c) * width
@@ -219,8 +229,10 @@ def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geome
                 of[(n * T + t0 + t) * P + p:(n * T + t0 + t + 1) * P] = ob[t * width:t * width + P - p]
 
 
+@lru_cache(maxsize=64)
 def tap_offsets(padded_shape, kernel_size):
-    """Offset of each tap k = (s, i, j, l) in one padded clip (S, Fp, Hp, Wp), k in row-major order."""
+    """Offset of each tap k = (s, i, j, l) in one padded clip (S, Fp, Hp, Wp), k in row-major order
+    (cached per geometry: a network calls each layer with the same shapes; not to be modified)."""
     S, Fp, Hp, Wp = padded_shape
     kD, kH, kW = kernel_size
     s, i, j, l = np.meshgrid(np.arange(S), np.arange(kD), np.arange(kH), np.arange(kW), indexing="ij")
@@ -260,7 +272,7 @@ def panel_forward_padded(xp, weight, bias, stride, out, threads):
     sd, sh, sw = stride
     geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
     _panel_forward(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, w, bias, out,
-                   tap_offsets(xp.shape[1:], weight.shape[2:]), geometry, (Fo, Ho, Wo), blocks)
+                   tap_offsets(tuple(xp.shape[1:]), tuple(weight.shape[2:])), geometry, (Fo, Ho, Wo), blocks)
 
 
 #: Output positions per pass of the weight gradient (its reduction block): a tile column of G's
@@ -307,7 +319,7 @@ def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geomet
             for p0 in range(0, P, Pb):
                 valid = min(Pb, P - p0)
                 runs = _column_runs(p0, Pb, P, Ho, Wo, geometry, run_q, run_len, run_src)
-                _gather_panel(vec, L, xf, n * clip, tap_offset, k0, k1, Pb, sw, runs, run_q, run_len, run_src,
+                _gather_panel(one, width, vec, L, xf, n * clip, tap_offset, k0, k1, Pb, sw, runs, run_q, run_len, run_src,
                               valid, xb, 0)
                 g0 = (n * P + p0) * Tp
                 for tc in range(0, Tp, width):
@@ -356,5 +368,5 @@ def panel_grad_weight_padded(xp, grad_out, stride, grad_weight):
     sd, sh, sw = stride
     geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
     _panel_grad_weight(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, gt, gwt,
-                       tap_offsets(xp.shape[1:], grad_weight.shape[2:]), geometry, (Fo, Ho, Wo))
+                       tap_offsets(tuple(xp.shape[1:]), tuple(grad_weight.shape[2:])), geometry, (Fo, Ho, Wo))
     grad_weight += gwt[:, :T].T.reshape(grad_weight.shape)

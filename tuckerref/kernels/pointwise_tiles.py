@@ -6,11 +6,22 @@ over all positions p = (f, h, w) of a clip (the first and last factors of a Tuck
 eqs. (8) and (10), with the ranks of a real network: tens to hundreds of channels). Per clip
 this is the matrix product (T x S) @ (S x P). With S and T of 16 or more, each input value
 feeds many outputs, so the product is compute bound and needs the register tile of every fast
-matrix product: it is the panel kernel of :mod:`.conv3d_panels` with a single tap per input
-channel (input rows copied into contiguous panels per tile column and S block, C output channels
-x V SIMD vectors of positions kept in registers while s runs).
+matrix product, the column pass of :mod:`.conv3d_panels`: C output channels x V SIMD vectors of
+positions stay in registers while s runs.
 
-Every output is summed in s order starting from the bias, whatever the blocking.
+Blocking: a task owns one clip and a block of :data:`.conv3d_panels.COLUMN_BLOCK` tile columns
+(V*L positions each). The S axis runs in blocks of :data:`.conv3d_panels.K_BLOCK` channels: for
+each, the task first copies its input rows into one contiguous (S block x V*L) panel per column
+(long sequential reads, instead of S short strided ones per column, which defeat the hardware
+prefetcher once X outgrows the L2 cache), then every channel group of each column streams that
+panel from the L1 cache; a later S block resumes the stored accumulators. A 1x1x1 convolution
+is the panel convolution's case of one tap per input channel, but its rows need no gather (each
+is a slice of X), and this plain copy measured up to 1.7x faster than the general kernel on the
+narrow-frame factor shapes (128 -> 32 and 32 -> 128 on 4 x 14 x 14, one thread; bench/RESULTS.md).
+
+Every output is summed in s order starting from the bias, whatever the blocking. A last column
+that runs past P is zero-filled in its panel and computed into a scratch tile, of which only the
+positions < P are copied out; T not a multiple of C leaves channels for one-channel tiles.
 
 Narrow layers (S or T under :data:`WIDE_CHANNELS`) stay on :func:`.pointwise.pointwise_forward`:
 they are memory bound, the tiled kernel gains little or nothing there (bench/pointwise.py
@@ -18,9 +29,10 @@ they are memory bound, the tiled kernel gains little or nothing there (bench/poi
 """
 from __future__ import annotations
 
-import numba
+import numpy as np
+from numba import njit, prange
 
-from .conv3d_panels import K_BLOCK, TILE_CHANNELS, panel_forward_padded, tile_width
+from .conv3d_panels import _ONE, _TILE, COLUMN_BLOCK, K_BLOCK, TILE_CHANNELS, _column_pass, tile_width
 from .pointwise import pointwise_forward
 
 __all__ = ["K_BLOCK", "TILE_CHANNELS", "WIDE_CHANNELS", "pointwise_mix", "tile_width", "tiled_forward"]
@@ -29,12 +41,52 @@ __all__ = ["K_BLOCK", "TILE_CHANNELS", "WIDE_CHANNELS", "pointwise_mix", "tile_w
 WIDE_CHANNELS = 16
 
 
+@njit(parallel=True, cache=True)
+def _tiled_forward(tile, one, width, x, w, bias, out, s_block, column_block):
+    """out[n, t, :] = bias[t] + sum_s w[t, s] x[n, s, :] for x (N, S, P), w (T, S) and out (N, T, P)."""
+    # n clip; c tile column (positions c*width .. c*width + width - 1, the last one possibly partial).
+    N, S, P = x.shape
+    T = w.shape[0]
+    xf, of, wf = x.reshape(x.size), out.reshape(out.size), w.reshape(w.size)
+    columns = (P + width - 1) // width
+    blocks = (columns + column_block - 1) // column_block
+    for task in prange(N * blocks):
+        n = task // blocks
+        c_first = (task % blocks) * column_block
+        ncols = min(columns, c_first + column_block) - c_first
+        xb = np.empty(min(s_block, S) * ncols * width, xf.dtype)
+        ob = np.empty(T * width, xf.dtype)
+        bias_rows = np.empty(T * width, xf.dtype)
+        for t in range(T):
+            bias_rows[t * width:(t + 1) * width] = bias[t]
+        for s0 in range(0, S, s_block):
+            s1 = min(s0 + s_block, S)
+            sb = s1 - s0
+            for s in range(s0, s1):
+                row = (n * S + s) * P
+                for c in range(ncols):
+                    p = (c_first + c) * width
+                    m = min(width, P - p)
+                    dst = (c * sb + s - s0) * width
+                    xb[dst:dst + m] = xf[row + p:row + p + m]
+                    xb[dst + m:dst + width] = 0
+            for c in range(ncols):
+                p = (c_first + c) * width
+                if p + width <= P:
+                    _column_pass(tile, one, xb, c * sb * width, width, s0, s1, S, T, wf, bias_rows, of,
+                                 n * T * P + p, P)
+                else:
+                    _column_pass(tile, one, xb, c * sb * width, width, s0, s1, S, T, wf, bias_rows, ob, 0, width)
+        p = (c_first + ncols - 1) * width
+        if p + width > P:
+            for t in range(T):
+                of[(n * T + t) * P + p:(n * T + t + 1) * P] = ob[t * width:t * width + P - p]
+
+
 def tiled_forward(x, w, bias, out):
     """out[n, t, :] = bias[t] + sum_s w[t, s] x[n, s, :] by the register-tiled kernel, for any
     x (N, S, P), w (T, S), bias (T,), out (N, T, P) (C-contiguous, one float dtype)."""
-    (N, S, P), T = x.shape, w.shape[0]
-    panel_forward_padded(x.reshape(N, S, 1, 1, P), w.reshape(T, S, 1, 1, 1), bias, (1, 1, 1),
-                         out.reshape(N, T, 1, 1, P), numba.get_num_threads())
+    _tiled_forward(_TILE, _ONE, tile_width(x.dtype), x, w, bias, out, K_BLOCK, COLUMN_BLOCK)
 
 
 def pointwise_mix(x, w, bias, out):
