@@ -207,6 +207,8 @@ def test_data_fingerprint_sees_the_clip_shape():
     (["--momentum", "5"], "--momentum must lie in [0, 1)"),
     (["--momentum", "-0.1"], "--momentum must lie in [0, 1)"),
     (["--kfold", "3", "--test-fraction", "0.2"], "--test-fraction and --kfold exclude each other"),
+    (["--kfold", "3", "--workers", "-1"], "--workers must be >= 0"),
+    (["--workers", "2"], "--workers applies to --kfold only"),
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--test-fraction", "1.5"], "--test-fraction must lie in [0, 1)"),
     (["--resume"], "--resume needs --checkpoint-dir"),
