@@ -209,6 +209,7 @@ def test_data_fingerprint_sees_the_clip_shape():
     (["--kfold", "3", "--test-fraction", "0.2"], "--test-fraction and --kfold exclude each other"),
     (["--kfold", "3", "--workers", "-1"], "--workers must be >= 0"),
     (["--workers", "2"], "--workers applies to --kfold only"),
+    (["--dropout", "1"], "--dropout must lie in [0, 1)"),
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--test-fraction", "1.5"], "--test-fraction must lie in [0, 1)"),
     (["--resume"], "--resume needs --checkpoint-dir"),

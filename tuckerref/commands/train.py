@@ -24,6 +24,8 @@ def register(sub):
     p.add_argument("--kfold", type=int, metavar="K",
                    help="K-fold cross-validation instead of one split: one fresh network per fold; prints each "
                         "fold's test accuracy and their mean; OUT keeps the last fold's network")
+    p.add_argument("--dropout", type=float, default=0.2,
+                   help="the network's dropout probability (default %(default)s, the paper's)")
     p.add_argument("--workers", type=int, default=None,
                    help="with --kfold: local worker processes training the folds (default 1; 0 trains them in "
                         "this process)")
@@ -92,6 +94,8 @@ def _check_training_options(args):
         raise ValueError(f"--momentum must lie in [0, 1), got {args.momentum}")
     if not args.weight_decay >= 0:
         raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if not 0.0 <= getattr(args, "dropout", 0.0) < 1.0:
+        raise ValueError(f"--dropout must lie in [0, 1), got {args.dropout}")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir")
     kfold = getattr(args, "kfold", None)
@@ -175,7 +179,8 @@ def _fit(args, net, ds, train, test, seed, checkpoint_dir=None, resume=None):
 
 def _settings(args):
     return {"epochs": args.epochs, "optimizer": args.optimizer, "lr": args.lr, "batch_size": args.batch_size,
-            "weight_decay": args.weight_decay, **({"momentum": args.momentum} if args.optimizer == "sgd" else {})}
+            "weight_decay": args.weight_decay, **({"dropout": args.dropout} if hasattr(args, "dropout") else {}),
+            **({"momentum": args.momentum} if args.optimizer == "sgd" else {})}
 
 
 def _save(args, net, ds, command, seed, split, train, history, extra=None):
@@ -208,7 +213,7 @@ def run_train(args):
         if args.kfold is not None:
             return _cross_validate(args, ds, seed)
         train, test, split = _split(ds, seed, frac)
-        net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names))
+        net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names), dropout=args.dropout)
         print(f"training {net.num_parameters():,} parameters on {len(train)} clips of {ds.clip_shape}, "
               f"testing on {len(test)}")
         history = _fit(args, net, ds, train, test, seed)
@@ -231,7 +236,7 @@ def _cross_validate(args, ds, seed):
     folds = kfold(len(ds), args.kfold, seed, stratify=ds.labels)
     optimizer = {"name": args.optimizer, "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay}
     tasks = make_fold_tasks(args.data, folds, epochs=args.epochs, optimizer=optimizer, batch_size=args.batch_size,
-                            seed=seed, threads=1 if args.threads is None else args.threads,
+                            seed=seed, dropout=args.dropout, threads=1 if args.threads is None else args.threads,
                             checkpoint_dir=args.checkpoint_dir, resume=args.resume, checkpoint_name=CHECKPOINT_NAME)
     executor = make_executor(1 if args.workers is None else args.workers, args.scheduler)
     results = {}
@@ -248,7 +253,7 @@ def _cross_validate(args, ds, seed):
     print("fold test accuracies: " + ", ".join(f"{100 * a:.1f}%" for a in accs) +
           f"; mean {100 * np.mean(accs):.1f}% +- {100 * np.std(accs):.1f}")
     last = results[args.kfold]
-    net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names))
+    net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names), dropout=args.dropout)
     net.load_state_dict(last["state"])
     net.eval()
     train, test = folds[-1]

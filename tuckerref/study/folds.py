@@ -3,11 +3,12 @@
 :func:`train_fold` is what an executor (:mod:`tuckerref.study.executor`) runs, in this process, in
 a local worker process or on a Dask worker: it takes a plain dict and returns a plain dict. A task
 carries everything its numbers depend on: the data file (a path every worker can read), the fold's
-training and test clip indices, the optimiser settings, the epochs, the batch size, the seed (which
-draws the network's initialisation, :func:`tuckerref.models.thetis_net`, and the shuffling and
-dropout streams, :func:`tuckerref.train.stream`) and the number of Numba threads, which the task
-sets. So a fold gives the same numbers, bit for bit, whichever executor runs it (K-fold
-cross-validation as in the paper's Section 4; the folds from :func:`tuckerref.train.kfold`).
+training and test clip indices, the optimiser settings, the epochs, the batch size, the dropout
+probability, the seed (which draws the network's initialisation, :func:`tuckerref.models.thetis_net`,
+and the shuffling and dropout streams, :func:`tuckerref.train.stream`) and the number of Numba
+threads, which the task sets. So a fold gives the same numbers, bit for bit, whichever executor
+runs it (K-fold cross-validation as in the paper's Section 4; the folds from
+:func:`tuckerref.train.kfold`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 
-def make_fold_tasks(data, folds, *, epochs, optimizer, batch_size, seed, threads=1, checkpoint_dir=None,
+def make_fold_tasks(data, folds, *, epochs, optimizer, batch_size, seed, dropout=0.2, threads=1, checkpoint_dir=None,
                     resume=False, checkpoint_name="checkpoint.h5"):
     """One task (a plain dict) per fold ``(train indices, test indices)`` of ``folds``.
 
@@ -31,7 +32,8 @@ def make_fold_tasks(data, folds, *, epochs, optimizer, batch_size, seed, threads
         tasks.append({"label": "cross-validation", "fold": f, "n_folds": len(folds),
                       "data": str(Path(data).resolve()), "train": [int(i) for i in train],
                       "test": [int(i) for i in test], "epochs": int(epochs), "optimizer": dict(optimizer),
-                      "batch_size": int(batch_size), "seed": int(seed), "threads": int(threads),
+                      "batch_size": int(batch_size), "seed": int(seed), "dropout": float(dropout),
+                      "threads": int(threads),
                       "checkpoint_dir": ckpt,
                       "resume": bool(resume and ckpt is not None and (Path(ckpt) / checkpoint_name).exists()),
                       "return_weights": f == len(folds)})
@@ -51,7 +53,7 @@ def train_fold(task: dict) -> dict:
     threads = set_threads(task["threads"])
     t0 = time.perf_counter()
     with ClipDataset(task["data"]) as ds:
-        net = thetis_net(ds.clip_shape, seed=task["seed"], num_classes=len(ds.class_names))
+        net = thetis_net(ds.clip_shape, seed=task["seed"], num_classes=len(ds.class_names), dropout=task["dropout"])
         opt = task["optimizer"]
         optimizer = make_optimizer(opt["name"], net.parameters(), **{k: v for k, v in opt.items() if k != "name"})
         history = fit(net, Subset(ds, task["train"]), Subset(ds, task["test"]), epochs=task["epochs"],
