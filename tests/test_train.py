@@ -198,13 +198,31 @@ def test_train_finetune_evaluate_commands_share_the_split(tmp_path, capsys, main
     assert "differs from the one recorded" in capsys.readouterr().err
 
 
-def test_train_kfold_command_records_every_fold(tmp_path, main):
-    data, out = tmp_path / "clips.h5", tmp_path / "cv.h5"
+def test_train_kfold_folds_give_the_same_numbers_serially_and_in_worker_processes(tmp_path, main):
+    """Each fold carries its seed and thread count: this process (--workers 0) and two local worker
+    processes give the same accuracies, losses and last network, bit for bit."""
+    data = tmp_path / "clips.h5"
     _write_clips(data, n=12, shape=(4, 8, 32, 32))
-    assert main(["train", str(data), str(out), "--kfold", "3", "--epochs", "1", "--batch-size", "4",
-                 "--no-progress"]) == 0
-    _, meta = load_model(out)
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"cv{workers}.h5"
+        assert main(["train", str(data), str(out), "--kfold", "3", "--epochs", "1", "--batch-size", "4",
+                     "--workers", workers, "--no-progress"]) == 0
+        runs[workers] = load_model(out)
+    (serial, meta), (parallel, pmeta) = runs["0"], runs["2"]
     assert len(meta["kfold_test_accuracy"]) == 3 and meta["split"]["n_test"] == 4
+    for key in ("kfold_test_accuracy", "kfold_history", "accuracy"):
+        assert _without_seconds(meta[key]) == _without_seconds(pmeta[key])
+    for (name, a), (_, b) in zip(serial.state_dict().items(), parallel.state_dict().items()):
+        assert np.array_equal(a, b), name
+
+
+def _without_seconds(value):
+    if isinstance(value, dict):
+        return {k: _without_seconds(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_seconds(v) for v in value]
+    return value
 
 
 def test_commands_report_missing_or_corrupt_files(tmp_path, capsys, main):

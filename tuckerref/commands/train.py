@@ -24,6 +24,17 @@ def register(sub):
     p.add_argument("--kfold", type=int, metavar="K",
                    help="K-fold cross-validation instead of one split: one fresh network per fold; prints each "
                         "fold's test accuracy and their mean; OUT keeps the last fold's network")
+    p.add_argument("--dropout", type=float, default=0.2,
+                   help="the network's dropout probability (default %(default)s, the paper's)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --kfold: local worker processes training the folds (default 1; 0 trains them in "
+                        "this process)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="with --kfold: train the folds on this Dask cluster instead (needs tuckerref[dask]; the "
+                        "data and --checkpoint-dir paths must be readable by every worker)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="with --kfold: Numba threads per fold (default 1); part of a fold's settings: same "
+                        "threads, same numbers")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("finetune", help="continue training a saved (e.g. compressed) network on its training split")
@@ -83,6 +94,8 @@ def _check_training_options(args):
         raise ValueError(f"--momentum must lie in [0, 1), got {args.momentum}")
     if not args.weight_decay >= 0:
         raise ValueError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if not 0.0 <= getattr(args, "dropout", 0.0) < 1.0:
+        raise ValueError(f"--dropout must lie in [0, 1), got {args.dropout}")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir")
     kfold = getattr(args, "kfold", None)
@@ -92,6 +105,14 @@ def _check_training_options(args):
         if args.test_fraction is not None:
             raise ValueError("--test-fraction and --kfold exclude each other: with --kfold each fold's test part "
                              "is 1/K of the clips")
+        if args.workers is not None and args.workers < 0:
+            raise ValueError(f"--workers must be >= 0 (0: train the folds in this process), got {args.workers}")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    else:
+        for option in ("workers", "scheduler", "threads"):
+            if getattr(args, option, None) is not None:
+                raise ValueError(f"--{option} applies to --kfold only (one split trains in this process)")
 
 
 def _check_paths(args, *inputs):
@@ -158,7 +179,8 @@ def _fit(args, net, ds, train, test, seed, checkpoint_dir=None, resume=None):
 
 def _settings(args):
     return {"epochs": args.epochs, "optimizer": args.optimizer, "lr": args.lr, "batch_size": args.batch_size,
-            "weight_decay": args.weight_decay, **({"momentum": args.momentum} if args.optimizer == "sgd" else {})}
+            "weight_decay": args.weight_decay, **({"dropout": args.dropout} if hasattr(args, "dropout") else {}),
+            **({"momentum": args.momentum} if args.optimizer == "sgd" else {})}
 
 
 def _save(args, net, ds, command, seed, split, train, history, extra=None):
@@ -191,7 +213,7 @@ def run_train(args):
         if args.kfold is not None:
             return _cross_validate(args, ds, seed)
         train, test, split = _split(ds, seed, frac)
-        net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names))
+        net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names), dropout=args.dropout)
         print(f"training {net.num_parameters():,} parameters on {len(train)} clips of {ds.clip_shape}, "
               f"testing on {len(test)}")
         history = _fit(args, net, ds, train, test, seed)
@@ -200,27 +222,47 @@ def run_train(args):
 
 
 def _cross_validate(args, ds, seed):
+    """The folds as executor tasks (:mod:`tuckerref.study.folds`): local worker processes by default,
+    this process with ``--workers 0``, a Dask cluster with ``--scheduler``; each fold's line is printed
+    as it completes, and OUT keeps the last fold's network."""
     import numpy as np
 
     from ..models import thetis_net
+    from ..study.executor import make_executor
+    from ..study.folds import make_fold_tasks, train_fold
     from ..train import kfold, split_fingerprint
     if args.kfold > len(ds):
         raise ValueError(f"--kfold {args.kfold} exceeds the {len(ds)} clips of {args.data}")
     folds = kfold(len(ds), args.kfold, seed, stratify=ds.labels)
-    accs = []
-    for f, (train, test) in enumerate(folds, start=1):
-        net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names))
-        ckpt = Path(args.checkpoint_dir) / f"fold{f}" if args.checkpoint_dir else None
-        resume = bool(args.resume and ckpt is not None and (ckpt / CHECKPOINT_NAME).exists())
-        print(f"fold {f}/{args.kfold}: {len(train)} training clips, {len(test)} test clips")
-        history = _fit(args, net, ds, train, test, seed, checkpoint_dir=ckpt, resume=resume)
-        accs.append(history[-1]["test_acc"] if history else float("nan"))
+    optimizer = {"name": args.optimizer, "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay}
+    tasks = make_fold_tasks(args.data, folds, epochs=args.epochs, optimizer=optimizer, batch_size=args.batch_size,
+                            seed=seed, dropout=args.dropout, threads=1 if args.threads is None else args.threads,
+                            checkpoint_dir=args.checkpoint_dir, resume=args.resume, checkpoint_name=CHECKPOINT_NAME)
+    executor = make_executor(1 if args.workers is None else args.workers, args.scheduler)
+    results = {}
+    try:
+        print(f"{args.kfold} folds of {len(ds)} clips on {executor.describe()}")
+        for task, result in executor.map_unordered(train_fold, tasks):
+            results[task["fold"]] = result
+            print(f"fold {task['fold']}/{args.kfold}: {result['n_train']} training clips, {result['n_test']} test "
+                  f"clips, test accuracy {100 * result['test_acc']:.1f}% after {len(result['history'])} epochs, "
+                  f"{result['seconds']:.1f} s ({result['host']}:{result['pid']})")
+    finally:
+        executor.close()
+    accs = [results[f]["test_acc"] for f in range(1, args.kfold + 1)]
     print("fold test accuracies: " + ", ".join(f"{100 * a:.1f}%" for a in accs) +
           f"; mean {100 * np.mean(accs):.1f}% +- {100 * np.std(accs):.1f}")
+    last = results[args.kfold]
+    net = thetis_net(ds.clip_shape, seed=seed, num_classes=len(ds.class_names), dropout=args.dropout)
+    net.load_state_dict(last["state"])
+    net.eval()
+    train, test = folds[-1]
     split = {"seed": seed, "kfold": args.kfold, "fold": args.kfold, "stratified": True,
              "n_train": int(train.size), "n_test": int(test.size), "test_clips": split_fingerprint(ds, test)}
-    _save(args, net, ds, "train", seed, split, train, history,
-          {"kfold_test_accuracy": accs, "kfold_mean_test_accuracy": float(np.mean(accs))})
+    _save(args, net, ds, "train", seed, split, train, last["history"],
+          {"kfold_test_accuracy": accs, "kfold_mean_test_accuracy": float(np.mean(accs)),
+           "kfold_history": [results[f]["history"] for f in range(1, args.kfold + 1)],
+           "kfold_threads": last["threads"]})
     return 0
 
 

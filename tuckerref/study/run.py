@@ -157,7 +157,8 @@ def run_study(weights, data, outdir, grid, *, executor=None, plan="table2", epoc
     rows = summarise(records.read())
     if plot:
         from .plots import plot_study
-        for path in plot_study(rows, outdir, title=f"rank study: {Path(data).name}, {epochs} fine-tuning epochs"):
+        for path in plot_study(rows, outdir, title=f"rank study: {Path(data).name}, {epochs} fine-tuning "
+                                                    f"epoch{'' if epochs == 1 else 's'}"):
             log(f"plot: {path}")
     return rows
 
