@@ -94,7 +94,7 @@ def test_eq1_panel_convolution_blocks_taps_and_covers_every_column(dtype):
     """Taps over two cache blocks, T two channel groups plus one, positions a whole number of tile
     columns, one short and one past it (a last column past the clip's end), 7-column frames."""
     width = tile_width(dtype)
-    S, T = K_BLOCK // 27 + 1, 2 * TILE_CHANNELS + 1  # S*27 > K_BLOCK
+    S, T = K_BLOCK // 9 + 1, 2 * TILE_CHANNELS + 1  # S * 9 taps > K_BLOCK
     r = np.random.default_rng(0)
     for P in (width * 3, width * 3 - 1, width * 3 + 1):
         x = r.standard_normal((2, S, 1, 1, P)).astype(dtype)

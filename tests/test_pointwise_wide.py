@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from reference import assert_gradient_along_random_directions, conv3d_ref
 from tuckerref import conv3d, conv3d_backward
 from tuckerref.kernels.pointwise import pointwise_forward
-from tuckerref.kernels.pointwise_tiles import (K_BLOCK, TILE_CHANNELS, WIDE_CHANNELS, pointwise_mix, tile_width,
+from tuckerref.kernels.pointwise_tiles import (S_BLOCK, TILE_CHANNELS, WIDE_CHANNELS, pointwise_mix, tile_width,
                                                tiled_forward)
 
 
@@ -54,7 +54,7 @@ def test_eq8_tiled_matrix_product_matches_float64_loop_reference(N, S, T, P, dty
 def test_eq8_tiled_matrix_product_blocks_s_and_covers_every_column(dtype):
     """S over two cache blocks, T two channel groups plus one, and positions fewer than a tile
     column, a whole number of columns, one short of it and one past it (a last column past the clip's end), batch 2."""
-    S, T, width = K_BLOCK + 5, 2 * TILE_CHANNELS + 1, tile_width(dtype)
+    S, T, width = S_BLOCK + 5, 2 * TILE_CHANNELS + 1, tile_width(dtype)
     for P in (3, width * 9, width * 9 - 1, width * 17 + 1):
         x, w, b = arrays(2, S, T, P, P, dtype)
         y = np.full((2, T, P), np.nan, dtype)

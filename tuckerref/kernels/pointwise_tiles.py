@@ -10,7 +10,7 @@ matrix product, the column pass of :mod:`.conv3d_panels`: C output channels x V 
 positions stay in registers while s runs.
 
 Blocking: a task owns one clip and a block of :data:`.conv3d_panels.COLUMN_BLOCK` tile columns
-(V*L positions each). The S axis runs in blocks of :data:`.conv3d_panels.K_BLOCK` channels: for
+(V*L positions each). The S axis runs in blocks of :data:`S_BLOCK` channels: for
 each, the task first copies its input rows into one contiguous (S block x V*L) panel per column
 (long sequential reads, instead of S short strided ones per column, which defeat the hardware
 prefetcher once X outgrows the L2 cache), then every channel group of each column streams that
@@ -32,13 +32,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv3d_panels import _ONE, _TILE, COLUMN_BLOCK, K_BLOCK, TILE_CHANNELS, _column_pass, tile_width
+from .conv3d_panels import _ONE, _TILE, COLUMN_BLOCK, TILE_CHANNELS, _column_pass, tile_width
 from .pointwise import pointwise_forward
 
-__all__ = ["K_BLOCK", "TILE_CHANNELS", "WIDE_CHANNELS", "pointwise_mix", "tile_width", "tiled_forward"]
+__all__ = ["S_BLOCK", "TILE_CHANNELS", "WIDE_CHANNELS", "pointwise_mix", "tile_width", "tiled_forward"]
 
 #: Input and output channels from which :func:`pointwise_mix` takes the register-tiled kernel.
 WIDE_CHANNELS = 16
+
+#: Input channels per pass over a tile column (keeps the column's panel in L1: 128 x 32 float32 = 16 KiB).
+S_BLOCK = 128
 
 
 @njit(parallel=True, cache=True)
@@ -86,7 +89,7 @@ def _tiled_forward(tile, one, width, x, w, bias, out, s_block, column_block):
 def tiled_forward(x, w, bias, out):
     """out[n, t, :] = bias[t] + sum_s w[t, s] x[n, s, :] by the register-tiled kernel, for any
     x (N, S, P), w (T, S), bias (T,), out (N, T, P) (C-contiguous, one float dtype)."""
-    _tiled_forward(_TILE, _ONE, tile_width(x.dtype), x, w, bias, out, K_BLOCK, COLUMN_BLOCK)
+    _tiled_forward(_TILE, _ONE, tile_width(x.dtype), x, w, bias, out, S_BLOCK, COLUMN_BLOCK)
 
 
 def pointwise_mix(x, w, bias, out):
