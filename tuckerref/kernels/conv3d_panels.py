@@ -47,11 +47,9 @@ K_BLOCK = 256
 #: Tile columns per parallel task.
 COLUMN_BLOCK = 8
 
-#: The fewest output channels :func:`panels_fit` takes, and the fewest output channels x taps: each
-#: gathered value feeds T multiply-adds, and a short reduction (3 -> 16 channels, 81 taps) ran faster
-#: on the row tiles (bench/RESULTS.md, issue 23).
-WIDE_OUTPUTS = 16
-WIDE_WORK = 2048
+#: Output channels from which :func:`panels_fit` takes this kernel, and the fewest taps per output.
+WIDE_OUTPUTS = 32
+WIDE_TAPS = 64
 
 #: Output channels per register tile: the widest single-row tile of :data:`.tiling.TILE_VECTORS`,
 #: whose accumulators, broadcast weights and one input vector fill the vector registers.
@@ -73,10 +71,9 @@ def tile_width(dtype) -> int:
 
 
 def panels_fit(S: int, T: int, kernel_size) -> bool:
-    """Whether a convolution with S inputs, T outputs and this kernel size takes the panel kernel: 16 or
-    more output channels and T x (S kD kH kW) of at least :data:`WIDE_WORK` (e.g. 32 outputs from 64
-    taps, 16 from 128)."""
-    return T >= WIDE_OUTPUTS and T * S * math.prod(kernel_size) >= WIDE_WORK
+    """Whether a convolution with S inputs, T outputs and this kernel size takes the panel kernel: many
+    output channels (each gathered value feeds T multiply-adds) and a long reduction."""
+    return T >= WIDE_OUTPUTS and S * math.prod(kernel_size) >= WIDE_TAPS
 
 
 @njit(cache=True)
