@@ -1,5 +1,6 @@
 """The kernels' on-disk cache is dropped when any kernel source changes (Numba checks only the
 defining file's time stamp, so a changed intrinsic would otherwise leave old machine code in use)."""
+from tuckerref.kernels import _cache
 from tuckerref.kernels._cache import STAMP, drop_stale_kernels
 
 
@@ -31,3 +32,16 @@ def test_a_cache_kept_elsewhere_is_left_to_numba(tmp_path, monkeypatch):
     cache = _package(tmp_path)
     assert not drop_stale_kernels(tmp_path)
     assert len(list(cache.glob("*.nb*"))) == 2
+
+
+def test_another_optimisation_level_drops_the_cached_kernels(tmp_path, monkeypatch):
+    """Kernels compiled at one LLVM optimisation level (the test suite's 1) are not reused at another."""
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    cache = _package(tmp_path)
+    monkeypatch.setattr(_cache, "optimisation_level", lambda: "1")
+    drop_stale_kernels(tmp_path)
+    (cache / "conv.k-10.py311.nbi").write_text("")
+    assert not drop_stale_kernels(tmp_path)
+    monkeypatch.setattr(_cache, "optimisation_level", lambda: "3")
+    assert drop_stale_kernels(tmp_path)
+    assert not (cache / "conv.k-10.py311.nbi").exists()
