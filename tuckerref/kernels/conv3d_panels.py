@@ -167,6 +167,40 @@ def _column_pass(tile, one, xb, xb_first, width, k0, k1, K, T, w, bias_rows, out
         tile_store(one, acc1, out, o, 0, out_stride)
 
 
+@njit(cache=True)
+def _bias_rows(bias, t0, T, width):
+    """T rows of ``width`` copies of bias[t0 + t]: the starting sums :func:`_column_pass` loads."""
+    rows = np.empty(T * width, bias.dtype)
+    for t in range(T):
+        rows[t * width:(t + 1) * width] = bias[t0 + t]
+    return rows
+
+
+@njit(cache=True)
+def _columns_pass(tile, one, xb, width, k0, k1, K, T, w, bias_rows, out, out_first, P, p_first, ncols, ob):
+    """:func:`_column_pass` over ``ncols`` tile columns of panels side by side in ``xb`` (taps k0 to k1),
+    the first at position ``p_first``: a whole column stores at out[out_first + t*P + p], one that runs
+    past P into the scratch tile ``ob`` (T x width), which :func:`_store_last_column` copies out."""
+    # c tile column; p its first position.
+    kb = k1 - k0
+    for c in range(ncols):
+        p = p_first + c * width
+        if p + width <= P:
+            _column_pass(tile, one, xb, c * kb * width, width, k0, k1, K, T, w, bias_rows, out, out_first + p, P)
+        else:
+            _column_pass(tile, one, xb, c * kb * width, width, k0, k1, K, T, w, bias_rows, ob, 0, width)
+
+
+@njit(cache=True)
+def _store_last_column(out, ob, out_first, T, P, p_last, width):
+    """The positions < P of a last tile column (first position ``p_last``) that ran past P: copied from
+    the scratch tile ``ob`` to out[out_first + t*P + p] (nothing when the column is whole)."""
+    # t output channel.
+    if p_last + width > P:
+        for t in range(T):
+            out[out_first + t * P + p_last:out_first + t * P + P] = ob[t * width:t * width + P - p_last]
+
+
 @njit(parallel=True, cache=True)
 def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geometry, out_dims, blocks):
     """out[n, t, p] = bias[t] + sum_k w[t, k] A(n, k, p) for the padded input xp (N, S, Fp, Hp, Wp), the
@@ -207,9 +241,8 @@ def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geome
             runs[c] = _column_runs((c_first + c) * width, width, P, Ho, Wo, geometry,
                                       run_q[c], run_len[c], run_src[c])
         wt = w.reshape(w.size)[t0 * K:]
-        bias_rows = np.empty(tb * width, xf.dtype)
-        for t in range(tb):
-            bias_rows[t * width:(t + 1) * width] = bias[t0 + t]
+        bias_rows = _bias_rows(bias, t0, tb, width)
+        out_first = (n * T + t0) * P
         for k0 in range(0, K, k_block):
             k1 = min(k0 + k_block, K)
             kb = k1 - k0
@@ -217,17 +250,9 @@ def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geome
                 p = (c_first + c) * width
                 _gather_panel(one, width, vec, L, xf, n * clip, tap_offset, k0, k1, width, sw, runs[c], run_q[c], run_len[c],
                               run_src[c], min(width, P - p), xb, c * kb * width)
-            for c in range(ncols):
-                p = (c_first + c) * width
-                if p + width <= P:
-                    _column_pass(tile, one, xb, c * kb * width, width, k0, k1, K, tb, wt, bias_rows, of,
-                                 (n * T + t0) * P + p, P)
-                else:
-                    _column_pass(tile, one, xb, c * kb * width, width, k0, k1, K, tb, wt, bias_rows, ob, 0, width)
-        p = (c_first + ncols - 1) * width
-        if p + width > P:
-            for t in range(tb):
-                of[(n * T + t0 + t) * P + p:(n * T + t0 + t + 1) * P] = ob[t * width:t * width + P - p]
+            _columns_pass(tile, one, xb, width, k0, k1, K, tb, wt, bias_rows, of, out_first, P, c_first * width, ncols,
+                          ob)
+        _store_last_column(of, ob, out_first, tb, P, (c_first + ncols - 1) * width, width)
 
 
 @lru_cache(maxsize=64)

@@ -32,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .conv3d_panels import _ONE, _TILE, COLUMN_BLOCK, TILE_CHANNELS, _column_pass, tile_width
+from .conv3d_panels import (_ONE, _TILE, COLUMN_BLOCK, TILE_CHANNELS, _bias_rows, _columns_pass,
+                            _store_last_column, tile_width)
 from .pointwise import pointwise_forward
 
 __all__ = ["S_BLOCK", "TILE_CHANNELS", "WIDE_CHANNELS", "pointwise_mix", "tile_width", "tiled_forward"]
@@ -59,9 +60,7 @@ def _tiled_forward(tile, one, width, x, w, bias, out, s_block, column_block):
         ncols = min(columns, c_first + column_block) - c_first
         xb = np.empty(min(s_block, S) * ncols * width, xf.dtype)
         ob = np.empty(T * width, xf.dtype)
-        bias_rows = np.empty(T * width, xf.dtype)
-        for t in range(T):
-            bias_rows[t * width:(t + 1) * width] = bias[t]
+        bias_rows = _bias_rows(bias, 0, T, width)
         for s0 in range(0, S, s_block):
             s1 = min(s0 + s_block, S)
             sb = s1 - s0
@@ -73,17 +72,9 @@ def _tiled_forward(tile, one, width, x, w, bias, out, s_block, column_block):
                     dst = (c * sb + s - s0) * width
                     xb[dst:dst + m] = xf[row + p:row + p + m]
                     xb[dst + m:dst + width] = 0
-            for c in range(ncols):
-                p = (c_first + c) * width
-                if p + width <= P:
-                    _column_pass(tile, one, xb, c * sb * width, width, s0, s1, S, T, wf, bias_rows, of,
-                                 n * T * P + p, P)
-                else:
-                    _column_pass(tile, one, xb, c * sb * width, width, s0, s1, S, T, wf, bias_rows, ob, 0, width)
-        p = (c_first + ncols - 1) * width
-        if p + width > P:
-            for t in range(T):
-                of[(n * T + t) * P + p:(n * T + t + 1) * P] = ob[t * width:t * width + P - p]
+            _columns_pass(tile, one, xb, width, s0, s1, S, T, wf, bias_rows, of, n * T * P, P, c_first * width, ncols,
+                          ob)
+        _store_last_column(of, ob, n * T * P, T, P, (c_first + ncols - 1) * width, width)
 
 
 def tiled_forward(x, w, bias, out):
