@@ -62,6 +62,18 @@ def test_eq8_tiled_matrix_product_blocks_s_and_covers_every_column(dtype):
         assert_close(y, x, w, b)
 
 
+@settings(max_examples=8, deadline=None)
+@given(N=st.integers(1, 3), S=st.integers(WIDE_CHANNELS, 80), T=st.integers(WIDE_CHANNELS, 80),
+       P=st.integers(1, 31), seed=st.integers(0, 2**31 - 1))
+def test_eq8_wide_pointwise_mix_on_fewer_positions_than_a_tile_column_matches_float64_reference(N, S, T, P, seed):
+    """Fewer positions than one tile column (a fully connected layer's factor: one position) go as
+    position rows times W^T; the reference's values either way."""
+    x, w, b = arrays(N, S, T, min(P, tile_width(np.float32) - 1), seed, np.float32)
+    y = np.full((N, T, x.shape[2]), np.nan, np.float32)
+    pointwise_mix(x, w, b, y)
+    assert_close(y, x, w, b)
+
+
 @settings(max_examples=10, deadline=None)
 @given(S=st.integers(1, 40), T=st.integers(1, 40), P=st.integers(1, 300), seed=st.integers(0, 2**31 - 1))
 def test_eq8_pointwise_mix_keeps_streaming_kernel_bits_below_wide_channels(S, T, P, seed):
