@@ -2,8 +2,9 @@
 
     Y = relu(max_pool3d(conv3d(X, K, b), kernel = stride = P))
 
-for a plain convolution (eq. 1) and a Tucker-2 block (eqs. 8-10), and the Sequential fusion
-that uses it under no_grad: the same values, bit for bit, as the separate layers.
+for a plain convolution (eq. 1), a Tucker-2 block (eqs. 8-10) and a Tucker-1 block (eqs. 9-10, on
+the register tiles or streamed a group of frames at a time), and the Sequential fusion that uses
+them under no_grad: the same values, bit for bit, as the separate layers.
 """
 import sys
 from unittest import mock
@@ -16,6 +17,7 @@ from reference import MIXED_TILE_CASES, TILE_CASES, conv3d_ref, max_pool3d_ref, 
 from tuckerref import conv3d, conv3d_max_pool3d, max_pool3d_values, relu
 from tuckerref.commands.scaling import tucker2_stand_in
 from tuckerref.kernels.tucker2 import tucker2_conv3d
+from tuckerref.kernels.tucker_stream import streamed_block_pool
 from tuckerref.models import thetis_net
 from tuckerref.nn import Conv3d, MaxPool3d, ReLU, Sequential, no_grad
 
@@ -225,6 +227,43 @@ def test_a_tucker2_block_then_pooling_runs_as_one_fused_call(rng):
     net = Sequential(block, MaxPool3d((1, 2, 2)), ReLU())
     x = rng.uniform(-1, 1, (2, 3, 4, 6, 48)).astype(np.float32)
     with mock.patch.object(FUSION, "tucker2_conv3d", wraps=FUSION.tucker2_conv3d) as spy, no_grad():
+        y = net.forward(x)
+    assert spy.call_count == 1 and spy.call_args.kwargs["pool"] == (1, 2, 2) and spy.call_args.kwargs["relu"]
+    np.testing.assert_array_equal(y, _layers_in_turn(net, x))
+
+
+@settings(max_examples=12, deadline=None)
+@given(N=st.integers(1, 2), S=st.integers(1, 3), R_s=st.sampled_from([None, 1, 3]), R_t=st.integers(4, 9),
+       T=st.integers(1, 5), F=st.integers(2, 9), kernel=st.tuples(st.integers(1, 3), st.integers(1, 3), st.just(3)),
+       stride_dh=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pad=st.tuples(st.integers(0, 1), st.integers(0, 1), st.just(1)),
+       pool=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3)), with_relu=st.booleans(),
+       budget=st.integers(1, 4000), seed=st.integers(0, 2**31 - 1))
+def test_eqs_8_to_10_then_pooling_streamed_in_groups_of_frames_equals_float64_reference(
+        N, S, R_s, R_t, T, F, kernel, stride_dh, pad, pool, with_relu, budget, seed):
+    """A Tucker-2 block (U_s given) or a Tucker-1 block (R_s None: the core reads X), its pooling and
+    ReLU, streamed a group of pooled frames at a time (``budget`` bytes of unpooled output per group:
+    one pooled frame up to all of them, a shorter last group): the layers in turn, in float64."""
+    r = np.random.default_rng(seed)
+    x = r.uniform(-1, 1, (N, S, F, 5, 17))
+    first = None if R_s is None else r.uniform(-1, 1, (R_s, S))
+    core = r.uniform(-1, 1, (R_t, S if R_s is None else R_s) + kernel)
+    last, b = r.uniform(-1, 1, (T, R_t)), r.uniform(-1, 1, T)
+    stride = stride_dh + (1,)
+    z = x if first is None else conv3d_ref(x, first[:, :, None, None, None])
+    y = conv3d_ref(conv3d_ref(z, core, stride=stride, padding=pad), last[:, :, None, None, None], b)
+    assume(all(n >= k for n, k in zip(y.shape[2:], pool)))
+    out = streamed_block_pool(x, first, core, last, b, stride, pad, pool, with_relu, budget=budget)
+    np.testing.assert_allclose(out, _pool_then_relu(y, pool, with_relu), rtol=1e-12, atol=1e-12)
+
+
+def test_a_tucker1_block_then_relu_and_pooling_runs_streamed_with_the_layers_bits(rng):
+    """C3D's order (convolution, ReLU, pooling) after a Tucker-1 block (a bias-free core, then U_t with the
+    bias) whose core has more channels than a register tile: one streamed call, the layers' float32 bits."""
+    block = Sequential(Conv3d(3, 8, 3, padding=1, bias=False), Conv3d(8, 10, 1))
+    net = Sequential(block, ReLU(), MaxPool3d((1, 2, 2)))
+    x = rng.uniform(-1, 1, (2, 3, 4, 6, 40)).astype(np.float32)
+    with mock.patch.object(FUSION, "tucker1_conv3d", wraps=FUSION.tucker1_conv3d) as spy, no_grad():
         y = net.forward(x)
     assert spy.call_count == 1 and spy.call_args.kwargs["pool"] == (1, 2, 2) and spy.call_args.kwargs["relu"]
     np.testing.assert_array_equal(y, _layers_in_turn(net, x))

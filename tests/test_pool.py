@@ -105,6 +105,26 @@ def test_max_pool_values_path_equals_the_argmax_path(case):
                                   max_pool3d(x, case["kernel"], case["stride"], case["padding"])[0])
 
 
+@settings(deadline=None, max_examples=15)
+@given(case=pool_cases())
+def test_max_pool_values_with_relu_is_max_of_the_window_maxima_and_zero(case):
+    """relu=True gives max(max_pool3d(x), 0) in the same pass, for every window shape (the 2-wide,
+    2-strided pairs and the general loop) and with padding."""
+    x = np.random.default_rng(case["seed"]).standard_normal(case["shape"])
+    y = max_pool3d(x, case["kernel"], case["stride"], case["padding"])[0]
+    np.testing.assert_array_equal(max_pool3d_values(x, case["kernel"], case["stride"], case["padding"], relu=True),
+                                  np.maximum(y, 0))
+
+
+@pytest.mark.parametrize("kernel", [(1, 2, 2), (1, 3, 3)])
+def test_max_pool_values_relu_keeps_nan_and_sends_minus_infinity_to_zero(kernel):
+    x = np.full((1, 1, 1, 3, 6), -np.inf, np.float32)
+    x[0, 0, 0, :, 3:] = -1
+    x[0, 0, 0, 0, 0] = np.nan
+    y = max_pool3d_values(x, kernel, relu=True)
+    assert y.dtype == np.float32 and np.isnan(y.reshape(-1)[0]) and np.all(y.reshape(-1)[1:] == 0)
+
+
 def test_max_pool_values_path_propagates_nan():
     x = np.zeros((1, 1, 2, 4, 4))
     x[0, 0, 1, 2, 3] = np.nan

@@ -45,9 +45,8 @@ from numba import literally, njit, prange, typeof, types
 
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
-from .activation import relu as relu_kernel
 from .conv3d_panels import panel_forward_padded, panel_grad_weight_padded, panels_fit
-from .conv3d_tiles import PaddedTileConvolution, forward_tiles_padded, tiles_fit
+from .conv3d_tiles import PaddedTileConvolution, TileConvolution, forward_tiles_padded, tiles_fit
 from .linear import _linear_forward
 from .padding import _pad, _padded
 from .pointwise import pointwise_grad_weight
@@ -343,6 +342,29 @@ def conv3d_into(x, weight, bias, stride, padding, out):
     return out
 
 
+def prepared_forward_unpadded(x_shape, weight, stride, out_shape):
+    """:func:`conv3d_into` without bias or padding for inputs of shape ``x_shape``, as a function
+    ``run(x, out)`` that does once what only the shapes and weights decide: when the register-tile
+    path applies, its plan and packed weights (:class:`.conv3d_tiles.TileConvolution`); any other path
+    is called as :func:`conv3d_into` calls it. The same path and bits as :func:`conv3d_into`.
+    """
+    N, S = x_shape[:2]
+    T, kernel = weight.shape[0], weight.shape[2:]
+    tile_path = (kernel != (1, 1, 1) and tuple(x_shape[2:]) != tuple(kernel) and not panels_fit(S, T, kernel)
+                 and tiles_fit(stride, out_shape[4], weight.dtype))
+    if not tile_path:
+        return lambda x, out: conv3d_into(x, weight, None, stride, (0, 0, 0), out)
+    tiles = TileConvolution(tuple(x_shape), weight, None, stride, tuple(out_shape))
+    work = math.prod(out_shape) * weight[0].size
+
+    def run(x, out):
+        with threads_for(work):
+            tiles(x, out)
+        return out
+
+    return run
+
+
 def pooled_dims(out_dims, pool) -> tuple:
     """Output dims of a max pooling with kernel = stride = ``pool`` and no padding, checked non-empty."""
     pooled = window_output_dims(out_dims, pool, pool, (0, 0, 0))
@@ -355,8 +377,7 @@ def pooled_dims(out_dims, pool) -> tuple:
 def pool_then_relu(y, pool, relu):
     """max_pool3d_values(y, kernel=stride=pool), then max(., 0) when ``relu``: the separate layers
     that the fused paths replace, for the shapes the register tiles do not cover."""
-    y = max_pool3d_values(y, pool)
-    return relu_kernel(y, inplace=True) if relu else y
+    return max_pool3d_values(y, pool, relu=relu)
 
 
 def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu=False, check_finite=True):

@@ -15,6 +15,7 @@ from numba import njit, prange
 
 from ._checks import as_triple, float_array, window_output_dims
 from ._threads import threads_for
+from .activation import relu as relu_kernel
 
 
 @njit(inline="always", cache=True)
@@ -61,37 +62,57 @@ def _max_pool_forward(x, out, idx, kd, kh, kw, sd, sh, sw, pd, ph, pw):
                 idx[n, c, fo, ho, wo] = bi
 
 
+@njit(inline="always", cache=True)
+def _relu_value(v):
+    """max(v, 0) with NaN kept, as a select (vectorises)."""
+    return 0 if v < 0 else v
+
+
 @njit(parallel=True, cache=True)
-def _max_pool_values(x, out, kd, kh, kw, sd, sh, sw):
-    """Values of an unpadded max pooling, without argmax bookkeeping (inference).
+def _max_pool_values(x, out, kd, kh, kw, sd, sh, sw, relu):
+    """Values of an unpadded max pooling, without argmax bookkeeping (inference); with ``relu``,
+    max(., 0) of each (NaN stays NaN): the ReLU after a pooling, in the same pass.
 
     For each output row, the kd*kh input rows of the window are reduced element-wise first
-    (contiguous, vectorised), then each run of kw values of that row; NaN propagates.
+    (contiguous, vectorised; the first two in one pass), then each run of kw values of that row:
+    the common window of width and stride 2 as pairs, in a loop that vectorises. NaN propagates.
     """
-    # n sample, c channel; fo, ho, wo output frame, row, column; i, j window offset in depth and
-    # height (rows reduced into ``row``), w input column, l window offset in width.
+    # n sample, c channel; fo, ho, wo output frame, row, column; k window row (depth i, height j)
+    # reduced into ``row``, w input column, l window offset in width.
     N, C, W = x.shape[0], x.shape[1], x.shape[4]
     Do, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
+    pairs = kw == 2 and sw == 2
     for task in prange(N * C * Do):
         n = task // (C * Do)
         c = (task // Do) % C
         fo = task % Do
         row = np.empty(W, x.dtype)
         for ho in range(Ho):
-            row[:] = x[n, c, fo * sd, ho * sh]
-            for i in range(kd):
-                for j in range(kh):
-                    if i == 0 and j == 0:
-                        continue
-                    src = x[n, c, fo * sd + i, ho * sh + j]
+            r0 = x[n, c, fo * sd, ho * sh]
+            if kd * kh == 1:
+                row[:] = r0
+            else:
+                r1 = x[n, c, fo * sd + 1 // kh, ho * sh + 1 % kh]
+                for w in range(W):
+                    row[w] = _nan_max(r0[w], r1[w])
+                for k in range(2, kd * kh):
+                    src = x[n, c, fo * sd + k // kh, ho * sh + k % kh]
                     for w in range(W):
                         row[w] = _nan_max(row[w], src[w])
             dst = out[n, c, fo, ho]
-            for wo in range(Wo):
-                m = row[wo * sw]
-                for l in range(1, kw):
-                    m = _nan_max(m, row[wo * sw + l])
-                dst[wo] = m
+            if pairs:
+                if relu:
+                    for wo in range(Wo):
+                        dst[wo] = _relu_value(_nan_max(row[2 * wo], row[2 * wo + 1]))
+                else:
+                    for wo in range(Wo):
+                        dst[wo] = _nan_max(row[2 * wo], row[2 * wo + 1])
+            else:
+                for wo in range(Wo):
+                    m = row[wo * sw]
+                    for l in range(1, kw):
+                        m = _nan_max(m, row[wo * sw + l])
+                    dst[wo] = _relu_value(m) if relu else m
 
 
 @njit(parallel=True, cache=True)
@@ -133,14 +154,16 @@ def max_pool3d(x, kernel_size, stride=None, padding=0):
     return out, idx
 
 
-def max_pool3d_values(x, kernel_size, stride=None, padding=0):
-    """Max pooling values only (no argmax, no gradient): the inference path of :func:`max_pool3d`."""
+def max_pool3d_values(x, kernel_size, stride=None, padding=0, *, relu=False):
+    """Max pooling values only (no argmax, no gradient): the inference path of :func:`max_pool3d`;
+    with ``relu``, max(., 0) of the result (NaN stays NaN), in the same pass."""
     x, kernel, stride, padding, out_dims = _pool_args(x, kernel_size, stride, padding)
     if any(padding):
-        return max_pool3d(x, kernel, stride, padding)[0]
+        out = max_pool3d(x, kernel, stride, padding)[0]
+        return relu_kernel(out, inplace=True) if relu else out
     out = np.empty(x.shape[:2] + out_dims, x.dtype)
     with threads_for(x.size):
-        _max_pool_values(x, out, *kernel, *stride)
+        _max_pool_values(x, out, *kernel, *stride, bool(relu))
     return out
 
 

@@ -30,8 +30,9 @@ import numpy as np
 
 from ._checks import as_triple, common_dtype, float_array, require_finite
 from . import simd
-from .conv3d import conv3d_into, conv_geometry, pool_then_relu, pooled_dims
+from .conv3d import conv3d_into, conv_geometry, pooled_dims
 from .conv3d_tiles import PaddedTileConvolution, tiles_fit, tiles_hold_all_channels
+from .tucker_stream import streamed_block_pool
 
 
 def _check_factor(name, weight, layout):
@@ -74,6 +75,9 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
         return fused_block(g, first, core, last, bias, relu)(x)
     N, T, R_s, R_t = x.shape[0], last.shape[0], first.shape[0], core.shape[0]
     stride, padding, pool, z_dims, out_dims = g.stride, g.padding, g.pool, g.z_dims, g.out_dims
+    if pool is not None:
+        return streamed_block_pool(x, first.reshape(R_s, -1), core, last.reshape(T, R_t),
+                                   np.zeros(T, dtype) if bias is None else bias, stride, padding, pool, relu)
     out = np.empty((N, T) + out_dims, dtype)
     z = np.empty((N, R_s) + z_dims, dtype)
     y = np.empty((N, R_t) + out_dims, dtype)
@@ -81,7 +85,38 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
     for inp, weight, b, s, p, res in ((x, first, None, one, zero, z), (z, core, None, stride, padding, y),
                                       (y, last, bias, one, zero, out)):
         conv3d_into(inp, weight, b, s, p, res)
-    return out if pool is None else pool_then_relu(out, pool, relu)
+    return out
+
+
+def tucker1_conv3d(x, core, last, bias=None, stride=1, padding=0, *, pool, relu=False, check_finite=True):
+    """max_pool(U_t * (core conv x) + b), then max(., 0) with ``relu``: a Tucker-1 block (the input mode
+    kept, as for C3D's 3-channel first layer: eq. (9) on x itself, then eq. (10)) and the max pooling
+    with kernel = stride = ``pool`` after it, streamed (:func:`.tucker_stream.streamed_block_pool`).
+
+    ``core`` (R_t, S, kD, kH, kW) with the layer's ``stride`` and ``padding``, ``last`` (T, R_t, 1, 1, 1)
+    U_t, ``bias`` (T,): the weights of the block's two Conv3d layers. The same values as the layers in turn.
+    """
+    x = float_array(x, "x", 5, layout="N, C, D, H, W")
+    core = float_array(core, "core", 5, layout="R_t, S, kD, kH, kW")
+    last = _check_factor("last", last, "T, R_t")
+    bias = None if bias is None else float_array(bias, "bias", 1)
+    if x.shape[1] != core.shape[1] or last.shape[1] != core.shape[0]:
+        raise ValueError(f"Tucker-1 block shapes do not chain: x {x.shape}, core {core.shape}, last {last.shape} "
+                         f"(need x (N, S, ...), core (R_t, S, ...), last (T, R_t))")
+    T, R_t = last.shape[:2]
+    if bias is not None and bias.shape != (T,):
+        raise ValueError(f"bias has shape {bias.shape} but last has {T} output channels")
+    dtype = common_dtype(x, core, last, bias)
+    pool = as_triple(pool, "pool", minimum=1)
+    stride, padding, out_dims = conv_geometry(x.shape[2:], core.shape[2:], stride, padding, "x")
+    pooled_dims(out_dims, pool)  # raises, naming the shapes, when no whole window fits
+    if check_finite:
+        for name, a in (("core", core), ("last", last), ("bias", bias), ("x", x)):
+            if a is not None:
+                require_finite(a, name)
+    x, core, last = (np.ascontiguousarray(a, dtype) for a in (x, core, last))
+    bias = np.zeros(T, dtype) if bias is None else bias.astype(dtype, copy=False)
+    return streamed_block_pool(x, None, core, last.reshape(T, R_t), bias, stride, padding, pool, relu)
 
 
 def fused_block(g, first, core, last, bias, relu=False, keep_buffers=False):

@@ -4,7 +4,10 @@ Under ``no_grad`` a Sequential runs its children through :func:`inference_forwar
 
 * a Tucker-2 block (eqs. 8-10: a Sequential of a bias-free 1x1x1 Conv3d, a bias-free core Conv3d
   and a 1x1x1 Conv3d) into :func:`tuckerref.kernels.tucker2.tucker2_conv3d`, which mixes the
-  core's output channels by U_t before they reach memory;
+  core's output channels by U_t before they reach memory, or, when a pooling follows and the core
+  has more channels than a register tile holds, streams the block a few frames at a time
+  (:mod:`tuckerref.kernels.tucker_stream`); a Tucker-1 block (a bias-free core Conv3d and a 1x1x1
+  Conv3d) followed by a pooling likewise (:func:`tuckerref.kernels.tucker2.tucker1_conv3d`);
 * a convolution (a Conv3d or a Tucker-2 block) followed by a MaxPool3d whose stride is its kernel
   and which has no padding, and by a ReLU if one comes next (the paper's network), into one pass
   that writes only the pooled values (:func:`tuckerref.kernels.conv3d.conv3d_max_pool3d`); a
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..kernels.conv3d import conv3d_max_pool3d
-from ..kernels.tucker2 import tucker2_conv3d
+from ..kernels.tucker2 import tucker1_conv3d, tucker2_conv3d
 from .layers import Conv3d, MaxPool3d, ReLU, _require_input
 
 
@@ -42,6 +45,18 @@ def tucker2_layers(modules) -> tuple | None:
     return first, core, last
 
 
+def tucker1_layers(modules) -> tuple | None:
+    """(None, core, last) when ``modules`` are the two Conv3d layers of a Tucker-1 block (a bias-free
+    convolution, then a 1x1x1 convolution of its channels), else None."""
+    modules = list(modules)
+    if len(modules) != 2 or not all(type(m) is Conv3d for m in modules):
+        return None
+    core, last = modules
+    if not _is_pointwise(last) or core.bias is not None or core.out_channels != last.in_channels:
+        return None
+    return None, core, last
+
+
 def _forget(*layers):
     for layer in layers:
         layer._x = None
@@ -49,8 +64,14 @@ def _forget(*layers):
 
 def tucker2_forward(layers: tuple, x, pool=None, relu=False):
     """Inference forward of a Tucker-2 block's (first, core, last) layers in one fused kernel
-    (then its max pooling with kernel = stride = ``pool`` and, with ``relu``, a ReLU)."""
+    (then its max pooling with kernel = stride = ``pool`` and, with ``relu``, a ReLU); ``first``
+    None: a Tucker-1 block's (core, last), which needs the pooling."""
     first, core, last = layers
+    if first is None:
+        _require_input(x, core, 5, core.in_channels)
+        _forget(core, last)
+        return tucker1_conv3d(x, core.weight.data, last.weight.data, None if last.bias is None else last.bias.data,
+                              core.stride, core.padding, pool=pool, relu=relu, check_finite=False)
     _require_input(x, first, 5, first.in_channels)
     _forget(*layers)
     return tucker2_conv3d(x, first.weight.data, core.weight.data, last.weight.data,
@@ -64,14 +85,15 @@ def _pools_in_one_pass(m) -> bool:
 
 
 def pooled_block(conv):
-    """The Tucker-2 layers of ``conv`` when it is a Tucker-2 block, None when it is a plain Conv3d,
-    and False when it is neither (then no convolution is fused with the pooling after it). A block is
-    a Sequential whose :meth:`~tuckerref.nn.module.Module.chain` is three such Conv3d layers (asked
-    of the module, so that this module needs no container class: the container imports this one)."""
+    """The layers of ``conv`` when it is a Tucker-2 block (first, core, last) or a Tucker-1 block
+    (None, core, last), None when it is a plain Conv3d, and False when it is none of these (then no
+    convolution is fused with the pooling after it). A block is a Sequential whose
+    :meth:`~tuckerref.nn.module.Module.chain` is three (two) such Conv3d layers (asked of the module,
+    so that this module needs no container class: the container imports this one)."""
     if type(conv) is Conv3d:
         return None
     chain = conv.chain()
-    block = None if chain is None else tucker2_layers(chain)
+    block = None if chain is None else (tucker2_layers(chain) or tucker1_layers(chain))
     return False if block is None else block
 
 

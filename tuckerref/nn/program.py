@@ -38,7 +38,7 @@ from ..kernels.linear import linear_into
 from ..kernels.tucker2 import block_geometry, fused_block
 from ..kernels import simd
 from .container import Sequential
-from .fusion import Group, inference_groups, run_group, tucker2_layers
+from .fusion import Group, inference_groups, pooled_block, run_group
 from .grad_mode import no_grad
 from .layers import Conv3d, Dropout, Flatten, Identity, Linear, ReLU
 from .module import Module
@@ -133,7 +133,7 @@ class _ModuleStep:
             m.eval()
         block = None
         if group.block is not None:
-            block = modules if group.kind == "block" else tucker2_layers(modules[0].children())
+            block = modules if group.kind == "block" else pooled_block(modules[0])
         self.group = Group(group.kind, modules, block)
 
     def __call__(self, x):
@@ -141,7 +141,10 @@ class _ModuleStep:
 
 
 def _fused_tucker2(block, x_shape, dtype, pool=None, relu=False):
-    """The prepared fused Tucker-2 block (optionally pooled), or None when its tiles cannot mix."""
+    """The prepared fused Tucker-2 block (optionally pooled), or None when its tiles cannot mix (or it
+    is a Tucker-1 block, ``block[0]`` None: those run streamed, by their own group)."""
+    if block[0] is None:
+        return None
     first, core, last = (_array(m.weight, dtype) for m in block)
     bias = _array(block[2].bias, dtype)
     g = block_geometry(tuple(x_shape), first.shape, core.shape, last.shape, None if bias is None else bias.shape,
