@@ -42,7 +42,7 @@ from .tiling import TILE_VECTORS
 
 #: Taps per pass over a tile column (the column's panel, 256 x 32 float32 = 32 KiB, streams from L1
 #: and L2; 192 and 256 measured 2-7 % faster than 128 on C3D's conv2a-conv5a, two threads).
-K_BLOCK = 256
+K_BLOCK = 1024
 
 #: Tile columns per parallel task.
 COLUMN_BLOCK = 8
