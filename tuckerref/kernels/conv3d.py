@@ -350,8 +350,8 @@ def prepared_forward_unpadded(x_shape, weight, stride, out_shape):
     """
     N, S = x_shape[:2]
     T, kernel = weight.shape[0], weight.shape[2:]
-    tile_path = (kernel != (1, 1, 1) and tuple(x_shape[2:]) != tuple(kernel) and not panels_fit(S, T, kernel)
-                 and tiles_fit(stride, out_shape[4], weight.dtype))
+    tile_path = (kernel != (1, 1, 1) and tuple(x_shape[2:]) != tuple(kernel)
+                 and not panels_fit(S, T, kernel, out_shape[4]) and tiles_fit(stride, out_shape[4], weight.dtype))
     if not tile_path:
         return lambda x, out: conv3d_into(x, weight, None, stride, (0, 0, 0), out)
     tiles = TileConvolution(tuple(x_shape), weight, None, stride, tuple(out_shape))
@@ -401,7 +401,9 @@ def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu
 def pooled_tiles_fit(S, weight_shape, stride, out_width, dtype) -> bool:
     """Whether a convolution followed by max pooling takes the fused register-tile path of
     :func:`pooled_convolution`: the row tiles apply, and the layer is not one for the faster
-    wide-channel panels (:func:`.conv3d_panels.panels_fit`), which then pool in a pass of their own."""
+    wide-channel panels (:func:`.conv3d_panels.panels_fit`, whatever the frame width: narrow frames of
+    16 to 31 channels, which panels take when nothing is pooled, keep the fused pass), which then pool
+    in a pass of their own."""
     return tiles_fit(stride, out_width, dtype) and not panels_fit(S, weight_shape[0], weight_shape[2:])
 
 
@@ -428,7 +430,7 @@ def _forward_into(x, weight, bias, stride, padding, out):
         # a matrix-vector product over the flattened clip (l1 of the paper's network as a convolution).
         out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
         _linear_forward(np.ascontiguousarray(x).reshape(N, -1), weight.reshape(T, -1), out.reshape(N, T))
-    elif panels_fit(S, T, weight.shape[2:]):
+    elif panels_fit(S, T, weight.shape[2:], out.shape[4]):
         b = np.zeros(T, x.dtype) if bias is None else bias
         panel_forward_padded(_pad(x, padding), weight, b, stride, out, numba.get_num_threads())
     elif tiles_fit(stride, out.shape[4], x.dtype):

@@ -40,8 +40,9 @@ from numba import njit, prange
 from .simd import VECTOR_BYTES, VECTOR_REGISTERS, RegisterTile, lanes, tile_fma, tile_load, tile_store
 from .tiling import TILE_VECTORS
 
-#: Taps per pass over a tile column (the column's panel, 256 x 32 float32 = 32 KiB, streams from L1
-#: and L2; 192 and 256 measured 2-7 % faster than 128 on C3D's conv2a-conv5a, two threads).
+#: Taps per pass over a tile column (the column's panel, at most 1024 x 32 float32 = 128 KiB, streams
+#: from L2): fewer passes store and reload the tiles' partial sums less often. 1024 measured 1-18 %
+#: faster than 256 on one thread (conv2a, conv3b, conv5a; 256 had beaten 128 and 192).
 K_BLOCK = 1024
 
 #: Tile columns per parallel task.
@@ -70,10 +71,20 @@ def tile_width(dtype) -> int:
     return _TILE.vectors * lanes(np.dtype(dtype), _TILE.vector_bytes)
 
 
-def panels_fit(S: int, T: int, kernel_size) -> bool:
+#: Output channels from which a forward convolution on narrow frames (output rows of at most
+#: :data:`NARROW_COLUMNS` columns) takes this kernel: row tiles cover such rows poorly (a narrow C3D's
+#: 32 -> 16 input gradient on 28 columns, one thread: 31 GF/s on row tiles, 39 on panels).
+NARROW_OUTPUTS = 16
+NARROW_COLUMNS = 32
+
+
+def panels_fit(S: int, T: int, kernel_size, out_width: int | None = None) -> bool:
     """Whether a convolution with S inputs, T outputs and this kernel size takes the panel kernel: many
-    output channels (each gathered value feeds T multiply-adds) and a long reduction."""
-    return T >= WIDE_OUTPUTS and S * math.prod(kernel_size) >= WIDE_TAPS
+    output channels (each gathered value feeds T multiply-adds) and a long reduction. Given the output
+    width (a forward pass), from :data:`NARROW_OUTPUTS` channels on narrow frames."""
+    if S * math.prod(kernel_size) < WIDE_TAPS:
+        return False
+    return T >= WIDE_OUTPUTS or (out_width is not None and out_width <= NARROW_COLUMNS and T >= NARROW_OUTPUTS)
 
 
 @njit(cache=True)
