@@ -53,12 +53,22 @@ def tile_columns(channels: int, tile_floats: int = TILE_MAX_FLOATS) -> int:
     return min(32, max(8, tile_floats // channels // 8 * 8))
 
 
+def tile_rows(step: Step) -> int:
+    """Output rows of a convolution's register tile: with stride 1 along H, as many rows as make the tile
+    TILE_MAX_CHANNELS (channel, row) pairs, at most kH and OH (input row h feeds output rows h - j for
+    the kernel rows j, so each input vector loaded feeds up to rows x channels multiply-adds); else 1."""
+    m = step.module
+    if m.stride[1] != 1:
+        return 1
+    return max(1, min(TILE_MAX_CHANNELS // tile_channels(step.out_shape[0]), m.kernel_size[1], step.out_shape[2]))
+
+
 def conv_tile_bytes(step: Step) -> int:
     """Stack bytes of a convolution's tile at its largest: the accumulators and the edge row copy."""
-    ct = tile_channels(step.out_shape[0])
-    vw = max(tile_columns(ct, f) for f in (TILE_AVX_FLOATS, TILE_MAX_FLOATS))
+    ct, rows = tile_channels(step.out_shape[0]), tile_rows(step)
+    vw = max(tile_columns(ct * rows, f) for f in (TILE_AVX_FLOATS, TILE_MAX_FLOATS))
     span = (vw - 1) * step.module.stride[2] + step.module.kernel_size[2]
-    return 4 * (ct * vw + span)
+    return 4 * (rows * ct * vw + span)
 
 
 @dataclass

@@ -199,6 +199,14 @@ TILE_HELPERS = """
 #define NET_TILE_COLUMNS_(n) ((n) < 8 ? 8 : (n) > 32 ? 32 : (n))
 #define NET_TILE_COLUMNS(ct) NET_TILE_COLUMNS_(NET_TILE_FLOATS / (ct) / 8 * 8)
 
+/* Before a tile's column loop of few statements: keeps GCC from unrolling it completely before
+ * vectorising it (it would then stay scalar); nothing elsewhere. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
+#define NET_NO_UNROLL _Pragma("GCC unroll 1")
+#else
+#define NET_NO_UNROLL
+#endif
+
 /* a * b + c, fused where the target has a fast fmaf */
 #ifdef FP_FAST_FMAF
 #define NET_MADD(a, b, c) fmaf(a, b, c)
@@ -221,11 +229,13 @@ CONV3D_EQUATION = """\
  * Eq. (1), PyTorch's cross-correlation:
  *   Y(t, f', h', w') = b(t) + sum_{s, i, j, l} K(t, s, i, j, l) X(s, f_i, h_j, w_l),
  *   f_i = f'*stride_F + i - pad_F (likewise h_j, w_l); taps in the zero padding add nothing.
- * (With a Tucker core as K this is eq. (9).) Computed in register tiles: CT output channels by VW
- * consecutive output columns of one row, whose whole sum over (s, i, j, l) is accumulated in a local
- * array before one store. Each input value read feeds CT multiply-adds, and the inner loop runs over
- * the VW columns, which a C99 compiler vectorises. A tile whose taps reach into the padding or past
- * the row reads a copy of its input row segment, zero where it lies outside the row.
+ * (With a Tucker core as K this is eq. (9).) Computed in register tiles: CT output channels by R
+ * consecutive output rows by VW consecutive output columns, whose whole sum over (s, i, j, l) is
+ * accumulated in a local array before one store. With stride 1 along H, input row h feeds output row
+ * h' through kernel row j = h - h' + pad_H, so the tile runs over the R + kH - 1 input rows of its
+ * window and each input value read feeds up to CT x R multiply-adds; the inner loop runs over the VW
+ * columns, which a C99 compiler vectorises. A tile whose taps reach into the padding or past the row
+ * reads a copy of its input row segment, zero where it lies outside the row.
 """
 
 CONV3D = Template("""\
@@ -243,40 +253,44 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
     const int PD = $PD, PH = $PH, PW = $PW;
     const int TS = S * KD * KH * KW;  /* floats from one output channel's kernel to the next */
     const float *const weight = $weight;  /* (T, S, KD, KH, KW) */
-    /* a tile: CT output channels (CT divides T) by VW output columns, CT*VW floats of stack in acc;
-     * SPAN input columns feed one row of the tile */
-    enum { CT = $CT, VW = NET_TILE_COLUMNS($CT), SPAN = (VW - 1) * $SW + $KW };
+    /* a tile: CT output channels (CT divides T) by R output rows by VW output columns, R*CT*VW floats of
+     * stack in acc; its window spans ROWS input rows, and SPAN input columns feed one row of it */
+    enum { CT = $CT, R = $R, VW = NET_TILE_COLUMNS($CTR), SPAN = (VW - 1) * $SW + $KW, ROWS = (R - 1) * $SH + $KH };
     float xe[SPAN];  /* an edge tile's input row segment, zero outside 0..W-1 */
-    int t0, c, oh, ow, s, i, j, l, v, n;
+    int t0, c, q, oh, ow, s, i, r, l, v, n;
 
     for (t0 = 0; t0 < T; t0 += CT)
-        for (oh = 0; oh < OH; ++oh)
+        for (oh = 0; oh < OH; oh += R)
             for (ow = 0; ow < OW; ow += VW) {
                 const int w0 = ow * SW - PW;  /* input column of the tile's first tap */
                 const int inside = w0 >= 0 && w0 + SPAN <= W;  /* every tap of the tile inside the row */
                 const int nv = OW - ow < VW ? OW - ow : VW;    /* columns stored (the last tile may be short) */
+                const int nr = OH - oh < R ? OH - oh : R;      /* rows stored */
                 /* an edge tile's taps xe[n] = row[w0 + n] lie inside the row for n in ea..eb-1 */
                 const int ea = w0 >= 0 ? 0 : -w0 < SPAN ? -w0 : SPAN;
                 const int eb = W - w0 < ea ? ea : W - w0 < SPAN ? W - w0 : SPAN;
-                float acc[CT][VW];
-                for (c = 0; c < CT; ++c)
-                    for (v = 0; v < VW; ++v)
-                        acc[c][v] = 0.0f;
+                float acc[R][CT][VW];
+                for (q = 0; q < R; ++q)
+                    for (c = 0; c < CT; ++c)
+                        for (v = 0; v < VW; ++v)
+                            acc[q][c][v] = 0.0f;
                 if (!inside)  /* the padding and what lies past the row stay zero in xe */
                     for (n = 0; n < SPAN; ++n)
                         xe[n] = 0.0f;
                 for (s = 0; s < S; ++s)
                     for (i = 0; i < KD; ++i) {
                         const int f = od * SD + i - PD;
+                        const float *plane, *k;
                         if (f < 0 || f >= D)
                             continue;
-                        for (j = 0; j < KH; ++j) {
-                            const int h = oh * SH + j - PH;
-                            const float *row, *k;
+                        plane = x + (f % ring) * xfs + s * xcs;
+                        k = weight + ((t0 * S + s) * KD + i) * KH * KW;  /* K(t0, s, i, 0, 0) */
+                        for (r = 0; r < ROWS; ++r) {  /* input row h of the window; output row oh + q takes it as j = r - q */
+                            const int h = oh * SH + r - PH;
+                            const float *row;
                             if (h < 0 || h >= H)
                                 continue;
-                            row = x + (f % ring) * xfs + s * xcs + h * W;
-                            k = weight + (((t0 * S + s) * KD + i) * KH + j) * KW;
+                            row = plane + h * W;
                             if (!inside)
                                 for (n = ea; n < eb; ++n)
                                     xe[n] = row[w0 + n];
@@ -285,12 +299,13 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
 $tile_taps                            }
                         }
                     }
-                for (c = 0; c < CT; ++c) {
-                    float *const yrow = y + (t0 + c) * ycs + oh * OW + ow;
-                    const float b = $init;
-                    for (v = 0; v < nv; ++v)
-                        yrow[v] = b + acc[c][v];
-                }
+                for (q = 0; q < nr; ++q)
+                    for (c = 0; c < CT; ++c) {
+                        float *const yrow = y + (t0 + c) * ycs + (oh + q) * OW + ow;
+                        const float b = $init;
+                        for (v = 0; v < nv; ++v)
+                            yrow[v] = b + acc[q][c][v];
+                    }
             }
 }
 
