@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tuckerref.export import export_c, plan_network
-from tuckerref.export.memory import STACK_BASE_BYTES, conv_tile_bytes, place_units, plan_units
+from tuckerref.export.memory import STACK_BASE_BYTES, conv_tile_bytes, pad_rows, place_units, plan_units
 from tuckerref.models import c3d, thetis_net
 
 from test_export_c import PAPER_RANKS, SMALL, assert_logits_match, compressed, hand_compressed
@@ -124,7 +124,7 @@ def full_size_plans():
     net = thetis_net(seed=0)
     plans = {}
     for name, n in [("original", net), ("compressed", hand_compressed(net, PAPER_RANKS))]:
-        units = plan_units(plan_network(n, net.input_shape))
+        units = plan_units(pad_rows(plan_network(n, net.input_shape)))
         plans[name] = (units, place_units(units))
     return plans
 
@@ -146,11 +146,13 @@ def test_full_size_paper_network_scratch_meets_the_targets():
     # c1, its pooling and ReLU run as one stream: no 6 x 28 x 120 x 160 tensor is ever stored
     assert [s.path for s in original[0].steps] == ["c1", "pool1", "relu1"]
     assert original_size == 6 * 120 * 160 + 6 * 14 * 30 * 40  # one convolution frame + pool1's output
-    # the Tucker-2 c1 keeps min(kD, F) = 5 frames of U_s's output (2 channels), one core frame (2 channels)
-    # and one frame of U_t's output (6 channels), and writes pool1's output
+    # the Tucker-2 c1 keeps min(kD, F) = 5 frames of U_s's output (2 channels, in rows padded with zeros: 5
+    # before (the core's pad_W), 5 after (as far as its last tile reaches) and 6 more, to 176 = 11 x 16
+    # floats), one core frame (2 channels) and one frame of U_t's output (6 channels), and writes pool1's output
     c1 = small[0]
     assert [s.path for s in c1.steps] == ["c1.0", "c1.1", "c1.2", "pool1", "relu1"]
-    assert c1.work == {"ring": 5 * 2 * 120 * 160, "frame": 2 * 120 * 160, "post_frame": 6 * 120 * 160}
+    assert c1.pre.out_pad == c1.conv.in_pad == (5, 11)
+    assert c1.work == {"ring": 5 * 2 * 120 * 176, "frame": 2 * 120 * 160, "post_frame": 6 * 120 * 160}
     assert small_size == c1.work_size + 6 * 14 * 30 * 40
 
 

@@ -241,7 +241,9 @@ CONV3D_EQUATION = """\
 CONV3D = Template("""\
 /* One output frame od of the convolution: Y(:, od, :, :) into y, channel t at y + t*ycs. Input frame f
  * of channel s is read at x + (f % ring)*xfs + s*xcs, so that the same code reads a whole tensor
- * (xcs = D*H*W, xfs = H*W, ring = D) or a ring of the frames a fused block keeps (see net_forward). */
+ * (xcs = D*H*XW, xfs = H*XW, ring = D) or a ring of the frames a fused block keeps (see net_forward).
+ * Its rows are XW = XL + W + XR floats apart, value w at column XL + w: where a 1x1x1 factor writes
+ * this input it pads each row with zeros (XL, XR > 0), so that no tile has to copy an edge. */
 static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, int od, float *restrict y, int ycs)
 {
     /* input: S channels of D x H x W; output: T channels of OD x OH x OW */
@@ -251,6 +253,7 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
     const int KD = $KD, KH = $KH, KW = $KW;
     const int SD = $SD, SH = $SH, SW = $SW;
     const int PD = $PD, PH = $PH, PW = $PW;
+    const int XL = $XL, XR = $XR, XW = $XW;  /* zero columns before and after each input row, row stride */
     const int TS = S * KD * KH * KW;  /* floats from one output channel's kernel to the next */
     const float *const weight = $weight;  /* (T, S, KD, KH, KW) */
     /* a tile: CT output channels (CT divides T) by R output rows by VW output columns, R*CT*VW floats of
@@ -263,7 +266,7 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
         for (oh = 0; oh < OH; oh += R)
             for (ow = 0; ow < OW; ow += VW) {
                 const int w0 = ow * SW - PW;  /* input column of the tile's first tap */
-                const int inside = w0 >= 0 && w0 + SPAN <= W;  /* every tap of the tile inside the row */
+                const int inside = w0 >= -XL && w0 + SPAN <= W + XR;  /* every tap inside the (padded) row */
                 const int nv = OW - ow < VW ? OW - ow : VW;    /* columns stored (the last tile may be short) */
                 const int nr = OH - oh < R ? OH - oh : R;      /* rows stored */
                 /* an edge tile's taps xe[n] = row[w0 + n] lie inside the row for n in ea..eb-1 */
@@ -290,7 +293,7 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
                             const float *row;
                             if (h < 0 || h >= H)
                                 continue;
-                            row = plane + h * W;
+                            row = plane + h * XW + XL;  /* column 0 of input row h */
                             if (!inside)
                                 for (n = ea; n < eb; ++n)
                                     xe[n] = row[w0 + n];
@@ -311,11 +314,11 @@ $tile_taps                            }
 
 static void $func(const float *restrict x, float *restrict y)
 {
-    const int D = $D, H = $H, W = $W, OD = $OD, OH = $OH, OW = $OW;
+    const int D = $D, H = $H, XW = $XW, OD = $OD, OH = $OH, OW = $OW;  /* XW: floats per input row */
     int od;
 
     for (od = 0; od < OD; ++od)
-        ${func}_frame(x, D * H * W, H * W, D, od, y + od * OH * OW, OD * OH * OW);
+        ${func}_frame(x, D * H * XW, H * XW, D, od, y + od * OH * OW, OD * OH * OW);
 }
 """)
 
@@ -325,7 +328,7 @@ POINTWISE_EQUATION = """\
  * i.e. a (T x S) by (S x P) matrix product, done in blocks of positions that stay in cache.
 """
 
-POINTWISE = Template("""\
+POINTWISE_ROWS = Template("""\
 /* n positions: channel s of the input at x + s*xcs, channel t of the output at y + t*ycs. */
 static void ${func}_rows(const float *restrict x, int xcs, float *restrict y, int ycs, int n_positions)
 {
@@ -349,10 +352,40 @@ static void ${func}_rows(const float *restrict x, int xcs, float *restrict y, in
         }
     }
 }
+""")
 
+#: The 1x1x1 convolution's layer function over a whole tensor, and over one whose rows are padded.
+POINTWISE_LAYER = Template("""
 static void $func(const float *restrict x, float *restrict y)
 {
     ${func}_rows(x, $P, y, $P, $P);
+}
+""")
+
+POINTWISE_PADDED = Template("""
+/* n_rows rows of W positions into rows padded with zeros (the layout the next convolution reads): input
+ * row r at x + r*W, output row r at y + r*WP, its values at columns PL..PL+W-1 and zeros around them;
+ * channel s of the input at x + s*xcs, channel t of the output at y + t*ycs. */
+static void ${func}_padded_rows(const float *restrict x, int xcs, float *restrict y, int ycs, int n_rows)
+{
+    const int T = $T, W = $W, WP = $WP, PL = $PL;  /* output channels, row, padded row, left zeros */
+    int r, t, n;
+
+    for (r = 0; r < n_rows; ++r) {
+        for (t = 0; t < T; ++t) {
+            float *const yr = y + t * ycs + r * WP;
+            for (n = 0; n < PL; ++n)
+                yr[n] = 0.0f;
+            for (n = PL + W; n < WP; ++n)
+                yr[n] = 0.0f;
+        }
+        ${func}_rows(x + r * W, xcs, y + r * WP + PL, ycs, W);
+    }
+}
+
+static void $func(const float *restrict x, float *restrict y)
+{
+    ${func}_padded_rows(x, $P, y, $PP, $ROWS);
 }
 """)
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..io import atomic_path
 from ..nn import AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Linear, MaxPool3d
 from . import templates as tpl
-from .memory import footprint, place_units, plan_units, tile_channels, tile_rows
+from .memory import footprint, pad_rows, place_units, plan_units, tile_channels, tile_rows
 from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
 
 WEIGHTS_FORMATS = ("array", "blob")
@@ -182,7 +182,7 @@ class _Generator:
             raise ValueError(f"weights_format must be one of {WEIGHTS_FORMATS}, got {weights_format!r}")
         self.format = weights_format
         self.input_shape = tuple(int(v) for v in input_shape)
-        self.steps = plan_network(net, self.input_shape, fold)
+        self.steps = pad_rows(plan_network(net, self.input_shape, fold))
         self.placements, self.layerwise_scratch = place_buffers(self.steps)
         self.units = plan_units(self.steps, fuse)
         self.scratch = place_units(self.units)
@@ -217,12 +217,18 @@ class _Generator:
             body = tpl.CONV3D.substitute(func=func, S=S, D=D, H=H, W=W, T=T, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
                                          KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
                                          weight=self._weight(step, "weight"), init=self._init(step, "t0 + c"),
+                                         XL=step.in_pad[0], XR=step.in_pad[1], XW=W + sum(step.in_pad),
                                          CT=ct, R=rows, CTR=ct * rows, tile_taps=_tile_taps(ct, KH, KW, rows))
             equation = tpl.CONV3D_EQUATION
         elif step.kind == "pointwise":
-            body = tpl.POINTWISE.substitute(func=func, S=step.in_shape[0], T=step.out_shape[0],
-                                            P=int(np.prod(step.in_shape[1:])),
-                                            weight=self._weight(step, "weight"), init=self._init(step, "t"))
+            (S, D, H, W), T, P = step.in_shape, step.out_shape[0], int(np.prod(step.in_shape[1:]))
+            body = tpl.POINTWISE_ROWS.substitute(func=func, S=S, T=T, weight=self._weight(step, "weight"),
+                                                 init=self._init(step, "t"))
+            if step.out_pad == (0, 0):
+                body += tpl.POINTWISE_LAYER.substitute(func=func, P=P)
+            else:  # the next convolution reads rows padded with zeros (memory.pad_rows)
+                body += tpl.POINTWISE_PADDED.substitute(func=func, T=T, W=W, WP=W + sum(step.out_pad),
+                                                        PL=step.out_pad[0], P=P, PP=step.out_size // T, ROWS=D * H)
             equation = tpl.POINTWISE_EQUATION
         elif step.kind == "linear":
             body = tpl.LINEAR.substitute(func=func, IN=step.in_size, OUT=step.out_size,
@@ -334,17 +340,22 @@ class _Generator:
         if unit.pre is not None:
             ring = min(KD, D)
             pre = self.func_ident[unit.pre.path]
+            XW = W + sum(conv.in_pad)  # floats per row of the ring's frames
+            rows = f"padded rows of {XW}" if conv.in_pad != (0, 0) else "rows"
             decl += [f"    const int D = {D}, HW = {H * W}, KD = {KD}, SD = {SD}, PD = {PD};  /* input frames, window */",
-                     f"    float *const ring = work + {offset};  /* {ring} frames of {S} x {H} x {W}: the first factor's output */",
+                     f"    const int XHW = {H * XW};  /* floats per frame of the ring */",
+                     f"    float *const ring = work + {offset};  /* {ring} frames of {S} x {H} {rows}: the first factor's output */",
                      "    int next = 0, f;  /* next: the first input frame not yet computed */"]
             offset += unit.work["ring"]
+            fill = (f"{pre}_padded_rows(x + f * HW, D * HW, ring + (f % {ring}) * {S} * XHW, XHW, {H});"
+                    if conv.in_pad != (0, 0) else f"{pre}_rows(x + f * HW, D * HW, ring + (f % {ring}) * {S} * XHW, XHW, HW);")
             body += ["        const int lo = od * SD - PD < 0 ? 0 : od * SD - PD;  /* od's window: frames lo..hi-1 */",
                      "        const int hi = od * SD - PD + KD < D ? od * SD - PD + KD : D;",
                      "        for (f = next > lo ? next : lo; f < hi; ++f)",
-                     f"            {pre}_rows(x + f * HW, D * HW, ring + (f % {ring}) * {S} * HW, HW, HW);",
+                     f"            {fill}",
                      "        if (hi > next)",
                      "            next = hi;"]
-            source = f"ring, HW, {S} * HW, {ring}"
+            source = f"ring, XHW, {S} * XHW, {ring}"
         else:
             source = f"x, {D * H * W}, {H * W}, {D}"
         conv_func = self.func_ident[conv.path] + "_frame"
@@ -357,7 +368,10 @@ class _Generator:
             last = "frame"
             if unit.post is not None:
                 post = self.func_ident[unit.post.path]
-                if unit.pool is None:
+                if unit.pool is None and unit.post.out_pad != (0, 0):  # the next convolution reads padded rows
+                    yf = OH * (OW + sum(unit.post.out_pad))
+                    body.append(f"        {post}_padded_rows(frame, FRAME, y + od * {yf}, OD * {yf}, {OH});")
+                elif unit.pool is None:
                     body.append(f"        {post}_rows(frame, FRAME, y + od * FRAME, OD * FRAME, FRAME);")
                 else:
                     decl.append(f"    float *const post_frame = work + {offset};  /* one frame of {unit.post.path}'s output */")
