@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from tuckerref.export import export_c, plan_network
-from tuckerref.export.memory import STACK_BASE_BYTES, conv_tile_bytes, pad_rows, place_units, plan_units
+from tuckerref.export.memory import (STACK_BASE_BYTES, conv_tile_bytes, pad_rows, place_units, plan_units,
+                                     pool_row_bytes)
 from tuckerref.models import c3d, thetis_net
 
 from test_export_c import PAPER_RANKS, SMALL, assert_logits_match, compressed, hand_compressed
@@ -213,7 +214,7 @@ def assert_stack_bounds(built):
         names = [n for n in usage if n == "fused_" + "__".join(paths)
                  or any(n in (f"layer_{p}", f"layer_{p}_frame", f"layer_{p}_rows") for p in paths)]
         assert usage["net_forward"] + sum(usage[n] for n in names) <= unit.stack_bytes, (unit.name, names, usage)
-    tiles = [conv_tile_bytes(s) for s in built.result.steps if s.kind == "conv3d"]
+    tiles = [conv_tile_bytes(s) + pool_row_bytes(s) for s in built.result.steps if s.kind in ("conv3d", "maxpool3d")]
     assert max(usage.values()) <= STACK_BASE_BYTES + max(tiles or [0])
 
 

@@ -73,6 +73,11 @@ def conv_tile_bytes(step: Step) -> int:
     return 4 * (rows * ct * vw + span)
 
 
+def pool_row_bytes(step: Step) -> int:
+    """Stack bytes of a max pooling's layer function: one input row of running maxima (0 for other steps)."""
+    return 4 * step.in_shape[-1] if step.kind == "maxpool3d" else 0
+
+
 def row_padding(step: Step) -> tuple:
     """(left, right) zero columns around each input row that let every tile of convolution ``step`` read
     its input row segment in place (no edge copy), for the tile widths the C macros choose with and
@@ -168,7 +173,7 @@ class Unit:
     def stack_bytes(self) -> int:
         """Bound on the stack of this unit's C function and the helpers it calls."""
         tile = max([conv_tile_bytes(s) for s in self.steps if s.kind == "conv3d"] or [0])
-        return STACK_BASE_BYTES * (2 if self.kind == "stream" else 1) + tile
+        return STACK_BASE_BYTES * (2 if self.kind == "stream" else 1) + tile + sum(pool_row_bytes(s) for s in self.steps)
 
 
 def step_macs(step: Step) -> int:

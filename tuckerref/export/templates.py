@@ -427,15 +427,17 @@ static void $func(const float *restrict x, float *restrict y)
     const int KD = $KD, KH = $KH, KW = $KW;
     const int SD = $SD, SH = $SH, SW = $SW;
     const int PD = $PD, PH = $PH, PW = $PW;
-    int c, od, oh, ow, i, j, l;
+    float m[$W];  /* the maxima over the window's frames and rows, column by column */
+    int c, od, oh, ow, i, j, l, w;
 
-    /* one output row at a time, taking the maximum with one window row tap l at a time */
+    /* one output row at a time: first the maximum over the window's KD x KH input rows, column by column
+     * (contiguous, vectorisable), then over each window's KW columns of that one row */
     for (c = 0; c < C; ++c)
         for (od = 0; od < OD; ++od)
             for (oh = 0; oh < OH; ++oh) {
                 float *const yrow = y + ((c * OD + od) * OH + oh) * OW;
-                for (ow = 0; ow < OW; ++ow)
-                    yrow[ow] = -INFINITY;
+                for (w = 0; w < W; ++w)
+                    m[w] = -INFINITY;
                 for (i = 0; i < KD; ++i) {
                     const int f = od * SD + i - PD;
                     if (f < 0 || f >= D)
@@ -446,16 +448,22 @@ static void $func(const float *restrict x, float *restrict y)
                         if (h < 0 || h >= H)
                             continue;
                         xrow = x + ((c * D + f) * H + h) * W;
-                        for (l = 0; l < KW; ++l) {
-                            /* the columns ow in lo..hi-1 have their tap ow*SW + l - PW inside 0..W-1 */
-                            const int lo = l >= PW ? 0 : (PW - l + SW - 1) / SW;
-                            const int last = W - 1 - l + PW;
-                            const int hi = last < 0 ? 0 : last / SW + 1 < OW ? last / SW + 1 : OW;
-                            for (ow = lo; ow < hi; ++ow) {
-                                const float v = xrow[ow * SW + l - PW];
-                                yrow[ow] = v > yrow[ow] || v != v ? v : yrow[ow];  /* a NaN stays */
-                            }
+                        for (w = 0; w < W; ++w) {
+                            const float v = xrow[w];
+                            m[w] = v > m[w] || v != v ? v : m[w];  /* a NaN stays */
                         }
+                    }
+                }
+                for (ow = 0; ow < OW; ++ow)
+                    yrow[ow] = -INFINITY;
+                for (l = 0; l < KW; ++l) {
+                    /* the columns ow in lo..hi-1 have their tap ow*SW + l - PW inside 0..W-1 */
+                    const int lo = l >= PW ? 0 : (PW - l + SW - 1) / SW;
+                    const int last = W - 1 - l + PW;
+                    const int hi = last < 0 ? 0 : last / SW + 1 < OW ? last / SW + 1 : OW;
+                    for (ow = lo; ow < hi; ++ow) {
+                        const float v = m[ow * SW + l - PW];
+                        yrow[ow] = v > yrow[ow] || v != v ? v : yrow[ow];
                     }
                 }
             }
