@@ -173,7 +173,9 @@ class Unit:
     def stack_bytes(self) -> int:
         """Bound on the stack of this unit's C function and the helpers it calls."""
         tile = max([conv_tile_bytes(s) for s in self.steps if s.kind == "conv3d"] or [0])
-        return STACK_BASE_BYTES * (2 if self.kind == "stream" else 1) + tile + sum(pool_row_bytes(s) for s in self.steps)
+        if self.kind == "stream":  # its pooling runs frame by frame (no row of maxima)
+            return 2 * STACK_BASE_BYTES + tile
+        return STACK_BASE_BYTES + tile + sum(pool_row_bytes(s) for s in self.steps)
 
 
 def step_macs(step: Step) -> int:
