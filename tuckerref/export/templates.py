@@ -337,13 +337,23 @@ static void ${func}_rows(const float *restrict x, int xcs, float *restrict y, in
     const float *const weight = $weight;  /* (T, S) */
     int p0, t, s, p;
 
+    /* each output channel's block: the bias and input channel 0 in the pass that writes it, then two
+     * input channels per pass over it */
     for (p0 = 0; p0 < n_positions; p0 += BLOCK) {
         const int n = n_positions - p0 < BLOCK ? n_positions - p0 : BLOCK;
         for (t = 0; t < T; ++t) {
             float *const yt = y + t * ycs + p0;
+            const float b = $init, u0 = weight[t * S];
+            const float *const x0 = x + p0;
             for (p = 0; p < n; ++p)
-                yt[p] = $init;
-            for (s = 0; s < S; ++s) {
+                yt[p] = b + u0 * x0[p];
+            for (s = 1; s + 1 < S; s += 2) {
+                const float u = weight[t * S + s], v = weight[t * S + s + 1];
+                const float *const xs = x + s * xcs + p0, *const xq = xs + xcs;
+                for (p = 0; p < n; ++p)
+                    yt[p] += u * xs[p] + v * xq[p];
+            }
+            if (s < S) {
                 const float u = weight[t * S + s];
                 const float *const xs = x + s * xcs + p0;
                 for (p = 0; p < n; ++p)
