@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from tuckerref.export import export_c, plan_network
-from tuckerref.export.memory import STACK_BASE_BYTES, conv_tile_bytes, place_units, plan_units
+from tuckerref.export.memory import (STACK_BASE_BYTES, conv_tile_bytes, pad_rows, place_units, plan_units,
+                                     pool_row_bytes)
 from tuckerref.models import c3d, thetis_net
 
 from test_export_c import PAPER_RANKS, SMALL, assert_logits_match, compressed, hand_compressed
@@ -124,7 +125,7 @@ def full_size_plans():
     net = thetis_net(seed=0)
     plans = {}
     for name, n in [("original", net), ("compressed", hand_compressed(net, PAPER_RANKS))]:
-        units = plan_units(plan_network(n, net.input_shape))
+        units = plan_units(pad_rows(plan_network(n, net.input_shape)))
         plans[name] = (units, place_units(units))
     return plans
 
@@ -146,11 +147,13 @@ def test_full_size_paper_network_scratch_meets_the_targets():
     # c1, its pooling and ReLU run as one stream: no 6 x 28 x 120 x 160 tensor is ever stored
     assert [s.path for s in original[0].steps] == ["c1", "pool1", "relu1"]
     assert original_size == 6 * 120 * 160 + 6 * 14 * 30 * 40  # one convolution frame + pool1's output
-    # the Tucker-2 c1 keeps min(kD, F) = 5 frames of U_s's output (2 channels), one core frame (2 channels)
-    # and one frame of U_t's output (6 channels), and writes pool1's output
+    # the Tucker-2 c1 keeps min(kD, F) = 5 frames of U_s's output (2 channels, in rows padded with zeros: 5
+    # before (the core's pad_W), 5 after (as far as its last tile reaches) and 6 more, to 176 = 11 x 16
+    # floats), one core frame (2 channels) and one frame of U_t's output (6 channels), and writes pool1's output
     c1 = small[0]
     assert [s.path for s in c1.steps] == ["c1.0", "c1.1", "c1.2", "pool1", "relu1"]
-    assert c1.work == {"ring": 5 * 2 * 120 * 160, "frame": 2 * 120 * 160, "post_frame": 6 * 120 * 160}
+    assert c1.pre.out_pad == c1.conv.in_pad == (5, 11)
+    assert c1.work == {"ring": 5 * 2 * 120 * 176, "frame": 2 * 120 * 160, "post_frame": 6 * 120 * 160}
     assert small_size == c1.work_size + 6 * 14 * 30 * 40
 
 
@@ -208,10 +211,12 @@ def assert_stack_bounds(built):
     usage = _stack_usage(built.outdir)
     for unit in built.result.units:
         paths = [re.sub(r"\W", "_", s.path) for s in unit.steps]
+        # a stream calls its layers' frame and row helpers; a single layer's function calls its own helpers
+        own = ("_frame", "_rows", "_padded_rows") if unit.kind == "stream" else ("", "_frame", "_rows", "_padded_rows")
         names = [n for n in usage if n == "fused_" + "__".join(paths)
-                 or any(n in (f"layer_{p}", f"layer_{p}_frame", f"layer_{p}_rows") for p in paths)]
+                 or any(n in [f"layer_{p}{suffix}" for suffix in own] for p in paths)]
         assert usage["net_forward"] + sum(usage[n] for n in names) <= unit.stack_bytes, (unit.name, names, usage)
-    tiles = [conv_tile_bytes(s) for s in built.result.steps if s.kind == "conv3d"]
+    tiles = [conv_tile_bytes(s) + pool_row_bytes(s) for s in built.result.steps if s.kind in ("conv3d", "maxpool3d")]
     assert max(usage.values()) <= STACK_BASE_BYTES + max(tiles or [0])
 
 

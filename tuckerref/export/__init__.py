@@ -8,11 +8,11 @@ units, the static memory plan and the footprint (footprint.json), and
 runs and times it (the "c" backend of ``tuckerref table2``), :mod:`tuckerref.export.counters` counts it
 under Valgrind (``--counter``).
 """
-from .memory import Unit, footprint, format_footprint, place_units, plan_units
+from .memory import Unit, footprint, format_footprint, pad_rows, place_units, plan_units
 from .plan import Step, place_buffers, plan_network
 from .timing import DEFAULT_CFLAGS, compile_c, profile_c, run_c
 from .writer import WEIGHTS_FORMATS, ExportResult, export_c
 
 __all__ = ["export_c", "ExportResult", "WEIGHTS_FORMATS", "plan_network", "place_buffers", "Step",
            "compile_c", "run_c", "profile_c", "DEFAULT_CFLAGS", "Unit", "plan_units", "place_units", "footprint",
-           "format_footprint"]
+           "format_footprint", "pad_rows"]

@@ -53,6 +53,10 @@ class Step:
     flops: int           # authors' counting convention (tuckerref.flops, docs/method.md section 8)
     params: list = field(default_factory=list)  # [(PyTorch name of a parameter or buffer, float32 array)]
     folded_with: str | None = None  # a folded BatchNorm3d: its Conv3d's path; that Conv3d: the BatchNorm3d's
+    # (left, right) zero columns around every row of the input (output) tensor, which is then stored in
+    # rows of W + left + right floats (tuckerref.export.memory.pad_rows: a convolution fed by a 1x1x1 factor)
+    in_pad: tuple = (0, 0)
+    out_pad: tuple = (0, 0)
 
     @property
     def layer_type(self) -> str:
@@ -60,11 +64,20 @@ class Step:
 
     @property
     def in_size(self) -> int:
-        return int(np.prod(self.in_shape))
+        """Floats the input tensor takes, its row padding included."""
+        return _stored_size(self.in_shape, self.in_pad)
 
     @property
     def out_size(self) -> int:
-        return int(np.prod(self.out_shape))
+        """Floats the output tensor takes, its row padding included."""
+        return _stored_size(self.out_shape, self.out_pad)
+
+
+def _stored_size(shape, pad) -> int:
+    if pad == (0, 0):
+        return int(np.prod(shape))
+    *outer, width = shape
+    return int(np.prod(outer)) * (width + pad[0] + pad[1])
 
 
 @dataclass

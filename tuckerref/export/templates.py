@@ -199,6 +199,14 @@ TILE_HELPERS = """
 #define NET_TILE_COLUMNS_(n) ((n) < 8 ? 8 : (n) > 32 ? 32 : (n))
 #define NET_TILE_COLUMNS(ct) NET_TILE_COLUMNS_(NET_TILE_FLOATS / (ct) / 8 * 8)
 
+/* Before a tile's column loop of few statements: keeps GCC from unrolling it completely before
+ * vectorising it (it would then stay scalar); nothing elsewhere. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
+#define NET_NO_UNROLL _Pragma("GCC unroll 1")
+#else
+#define NET_NO_UNROLL
+#endif
+
 /* a * b + c, fused where the target has a fast fmaf */
 #ifdef FP_FAST_FMAF
 #define NET_MADD(a, b, c) fmaf(a, b, c)
@@ -221,17 +229,21 @@ CONV3D_EQUATION = """\
  * Eq. (1), PyTorch's cross-correlation:
  *   Y(t, f', h', w') = b(t) + sum_{s, i, j, l} K(t, s, i, j, l) X(s, f_i, h_j, w_l),
  *   f_i = f'*stride_F + i - pad_F (likewise h_j, w_l); taps in the zero padding add nothing.
- * (With a Tucker core as K this is eq. (9).) Computed in register tiles: CT output channels by VW
- * consecutive output columns of one row, whose whole sum over (s, i, j, l) is accumulated in a local
- * array before one store. Each input value read feeds CT multiply-adds, and the inner loop runs over
- * the VW columns, which a C99 compiler vectorises. A tile whose taps reach into the padding or past
- * the row reads a copy of its input row segment, zero where it lies outside the row.
+ * (With a Tucker core as K this is eq. (9).) Computed in register tiles: CT output channels by R
+ * consecutive output rows by VW consecutive output columns, whose whole sum over (s, i, j, l) is
+ * accumulated in a local array before one store. With stride 1 along H, input row h feeds output row
+ * h' through kernel row j = h - h' + pad_H, so the tile runs over the R + kH - 1 input rows of its
+ * window and each input value read feeds up to CT x R multiply-adds; the inner loop runs over the VW
+ * columns, which a C99 compiler vectorises. A tile whose taps reach into the padding or past the row
+ * reads a copy of its input row segment, zero where it lies outside the row.
 """
 
 CONV3D = Template("""\
 /* One output frame od of the convolution: Y(:, od, :, :) into y, channel t at y + t*ycs. Input frame f
  * of channel s is read at x + (f % ring)*xfs + s*xcs, so that the same code reads a whole tensor
- * (xcs = D*H*W, xfs = H*W, ring = D) or a ring of the frames a fused block keeps (see net_forward). */
+ * (xcs = D*H*XW, xfs = H*XW, ring = D) or a ring of the frames a fused block keeps (see net_forward).
+ * Its rows are XW = XL + W + XR floats apart, value w at column XL + w: where a 1x1x1 factor writes
+ * this input it pads each row with zeros (XL, XR > 0), so that no tile has to copy an edge. */
 static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, int od, float *restrict y, int ycs)
 {
     /* input: S channels of D x H x W; output: T channels of OD x OH x OW */
@@ -241,42 +253,47 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
     const int KD = $KD, KH = $KH, KW = $KW;
     const int SD = $SD, SH = $SH, SW = $SW;
     const int PD = $PD, PH = $PH, PW = $PW;
+    const int XL = $XL, XR = $XR, XW = $XW;  /* zero columns before and after each input row, row stride */
     const int TS = S * KD * KH * KW;  /* floats from one output channel's kernel to the next */
     const float *const weight = $weight;  /* (T, S, KD, KH, KW) */
-    /* a tile: CT output channels (CT divides T) by VW output columns, CT*VW floats of stack in acc;
-     * SPAN input columns feed one row of the tile */
-    enum { CT = $CT, VW = NET_TILE_COLUMNS($CT), SPAN = (VW - 1) * $SW + $KW };
+    /* a tile: CT output channels (CT divides T) by R output rows by VW output columns, R*CT*VW floats of
+     * stack in acc; its window spans ROWS input rows, and SPAN input columns feed one row of it */
+    enum { CT = $CT, R = $R, VW = NET_TILE_COLUMNS($CTR), SPAN = (VW - 1) * $SW + $KW, ROWS = (R - 1) * $SH + $KH };
     float xe[SPAN];  /* an edge tile's input row segment, zero outside 0..W-1 */
-    int t0, c, oh, ow, s, i, j, l, v, n;
+    int t0, c, q, oh, ow, s, i, r, l, v, n;
 
     for (t0 = 0; t0 < T; t0 += CT)
-        for (oh = 0; oh < OH; ++oh)
+        for (oh = 0; oh < OH; oh += R)
             for (ow = 0; ow < OW; ow += VW) {
                 const int w0 = ow * SW - PW;  /* input column of the tile's first tap */
-                const int inside = w0 >= 0 && w0 + SPAN <= W;  /* every tap of the tile inside the row */
+                const int inside = w0 >= -XL && w0 + SPAN <= W + XR;  /* every tap inside the (padded) row */
                 const int nv = OW - ow < VW ? OW - ow : VW;    /* columns stored (the last tile may be short) */
+                const int nr = OH - oh < R ? OH - oh : R;      /* rows stored */
                 /* an edge tile's taps xe[n] = row[w0 + n] lie inside the row for n in ea..eb-1 */
                 const int ea = w0 >= 0 ? 0 : -w0 < SPAN ? -w0 : SPAN;
                 const int eb = W - w0 < ea ? ea : W - w0 < SPAN ? W - w0 : SPAN;
-                float acc[CT][VW];
-                for (c = 0; c < CT; ++c)
-                    for (v = 0; v < VW; ++v)
-                        acc[c][v] = 0.0f;
+                float acc[R][CT][VW];
+                for (q = 0; q < R; ++q)
+                    for (c = 0; c < CT; ++c)
+                        for (v = 0; v < VW; ++v)
+                            acc[q][c][v] = 0.0f;
                 if (!inside)  /* the padding and what lies past the row stay zero in xe */
                     for (n = 0; n < SPAN; ++n)
                         xe[n] = 0.0f;
                 for (s = 0; s < S; ++s)
                     for (i = 0; i < KD; ++i) {
                         const int f = od * SD + i - PD;
+                        const float *plane, *k;
                         if (f < 0 || f >= D)
                             continue;
-                        for (j = 0; j < KH; ++j) {
-                            const int h = oh * SH + j - PH;
-                            const float *row, *k;
+                        plane = x + (f % ring) * xfs + s * xcs;
+                        k = weight + ((t0 * S + s) * KD + i) * KH * KW;  /* K(t0, s, i, 0, 0) */
+                        for (r = 0; r < ROWS; ++r) {  /* input row h of the window; output row oh + q takes it as j = r - q */
+                            const int h = oh * SH + r - PH;
+                            const float *row;
                             if (h < 0 || h >= H)
                                 continue;
-                            row = x + (f % ring) * xfs + s * xcs + h * W;
-                            k = weight + (((t0 * S + s) * KD + i) * KH + j) * KW;
+                            row = plane + h * XW + XL;  /* column 0 of input row h */
                             if (!inside)
                                 for (n = ea; n < eb; ++n)
                                     xe[n] = row[w0 + n];
@@ -285,22 +302,23 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
 $tile_taps                            }
                         }
                     }
-                for (c = 0; c < CT; ++c) {
-                    float *const yrow = y + (t0 + c) * ycs + oh * OW + ow;
-                    const float b = $init;
-                    for (v = 0; v < nv; ++v)
-                        yrow[v] = b + acc[c][v];
-                }
+                for (q = 0; q < nr; ++q)
+                    for (c = 0; c < CT; ++c) {
+                        float *const yrow = y + (t0 + c) * ycs + (oh + q) * OW + ow;
+                        const float b = $init;
+                        for (v = 0; v < nv; ++v)
+                            yrow[v] = b + acc[q][c][v];
+                    }
             }
 }
 
 static void $func(const float *restrict x, float *restrict y)
 {
-    const int D = $D, H = $H, W = $W, OD = $OD, OH = $OH, OW = $OW;
+    const int D = $D, H = $H, XW = $XW, OD = $OD, OH = $OH, OW = $OW;  /* XW: floats per input row */
     int od;
 
     for (od = 0; od < OD; ++od)
-        ${func}_frame(x, D * H * W, H * W, D, od, y + od * OH * OW, OD * OH * OW);
+        ${func}_frame(x, D * H * XW, H * XW, D, od, y + od * OH * OW, OD * OH * OW);
 }
 """)
 
@@ -310,7 +328,7 @@ POINTWISE_EQUATION = """\
  * i.e. a (T x S) by (S x P) matrix product, done in blocks of positions that stay in cache.
 """
 
-POINTWISE = Template("""\
+POINTWISE_ROWS = Template("""\
 /* n positions: channel s of the input at x + s*xcs, channel t of the output at y + t*ycs. */
 static void ${func}_rows(const float *restrict x, int xcs, float *restrict y, int ycs, int n_positions)
 {
@@ -319,13 +337,23 @@ static void ${func}_rows(const float *restrict x, int xcs, float *restrict y, in
     const float *const weight = $weight;  /* (T, S) */
     int p0, t, s, p;
 
+    /* each output channel's block: the bias and input channel 0 in the pass that writes it, then two
+     * input channels per pass over it */
     for (p0 = 0; p0 < n_positions; p0 += BLOCK) {
         const int n = n_positions - p0 < BLOCK ? n_positions - p0 : BLOCK;
         for (t = 0; t < T; ++t) {
             float *const yt = y + t * ycs + p0;
+            const float b = $init, u0 = weight[t * S];
+            const float *const x0 = x + p0;
             for (p = 0; p < n; ++p)
-                yt[p] = $init;
-            for (s = 0; s < S; ++s) {
+                yt[p] = b + u0 * x0[p];
+            for (s = 1; s + 1 < S; s += 2) {
+                const float u = weight[t * S + s], v = weight[t * S + s + 1];
+                const float *const xs = x + s * xcs + p0, *const xq = xs + xcs;
+                for (p = 0; p < n; ++p)
+                    yt[p] += u * xs[p] + v * xq[p];
+            }
+            if (s < S) {
                 const float u = weight[t * S + s];
                 const float *const xs = x + s * xcs + p0;
                 for (p = 0; p < n; ++p)
@@ -334,10 +362,40 @@ static void ${func}_rows(const float *restrict x, int xcs, float *restrict y, in
         }
     }
 }
+""")
 
+#: The 1x1x1 convolution's layer function over a whole tensor, and over one whose rows are padded.
+POINTWISE_LAYER = Template("""
 static void $func(const float *restrict x, float *restrict y)
 {
     ${func}_rows(x, $P, y, $P, $P);
+}
+""")
+
+POINTWISE_PADDED = Template("""
+/* n_rows rows of W positions into rows padded with zeros (the layout the next convolution reads): input
+ * row r at x + r*W, output row r at y + r*WP, its values at columns PL..PL+W-1 and zeros around them;
+ * channel s of the input at x + s*xcs, channel t of the output at y + t*ycs. */
+static void ${func}_padded_rows(const float *restrict x, int xcs, float *restrict y, int ycs, int n_rows)
+{
+    const int T = $T, W = $W, WP = $WP, PL = $PL;  /* output channels, row, padded row, left zeros */
+    int r, t, n;
+
+    for (r = 0; r < n_rows; ++r) {
+        for (t = 0; t < T; ++t) {
+            float *const yr = y + t * ycs + r * WP;
+            for (n = 0; n < PL; ++n)
+                yr[n] = 0.0f;
+            for (n = PL + W; n < WP; ++n)
+                yr[n] = 0.0f;
+        }
+        ${func}_rows(x + r * W, xcs, y + r * WP + PL, ycs, W);
+    }
+}
+
+static void $func(const float *restrict x, float *restrict y)
+{
+    ${func}_padded_rows(x, $P, y, $PP, $ROWS);
 }
 """)
 
@@ -379,15 +437,17 @@ static void $func(const float *restrict x, float *restrict y)
     const int KD = $KD, KH = $KH, KW = $KW;
     const int SD = $SD, SH = $SH, SW = $SW;
     const int PD = $PD, PH = $PH, PW = $PW;
-    int c, od, oh, ow, i, j, l;
+    float m[$W];  /* the maxima over the window's frames and rows, column by column */
+    int c, od, oh, ow, i, j, l, w;
 
-    /* one output row at a time, taking the maximum with one window row tap l at a time */
+    /* one output row at a time: first the maximum over the window's KD x KH input rows, column by column
+     * (contiguous, vectorisable), then over each window's KW columns of that one row */
     for (c = 0; c < C; ++c)
         for (od = 0; od < OD; ++od)
             for (oh = 0; oh < OH; ++oh) {
                 float *const yrow = y + ((c * OD + od) * OH + oh) * OW;
-                for (ow = 0; ow < OW; ++ow)
-                    yrow[ow] = -INFINITY;
+                for (w = 0; w < W; ++w)
+                    m[w] = -INFINITY;
                 for (i = 0; i < KD; ++i) {
                     const int f = od * SD + i - PD;
                     if (f < 0 || f >= D)
@@ -398,16 +458,22 @@ static void $func(const float *restrict x, float *restrict y)
                         if (h < 0 || h >= H)
                             continue;
                         xrow = x + ((c * D + f) * H + h) * W;
-                        for (l = 0; l < KW; ++l) {
-                            /* the columns ow in lo..hi-1 have their tap ow*SW + l - PW inside 0..W-1 */
-                            const int lo = l >= PW ? 0 : (PW - l + SW - 1) / SW;
-                            const int last = W - 1 - l + PW;
-                            const int hi = last < 0 ? 0 : last / SW + 1 < OW ? last / SW + 1 : OW;
-                            for (ow = lo; ow < hi; ++ow) {
-                                const float v = xrow[ow * SW + l - PW];
-                                yrow[ow] = v > yrow[ow] || v != v ? v : yrow[ow];  /* a NaN stays */
-                            }
+                        for (w = 0; w < W; ++w) {
+                            const float v = xrow[w];
+                            m[w] = v > m[w] || v != v ? v : m[w];  /* a NaN stays */
                         }
+                    }
+                }
+                for (ow = 0; ow < OW; ++ow)
+                    yrow[ow] = -INFINITY;
+                for (l = 0; l < KW; ++l) {
+                    /* the columns ow in lo..hi-1 have their tap ow*SW + l - PW inside 0..W-1 */
+                    const int lo = l >= PW ? 0 : (PW - l + SW - 1) / SW;
+                    const int last = W - 1 - l + PW;
+                    const int hi = last < 0 ? 0 : last / SW + 1 < OW ? last / SW + 1 : OW;
+                    for (ow = lo; ow < hi; ++ow) {
+                        const float v = m[ow * SW + l - PW];
+                        yrow[ow] = v > yrow[ow] || v != v ? v : yrow[ow];
                     }
                 }
             }

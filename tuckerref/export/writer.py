@@ -16,7 +16,7 @@ import numpy as np
 from ..io import atomic_path
 from ..nn import AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Linear, MaxPool3d
 from . import templates as tpl
-from .memory import footprint, place_units, plan_units, tile_channels
+from .memory import footprint, pad_rows, place_units, plan_units, tile_channels, tile_rows
 from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
 
 WEIGHTS_FORMATS = ("array", "blob")
@@ -116,35 +116,61 @@ def _macro_block(rows) -> str:
                      else f"#define {name:<{name_w}} {value}" for name, value, comment in rows)
 
 
-def _tile_taps(ct: int, kw: int, indent: int = 32) -> str:
-    """The C loops of a convolution tile over one kernel row's KW taps, in two variants chosen by the
-    macro NET_TILE_TAPS: one tap per pass over the accumulators, or two (l, l + 1; then the last tap of
-    an odd row), so that where the compiler keeps the tile in memory each accumulator is read and
-    written once per two multiply-adds."""
-    pad = " " * indent
+def _tile_block(ct: int, rows: tuple, kw: int, pad: str, partial: bool) -> list:
+    """C lines of one tile block: input row r's KW taps into the output rows ``rows`` (kernel rows r - q)
+    of all ct channels, in two variants chosen by the macro NET_TILE_TAPS: one tap per pass over the
+    accumulators, or two (l, l + 1; then the last tap of an odd row), so that where the compiler keeps
+    the tile in memory each accumulator is read and written once per two multiply-adds. A ``partial``
+    block (fewer rows than the tile's) has few statements per column, and NET_NO_UNROLL keeps GCC from
+    unrolling its column loop completely before vectorising it."""
+    pairs = [(q, c) for q in rows for c in range(ct)]
 
     def loop(head, first_line, taps):
         lines = [pad + head] + ([f"{pad}    {first_line}"] if first_line else [])
-        for c in range(ct):
-            lines.append(f"{pad}    const float " + ", ".join(f"{t}{c} = k[{c} * TS + l{' + 1' if t == 'q' else ''}]"
-                                                            for t in taps) + ";")
+        for q, c in pairs:
+            at = f"kr[{c} * TS + l" if q == 0 else f"kr[{c} * TS - {q} * KW + l"
+            lines.append(f"{pad}    const float " + ", ".join(
+                f"{t}{q}_{c} = {at}{' + 1' if t == 'b' else ''}]" for t in taps) + ";")
+        if partial:
+            lines.append(f"{pad}    NET_NO_UNROLL")
         lines.append(f"{pad}    for (v = 0; v < VW; ++v) {{")
-        lines.append(f"{pad}        const float " + ", ".join(f"x{t} = xb[l{' + 1' if t == 'q' else ''} + v * SW]"
-                                                            for t in taps) + ";")
-        for c in range(ct):
-            expr = f"acc[{c}][v]"
-            for t in taps:
-                expr = f"NET_MADD({t}{c}, x{t}, {expr})"
-            lines.append(f"{pad}        acc[{c}][v] = {expr};")
+        lines.append(f"{pad}        const float " + ", ".join(
+            f"x{n} = xb[l{' + 1' if t == 'b' else ''} + v * SW]" for n, t in enumerate(taps)) + ";")
+        for q, c in pairs:
+            expr = f"acc[{q}][{c}][v]"
+            for n, t in enumerate(taps):
+                expr = f"NET_MADD({t}{q}_{c}, x{n}, {expr})"
+            lines.append(f"{pad}        acc[{q}][{c}][v] = {expr};")
         return lines + [f"{pad}    }}", f"{pad}}}"]
 
-    pairs = []
+    two = []
     if kw >= 2:
-        pairs += loop("for (l = 0; l + 1 < KW; l += 2) {", None, ("k", "q"))
+        two += loop("for (l = 0; l + 1 < KW; l += 2) {", None, ("a", "b"))
     if kw % 2:
-        pairs += loop("{  /* the last tap of an odd row */", "l = KW - 1;", ("k",))
-    lines = (["#if NET_TILE_TAPS == 2"] + pairs + ["#else"] + loop("for (l = 0; l < KW; ++l) {", None, ("k",))
-             + ["#endif"])
+        two += loop("{  /* the last tap of an odd row */", "l = KW - 1;", ("a",))
+    return ["#if NET_TILE_TAPS == 2"] + two + ["#else"] + loop("for (l = 0; l < KW; ++l) {", None, ("a",)) + ["#endif"]
+
+
+def _tile_taps(ct: int, kh: int, kw: int, rows: int, indent: int = 32) -> str:
+    """The C code of a convolution tile for one input row r of its window: its KW taps into every output
+    row q of the tile that row r reaches (kernel row j = r - q in 0..KH-1), in one block per set of
+    rows: all of them (the rows of the window's middle), or fewer (its first and last rows)."""
+    pad = " " * indent
+    head = f"{pad}const float *const kr = k + r * KW;  /* K(t0, s, i, r, 0): kernel row r - q of output row q at kr - q*KW */"
+    if rows == 1:
+        return "".join(line + "\n" for line in [head] + _tile_block(ct, (0,), kw, pad, False))
+    cases = []
+    for r in range(rows - 1 + kh):
+        case = (max(0, r - kh + 1), min(rows - 1, r))
+        if case not in cases:
+            cases.append(case)
+    cases.sort(key=lambda case: case != (0, rows - 1))  # the full tile first: most rows take it
+    lines = [head, f"{pad}const int qa = r - KH + 1 > 0 ? r - KH + 1 : 0, qb = r < R - 1 ? r : R - 1;  "
+                   "/* output rows qa..qb */"]
+    for n, (qa, qb) in enumerate(cases):
+        lines.append(f"{pad}{'if' if n == 0 else '} else if'} (qa == {qa} && qb == {qb}) {{")
+        lines += _tile_block(ct, tuple(range(qa, qb + 1)), kw, pad + "    ", (qa, qb) != (0, rows - 1))
+    lines.append(pad + "}")
     return "".join(line + "\n" for line in lines)
 
 
@@ -156,7 +182,7 @@ class _Generator:
             raise ValueError(f"weights_format must be one of {WEIGHTS_FORMATS}, got {weights_format!r}")
         self.format = weights_format
         self.input_shape = tuple(int(v) for v in input_shape)
-        self.steps = plan_network(net, self.input_shape, fold)
+        self.steps = pad_rows(plan_network(net, self.input_shape, fold))
         self.placements, self.layerwise_scratch = place_buffers(self.steps)
         self.units = plan_units(self.steps, fuse)
         self.scratch = place_units(self.units)
@@ -187,16 +213,22 @@ class _Generator:
         if step.kind == "conv3d":
             (S, D, H, W), (T, OD, OH, OW) = step.in_shape, step.out_shape
             (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
-            ct = tile_channels(T)
+            ct, rows = tile_channels(T), tile_rows(step)
             body = tpl.CONV3D.substitute(func=func, S=S, D=D, H=H, W=W, T=T, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
                                          KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
                                          weight=self._weight(step, "weight"), init=self._init(step, "t0 + c"),
-                                         CT=ct, tile_taps=_tile_taps(ct, KW))
+                                         XL=step.in_pad[0], XR=step.in_pad[1], XW=W + sum(step.in_pad),
+                                         CT=ct, R=rows, CTR=ct * rows, tile_taps=_tile_taps(ct, KH, KW, rows))
             equation = tpl.CONV3D_EQUATION
         elif step.kind == "pointwise":
-            body = tpl.POINTWISE.substitute(func=func, S=step.in_shape[0], T=step.out_shape[0],
-                                            P=int(np.prod(step.in_shape[1:])),
-                                            weight=self._weight(step, "weight"), init=self._init(step, "t"))
+            (S, D, H, W), T, P = step.in_shape, step.out_shape[0], int(np.prod(step.in_shape[1:]))
+            body = tpl.POINTWISE_ROWS.substitute(func=func, S=S, T=T, weight=self._weight(step, "weight"),
+                                                 init=self._init(step, "t"))
+            if step.out_pad == (0, 0):
+                body += tpl.POINTWISE_LAYER.substitute(func=func, P=P)
+            else:  # the next convolution reads rows padded with zeros (memory.pad_rows)
+                body += tpl.POINTWISE_PADDED.substitute(func=func, T=T, W=W, WP=W + sum(step.out_pad),
+                                                        PL=step.out_pad[0], P=P, PP=step.out_size // T, ROWS=D * H)
             equation = tpl.POINTWISE_EQUATION
         elif step.kind == "linear":
             body = tpl.LINEAR.substitute(func=func, IN=step.in_size, OUT=step.out_size,
@@ -308,17 +340,22 @@ class _Generator:
         if unit.pre is not None:
             ring = min(KD, D)
             pre = self.func_ident[unit.pre.path]
+            XW = W + sum(conv.in_pad)  # floats per row of the ring's frames
+            rows = f"padded rows of {XW}" if conv.in_pad != (0, 0) else "rows"
             decl += [f"    const int D = {D}, HW = {H * W}, KD = {KD}, SD = {SD}, PD = {PD};  /* input frames, window */",
-                     f"    float *const ring = work + {offset};  /* {ring} frames of {S} x {H} x {W}: the first factor's output */",
+                     f"    const int XHW = {H * XW};  /* floats per frame of the ring */",
+                     f"    float *const ring = work + {offset};  /* {ring} frames of {S} x {H} {rows}: the first factor's output */",
                      "    int next = 0, f;  /* next: the first input frame not yet computed */"]
             offset += unit.work["ring"]
+            fill = (f"{pre}_padded_rows(x + f * HW, D * HW, ring + (f % {ring}) * {S} * XHW, XHW, {H});"
+                    if conv.in_pad != (0, 0) else f"{pre}_rows(x + f * HW, D * HW, ring + (f % {ring}) * {S} * XHW, XHW, HW);")
             body += ["        const int lo = od * SD - PD < 0 ? 0 : od * SD - PD;  /* od's window: frames lo..hi-1 */",
                      "        const int hi = od * SD - PD + KD < D ? od * SD - PD + KD : D;",
                      "        for (f = next > lo ? next : lo; f < hi; ++f)",
-                     f"            {pre}_rows(x + f * HW, D * HW, ring + (f % {ring}) * {S} * HW, HW, HW);",
+                     f"            {fill}",
                      "        if (hi > next)",
                      "            next = hi;"]
-            source = f"ring, HW, {S} * HW, {ring}"
+            source = f"ring, XHW, {S} * XHW, {ring}"
         else:
             source = f"x, {D * H * W}, {H * W}, {D}"
         conv_func = self.func_ident[conv.path] + "_frame"
@@ -331,7 +368,10 @@ class _Generator:
             last = "frame"
             if unit.post is not None:
                 post = self.func_ident[unit.post.path]
-                if unit.pool is None:
+                if unit.pool is None and unit.post.out_pad != (0, 0):  # the next convolution reads padded rows
+                    yf = OH * (OW + sum(unit.post.out_pad))
+                    body.append(f"        {post}_padded_rows(frame, FRAME, y + od * {yf}, OD * {yf}, {OH});")
+                elif unit.pool is None:
                     body.append(f"        {post}_rows(frame, FRAME, y + od * FRAME, OD * FRAME, FRAME);")
                 else:
                     decl.append(f"    float *const post_frame = work + {offset};  /* one frame of {unit.post.path}'s output */")
