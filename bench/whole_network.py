@@ -34,6 +34,7 @@ try:
 except ImportError:
     sys.exit("bench/train_step.py needs PyTorch (pip install torch==2.13.0); it is not installed")
 
+from tuckerref.allocation import keep_freed_memory
 from tuckerref.compress import compress_network
 from tuckerref.kernels import softmax_cross_entropy
 from tuckerref.flops import count_network
@@ -154,6 +155,7 @@ def main(argv=None):
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-compressed", action="store_true")
     args = p.parse_args(argv)
+    keep_freed_memory()  # both engines: freed activations stay in the heap between steps
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     shape = tuple(args.input_shape or (PAPER_INPUT_SHAPE if args.network == "paper" else C3D_INPUT_SHAPE))

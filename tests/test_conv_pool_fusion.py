@@ -257,6 +257,27 @@ def test_eqs_8_to_10_then_pooling_streamed_in_groups_of_frames_equals_float64_re
     np.testing.assert_allclose(out, _pool_then_relu(y, pool, with_relu), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("tucker", [False, True])
+def test_wide_convolution_then_pooling_streamed_reads_its_frames_in_place(dtype, tucker, rng):
+    """A core for the panel kernel (33 outputs, 216 taps) reads each group's frames from the whole
+    padded input (a run of output frames from frame0 on): groups of one pooled frame, a shorter last
+    one, batch 2, a plain convolution with its bias (eq. 1) or a Tucker-2 block; the layers' values."""
+    x = rng.uniform(-1, 1, (2, 5, 7, 6, 10)).astype(dtype)
+    first = rng.uniform(-1, 1, (8, 5)).astype(dtype) if tucker else None
+    core = rng.uniform(-1, 1, (33, 8 if tucker else 5, 3, 3, 3)).astype(dtype)
+    last = rng.uniform(-1, 1, (4, 33)).astype(dtype) if tucker else None
+    b = rng.uniform(-1, 1, 4 if tucker else 33).astype(dtype)
+    z = x if first is None else conv3d(x, first[:, :, None, None, None])
+    y = conv3d(z, core, None if tucker else b, padding=1)
+    y = conv3d(y, last[:, :, None, None, None], b) if tucker else y
+    out = streamed_block_pool(x, first, core, last, b, (1, 1, 1), (1, 1, 1), (2, 2, 2), True, budget=1)
+    if dtype == np.float32:
+        np.testing.assert_array_equal(out, max_pool3d_values(y, (2, 2, 2), relu=True))
+    else:
+        np.testing.assert_allclose(out, _pool_then_relu(y, (2, 2, 2), True), rtol=1e-12, atol=1e-12)
+
+
 def test_a_tucker1_block_then_relu_and_pooling_runs_streamed_with_the_layers_bits(rng):
     """C3D's order (convolution, ReLU, pooling) after a Tucker-1 block (a bias-free core, then U_t with the
     bias) whose core has more channels than a register tile: one streamed call, the layers' float32 bits."""

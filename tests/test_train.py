@@ -238,3 +238,14 @@ def test_commands_report_missing_or_corrupt_files(tmp_path, capsys, main):
         f["x"] = 1
     assert main(["train", str(tmp_path / "foreign.h5"), str(tmp_path / "o.h5")]) == 2
     assert "foreign.h5" in capsys.readouterr().err
+
+
+def test_keep_freed_memory_is_accepted_by_glibc_and_harmless_elsewhere():
+    """The allocator policy that training sets: glibc's malloc accepts it (True); elsewhere it is a no-op
+    (False) and never raises."""
+    import platform
+    from tuckerref.allocation import keep_freed_memory
+    accepted = keep_freed_memory()
+    assert isinstance(accepted, bool)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert accepted

@@ -34,6 +34,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .allocation import keep_freed_memory
 from .data.store import ClipDataset
 from .io import atomic_path, load_weights, open_h5, save_model
 from .kernels import softmax_cross_entropy
@@ -449,12 +450,16 @@ def fit(net, train_data, test_data=None, *, epochs=10, optimizer=None, batch_siz
 
     The history is a list with one dict per epoch: ``epoch``, ``train_loss``, ``train_acc``,
     ``test_loss``, ``test_acc`` (NaN without ``test_data``) and ``seconds``.
+
+    Training sets the process's allocator to keep freed blocks for the next step
+    (:func:`tuckerref.allocation.keep_freed_memory`).
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
     validate_data(net, train_data, "training data")
     if test_data is not None and len(test_data):
         validate_data(net, test_data, "test data")
+    keep_freed_memory()
     if optimizer is None or isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer or "sgd", net.parameters())
     eval_batch_size = eval_batch_size or batch_size

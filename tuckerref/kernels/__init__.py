@@ -14,7 +14,8 @@ from .activation import dropout_mask, relu, relu_backward  # noqa: E402
 from .avg_pool import (adaptive_avg_pool3d, adaptive_avg_pool3d_backward, avg_pool3d,  # noqa: E402
                        avg_pool3d_backward)
 from .batchnorm import batch_norm, batch_norm_backward, batch_norm_statistics  # noqa: E402
-from .conv3d import conv3d, conv3d_backward, conv3d_max_pool3d  # noqa: E402
+from .conv3d import conv3d, conv3d_backward  # noqa: E402
+from .conv_pool import conv3d_max_pool3d  # noqa: E402
 from .linear import linear, linear_backward  # noqa: E402
 from .loss import softmax, softmax_cross_entropy  # noqa: E402
 from .pool import max_pool3d, max_pool3d_backward, max_pool3d_values  # noqa: E402

@@ -46,12 +46,11 @@ from numba import literally, njit, prange, typeof, types
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
 from .conv3d_panels import panel_forward_padded, panel_grad_weight_padded, panels_fit
-from .conv3d_tiles import PaddedTileConvolution, TileConvolution, forward_tiles_padded, tiles_fit
+from .conv3d_tiles import TileConvolution, forward_tiles_padded, tiles_fit
 from .linear import _linear_forward
 from .padding import _pad, _padded
 from .pointwise import pointwise_grad_weight
 from .pointwise_tiles import WIDE_CHANNELS, pointwise_mix
-from .pool import max_pool3d_values
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -342,8 +341,8 @@ def conv3d_into(x, weight, bias, stride, padding, out):
     return out
 
 
-def prepared_forward_unpadded(x_shape, weight, stride, out_shape):
-    """:func:`conv3d_into` without bias or padding for inputs of shape ``x_shape``, as a function
+def prepared_forward_unpadded(x_shape, weight, stride, out_shape, bias=None):
+    """:func:`conv3d_into` without padding for inputs of shape ``x_shape``, as a function
     ``run(x, out)`` that does once what only the shapes and weights decide: when the register-tile
     path applies, its plan and packed weights (:class:`.conv3d_tiles.TileConvolution`); any other path
     is called as :func:`conv3d_into` calls it. The same path and bits as :func:`conv3d_into`.
@@ -353,8 +352,8 @@ def prepared_forward_unpadded(x_shape, weight, stride, out_shape):
     tile_path = (kernel != (1, 1, 1) and tuple(x_shape[2:]) != tuple(kernel)
                  and not panels_fit(S, T, kernel, out_shape[4]) and tiles_fit(stride, out_shape[4], weight.dtype))
     if not tile_path:
-        return lambda x, out: conv3d_into(x, weight, None, stride, (0, 0, 0), out)
-    tiles = TileConvolution(tuple(x_shape), weight, None, stride, tuple(out_shape))
+        return lambda x, out: conv3d_into(x, weight, bias, stride, (0, 0, 0), out)
+    tiles = TileConvolution(tuple(x_shape), weight, bias, stride, tuple(out_shape))
     work = math.prod(out_shape) * weight[0].size
 
     def run(x, out):
@@ -372,50 +371,6 @@ def pooled_dims(out_dims, pool) -> tuple:
         raise ValueError(f"empty output: a convolution output of spatial shape {tuple(out_dims)} is smaller "
                          f"than the pooling window {tuple(pool)}")
     return pooled
-
-
-def pool_then_relu(y, pool, relu):
-    """max_pool3d_values(y, kernel=stride=pool), then max(., 0) when ``relu``: the separate layers
-    that the fused paths replace, for the shapes the register tiles do not cover."""
-    return max_pool3d_values(y, pool, relu=relu)
-
-
-def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu=False, check_finite=True):
-    """max_pool3d(conv3d(x, weight, bias, stride, padding), kernel=stride=pool), inference only;
-    with ``relu``, max(., 0) of that (the paper's pooling and ReLU after c1 and c2).
-
-    The same values as the calls in turn (eq. (1), then the maximum over each window, NaN
-    propagating), computed in one pass when the register tiles apply (unit width stride, output
-    at least one SIMD vector wide): each task computes one row of pooling windows, its tiles
-    merging into a running maximum, and writes only the windows' maxima (:mod:`.conv3d_tiles`).
-    """
-    x, weight, bias, stride, padding, out_dims = conv3d_arguments(x, weight, bias, stride, padding,
-                                                                  check_finite=check_finite)
-    pool = as_triple(pool, "pool", minimum=1)
-    pooled_dims(out_dims, pool)  # raises, naming the shapes, when no whole window fits
-    if not pooled_tiles_fit(x.shape[1], weight.shape, stride, out_dims[2], x.dtype):
-        return pool_then_relu(_conv3d_unchecked(x, weight, bias, stride, padding, out_dims), pool, relu)
-    return pooled_convolution(x.shape, weight, bias, stride, padding, pool, relu)(x)
-
-
-def pooled_tiles_fit(S, weight_shape, stride, out_width, dtype) -> bool:
-    """Whether a convolution followed by max pooling takes the fused register-tile path of
-    :func:`pooled_convolution`: the row tiles apply, and the layer is not one for the faster
-    wide-channel panels (:func:`.conv3d_panels.panels_fit`, whatever the frame width: narrow frames of
-    16 to 31 channels, which panels take when nothing is pooled, keep the fused pass), which then pool
-    in a pass of their own."""
-    return tiles_fit(stride, out_width, dtype) and not panels_fit(S, weight_shape[0], weight_shape[2:])
-
-
-def pooled_convolution(x_shape, weight, bias, stride, padding, pool, relu, keep_buffers=False):
-    """:func:`conv3d_max_pool3d` on the register tiles, prepared for inputs of shape ``x_shape``
-    (checked arguments of that function's dtype; unit width stride, output at least one vector wide)."""
-    out_shape = tuple(x_shape[:1]) + weight.shape[:1] + pooled_dims(
-        window_output_dims(x_shape[2:], weight.shape[2:], stride, padding), pool)
-    return PaddedTileConvolution(x_shape, weight, bias, stride, padding, out_shape, pool=pool, relu=relu,
-                                 dtype=weight.dtype, fill_work=math.prod(x_shape) if any(padding) else 0,
-                                 tile_work=math.prod(out_shape) * math.prod(pool) * weight[0].size,
-                                 keep_buffers=keep_buffers)
 
 
 def _forward_into(x, weight, bias, stride, padding, out):

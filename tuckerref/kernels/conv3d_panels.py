@@ -213,11 +213,13 @@ def _store_last_column(out, ob, out_first, T, P, p_last, width):
 
 
 @njit(parallel=True, cache=True)
-def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geometry, out_dims, blocks):
+def _panel_forward(tile, one, vec, L, width, xp, x_first, w, bias, out, tap_offset, geometry, out_dims, blocks):
     """out[n, t, p] = bias[t] + sum_k w[t, k] A(n, k, p) for the padded input xp (N, S, Fp, Hp, Wp), the
     (T, K) weights w and out (N, T, P).
 
-    ``tap_offset[k]`` is tap k's offset in one padded clip, ``geometry`` = (Hp*Wp, Wp, sd, sh, sw),
+    ``x_first`` is the offset in each padded clip of output frame 0's first window (0, or a later
+    frame's when ``out`` holds a run of frames), ``tap_offset[k]`` tap k's offset from there,
+    ``geometry`` = (Hp*Wp, Wp, sd, sh, sw),
     ``out_dims`` = (Fo, Ho, Wo) and ``blocks`` = (k_block, column_tasks, channel_block): a clip's tile
     columns are split into ``column_tasks`` near-equal runs, its channels into blocks of
     ``channel_block``, a multiple of the tile's channels (rows).
@@ -259,7 +261,8 @@ def _panel_forward(tile, one, vec, L, width, xp, w, bias, out, tap_offset, geome
             kb = k1 - k0
             for c in range(ncols):
                 p = (c_first + c) * width
-                _gather_panel(one, width, vec, L, xf, n * clip, tap_offset, k0, k1, width, sw, runs[c], run_q[c], run_len[c],
+                _gather_panel(one, width, vec, L, xf, n * clip + x_first, tap_offset, k0, k1, width, sw, runs[c],
+                              run_q[c], run_len[c],
                               run_src[c], min(width, P - p), xb, c * kb * width)
             _columns_pass(tile, one, xb, width, k0, k1, K, tb, wt, bias_rows, of, out_first, P, c_first * width, ncols,
                           ob)
@@ -296,9 +299,10 @@ def task_blocks(N: int, columns: int, T: int, threads: int, channels: int = TILE
     return per_clip, -(-T // split // channels) * channels
 
 
-def panel_forward_padded(xp, weight, bias, stride, out, threads):
+def panel_forward_padded(xp, weight, bias, stride, out, threads, frame0=0):
     """out = conv3d(xp, weight, bias, stride) for the already zero-padded xp (N, S, Fp, Hp, Wp), weight
-    (T, S, kD, kH, kW), bias (T,) and out (N, T, Fo, Ho, Wo), C-contiguous, one float dtype."""
+    (T, S, kD, kH, kW), bias (T,) and out (N, T, Fo, Ho, Wo), C-contiguous, one float dtype; with
+    ``frame0``, ``out`` holds the Fo output frames from frame ``frame0`` on (a run of a longer output)."""
     N, S = xp.shape[:2]
     T = weight.shape[0]
     Fo, Ho, Wo = out.shape[2:]
@@ -308,8 +312,9 @@ def panel_forward_padded(xp, weight, bias, stride, out, threads):
     blocks = (K_BLOCK,) + task_blocks(N, columns, T, threads)
     sd, sh, sw = stride
     geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
-    _panel_forward(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, w, bias, out,
-                   tap_offsets(tuple(xp.shape[1:]), tuple(weight.shape[2:])), geometry, (Fo, Ho, Wo), blocks)
+    _panel_forward(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, frame0 * sd * geometry[0],
+                   w, bias, out, tap_offsets(tuple(xp.shape[1:]), tuple(weight.shape[2:])), geometry, (Fo, Ho, Wo),
+                   blocks)
 
 
 #: Output positions per pass of the weight gradient (its reduction block): a tile column of G's

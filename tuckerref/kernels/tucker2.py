@@ -52,7 +52,7 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
     Returns (N, T, D', H', W'), the same values as the three convolutions in turn; with ``pool``
     (kd, kh, kw), the max pooling of Y with that kernel and stride (no padding), and with ``relu``
     max(., 0) of that, in the same pass when the tiles mix (as
-    :func:`tuckerref.kernels.conv3d.conv3d_max_pool3d` does for a plain convolution).
+    :func:`tuckerref.kernels.conv_pool.conv3d_max_pool3d` does for a plain convolution).
     """
     if relu and pool is None:
         raise ValueError("relu is fused only after a pooling (pool=...)")

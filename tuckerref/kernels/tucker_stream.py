@@ -23,11 +23,14 @@ operands), so the result is bit-identical to them.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ._checks import window_output_dims
+from ._threads import threads_for
 from .conv3d import conv3d_into, prepared_forward_unpadded
-from .padding import _copy_padded
+from .conv3d_panels import panel_forward_padded, panels_fit
+from .padding import _pad
 from .pointwise_tiles import pointwise_mix
 from .pool import max_pool3d_values
 
@@ -49,39 +52,52 @@ def streamed_block_pool(x, first, core, last, bias, stride, padding, pool, relu=
 
     Checked, C-contiguous arrays of one float dtype: x (N, S, D, H, W); ``first`` U_s^T as (R_s, S)
     or None (a Tucker-1 block: the core reads x); ``core`` (R_t, R_s, kD, kH, kW) with the layer's
-    ``stride`` and ``padding`` (3-tuples); ``last`` U_t as (T, R_t); ``bias`` (T,). The pooled output
-    must hold at least one window (the caller checks, :func:`.conv3d.pooled_dims`). ``budget``: bytes
-    of unpooled output per group (:func:`frames_per_group`).
+    ``stride`` and ``padding`` (3-tuples); ``last`` U_t as (T, R_t), or None (a plain convolution, eq. 1:
+    ``core`` is its kernel and ``bias`` its bias); ``bias`` (T,). The pooled output must hold at least
+    one window (the caller checks, :func:`.conv3d.pooled_dims`). ``budget``: bytes of unpooled output
+    per group (:func:`frames_per_group`). A core for the panel kernel reads its frames in place from
+    the padded Z; any other copies the frames its windows read.
     """
     N, S, D, H, W = x.shape
     R_t, R_s = core.shape[:2]
-    T = last.shape[0]
+    T = R_t if last is None else last.shape[0]
     dtype = x.dtype
     kd, sd = core.shape[2], stride[0]
     Fo, Ho, Wo = window_output_dims((D, H, W), core.shape[2:], stride, padding)
     Fq, Hq, Wq = window_output_dims((Fo, Ho, Wo), pool, pool, (0, 0, 0))
-    zp = np.empty((N, R_s) + tuple(n + 2 * p for n, p in zip((D, H, W), padding)), dtype)
     z = x
     if first is not None:
         z = np.empty((N, R_s, D, H, W), dtype)
         pointwise_mix(x.reshape(N, S, -1), first, np.zeros(R_s, dtype), z.reshape(N, R_s, -1))
-    _copy_padded(z, zp, *padding)
+    zp = _pad(z, padding)
+    core_bias = bias if last is None else np.zeros(R_t, dtype)
+    in_place = panels_fit(R_s, R_t, core.shape[2:], Wo)
     group = frames_per_group(T, pool[0], Ho, Wo, dtype.itemsize, Fq, budget)
     frames = group * pool[0]                      # core output frames per group
     y = np.empty((1, R_t, frames, Ho, Wo), dtype)
-    core_frames = prepared_forward_unpadded((1, R_s, (frames - 1) * sd + kd) + zp.shape[3:], core, stride, y.shape)
-    u = np.empty((1, T, frames * Ho * Wo), dtype)
+    u = None if last is None else np.empty((1, T, frames * Ho * Wo), dtype)
+    if not in_place:
+        core_frames = prepared_forward_unpadded((1, R_s, (frames - 1) * sd + kd) + zp.shape[3:], core, stride,
+                                                y.shape, core_bias)
     out = np.empty((N, T, Fq, Hq, Wq), dtype)
     for n in range(N):
         for q0 in range(0, Fq, group):
             q1 = min(Fq, q0 + group)
             f = (q1 - q0) * pool[0]
-            zw = np.ascontiguousarray(zp[n:n + 1, :, q0 * pool[0] * sd:q0 * pool[0] * sd + (f - 1) * sd + kd])
-            if f == frames:
-                yg = core_frames(zw, y)
+            yg = y if f == frames else np.empty((1, R_t, f, Ho, Wo), dtype)
+            if in_place:
+                with threads_for(yg.size * core[0].size):
+                    panel_forward_padded(zp[n:n + 1], core, core_bias, stride, yg, numba.get_num_threads(),
+                                         frame0=q0 * pool[0])
             else:
-                yg = conv3d_into(zw, core, None, stride, (0, 0, 0), np.empty((1, R_t, f, Ho, Wo), dtype))
-            ug = u[:, :, :f * Ho * Wo]
-            pointwise_mix(yg.reshape(1, R_t, -1), last, bias, ug)
-            out[n, :, q0:q1] = max_pool3d_values(ug.reshape(1, T, f, Ho, Wo), pool, relu=relu)[0]
+                zw = np.ascontiguousarray(zp[n:n + 1, :, q0 * pool[0] * sd:q0 * pool[0] * sd + (f - 1) * sd + kd])
+                if f == frames:
+                    core_frames(zw, yg)
+                else:
+                    conv3d_into(zw, core, core_bias, stride, (0, 0, 0), yg)
+            if last is not None:
+                ug = u[:, :, :f * Ho * Wo]
+                pointwise_mix(yg.reshape(1, R_t, -1), last, bias, ug)
+                yg = ug.reshape(1, T, f, Ho, Wo)
+            out[n, :, q0:q1] = max_pool3d_values(yg, pool, relu=relu)[0]
     return out

@@ -10,7 +10,7 @@ Under ``no_grad`` a Sequential runs its children through :func:`inference_forwar
   Conv3d) followed by a pooling likewise (:func:`tuckerref.kernels.tucker2.tucker1_conv3d`);
 * a convolution (a Conv3d or a Tucker-2 block) followed by a MaxPool3d whose stride is its kernel
   and which has no padding, and by a ReLU if one comes next (the paper's network), into one pass
-  that writes only the pooled values (:func:`tuckerref.kernels.conv3d.conv3d_max_pool3d`); a
+  that writes only the pooled values (:func:`tuckerref.kernels.conv_pool.conv3d_max_pool3d`); a
   convolution, ReLU, MaxPool3d sequence (C3D's order) likewise, since relu(max(x)) = max(relu(x))
   for every window (max and ReLU are both monotone and NaN passes through both).
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..kernels.conv3d import conv3d_max_pool3d
+from ..kernels.conv_pool import conv3d_max_pool3d
 from ..kernels.tucker2 import tucker1_conv3d, tucker2_conv3d
 from .layers import Conv3d, MaxPool3d, ReLU, _require_input
 

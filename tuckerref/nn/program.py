@@ -33,7 +33,8 @@ import numpy as np
 
 from ..kernels.activation import relu as relu_kernel
 from ..kernels.batchnorm import channel_affine_into
-from ..kernels.conv3d import conv3d_into, pooled_convolution, pooled_tiles_fit
+from ..kernels.conv3d import conv3d_into
+from ..kernels.conv_pool import pooled_convolution, pooled_tiles_fit
 from ..kernels.linear import linear_into
 from ..kernels.tucker2 import block_geometry, fused_block
 from ..kernels import simd
