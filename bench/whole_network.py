@@ -154,8 +154,12 @@ def main(argv=None):
     p.add_argument("--skip-forward", action="store_true")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-compressed", action="store_true")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc keeps freed blocks of up to 32 MiB in the heap (tuckerref.allocation; the policy "
+                        "tuckerref's training sets), for both engines; default: the allocator as the process starts")
     args = p.parse_args(argv)
-    keep_freed_memory()  # both engines: freed activations stay in the heap between steps
+    if args.keep_freed_memory:
+        keep_freed_memory()  # both engines: freed arrays stay in the heap between calls
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     shape = tuple(args.input_shape or (PAPER_INPUT_SHAPE if args.network == "paper" else C3D_INPUT_SHAPE))

@@ -16,7 +16,9 @@ and each core tile mixes its channels by U_t before it stores, so Z' never reach
 paper), the block is a single parallel pass: the core's tile tasks compute the padded planes of Z
 they read, and Z never reaches memory either. Each output is summed in
 the same order as the three convolutions would sum it. Otherwise, and for shapes the register
-tiles do not cover, the three convolutions run in turn.
+tiles do not cover, the three convolutions run in turn, or, followed by a max pooling, a group of
+frames at a time (:mod:`.tucker_stream`), which a Tucker-1 block (the core and U_t only) with its
+pooling also takes (:func:`tucker1_conv3d`).
 
 Gradients are not part of this: a network being trained runs its three layers one by one.
 """

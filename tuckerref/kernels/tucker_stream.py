@@ -15,11 +15,13 @@ block writes the full-resolution Y to memory and reads it back to pool it: C3D's
 slowest layer of the compressed network though it has a sixth of the first layer's FLOPs.
 
 Here the core's output frames are produced a group of pooling windows at a time: the core computes
-Z' for those frames from the padded Z (one copy of the frames its window reads), U_t mixes them into
-Y in a buffer sized to stay in the last-level cache, and the pooling writes only the pooled frames.
-Y never reaches memory, and the block's passes over memory are those of X, Z and the pooled output.
-Each value is summed exactly as the layers in turn would sum it (the same kernels on the same
-operands), so the result is bit-identical to them.
+Z' for those frames from the padded Z (the panel kernel reads them in place; other kernels get a copy
+of the frames their windows read), U_t mixes them into Y in a buffer sized to stay in the last-level
+cache, and the pooling (with the ReLU after it) writes only the pooled frames. Y never reaches memory,
+and the block's passes over memory are those of X, Z and the pooled output. A plain convolution with
+many channels (eq. 1, C3D's conv2a: 25 MB of output per clip before its pooling) streams the same way,
+without U_t. Each value is summed exactly as the layers in turn would sum it (the same kernels on the
+same operands), so the result is bit-identical to them.
 """
 from __future__ import annotations
 
