@@ -257,6 +257,18 @@ def test_eqs_8_to_10_then_pooling_streamed_in_groups_of_frames_equals_float64_re
     np.testing.assert_allclose(out, _pool_then_relu(y, pool, with_relu), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("T", [2, 20])
+def test_streamed_block_with_a_shorter_last_group_mixes_into_contiguous_buffers(T, rng):
+    """Seven frames in groups of two pooled frames: the last group holds one, and U_t (the streaming
+    kernel for 2 outputs, the tiled one for 20) writes it into a buffer of its own size."""
+    x = rng.uniform(-1, 1, (1, 3, 7, 6, 17))
+    core, last, b = rng.uniform(-1, 1, (4, 3, 1, 1, 3)), rng.uniform(-1, 1, (T, 4)), rng.uniform(-1, 1, T)
+    y = conv3d_ref(conv3d_ref(x, core, padding=(0, 0, 1)), last[:, :, None, None, None], b)
+    out = streamed_block_pool(x, None, core, last, b, (1, 1, 1), (0, 0, 1), (2, 2, 2), True,
+                              budget=T * 4 * 6 * 17 * 8)
+    np.testing.assert_allclose(out, _pool_then_relu(y, (2, 2, 2), True), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("tucker", [False, True])
 def test_wide_convolution_then_pooling_streamed_reads_its_frames_in_place(dtype, tucker, rng):

@@ -98,7 +98,7 @@ def streamed_block_pool(x, first, core, last, bias, stride, padding, pool, relu=
                 else:
                     conv3d_into(zw, core, core_bias, stride, (0, 0, 0), yg)
             if last is not None:
-                ug = u[:, :, :f * Ho * Wo]
+                ug = u if f == frames else np.empty((1, T, f * Ho * Wo), dtype)  # a slice of u is not contiguous
                 pointwise_mix(yg.reshape(1, R_t, -1), last, bias, ug)
                 yg = ug.reshape(1, T, f, Ho, Wo)
             out[n, :, q0:q1] = max_pool3d_values(yg, pool, relu=relu)[0]
