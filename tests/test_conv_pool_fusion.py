@@ -17,7 +17,7 @@ from reference import MIXED_TILE_CASES, TILE_CASES, conv3d_ref, max_pool3d_ref, 
 from tuckerref import conv3d, conv3d_max_pool3d, max_pool3d_values, relu
 from tuckerref.commands.scaling import tucker2_stand_in
 from tuckerref.kernels.tucker2 import tucker2_conv3d
-from tuckerref.kernels.tucker_stream import streamed_block_pool
+from tuckerref.kernels.stream_pool import streamed_block_pool
 from tuckerref.models import thetis_net
 from tuckerref.nn import Conv3d, MaxPool3d, ReLU, Sequential, no_grad
 

@@ -295,12 +295,8 @@ def _uses_planes(stride):
     return stride[1] == 1 and stride[2] == 1
 
 
-def _is_full_window(x, weight, padding):
-    return padding == (0, 0, 0) and x.shape[2:] == weight.shape[2:]
-
-
-def _is_pointwise(weight, stride, padding):
-    return weight.shape[2:] == (1, 1, 1) and stride == (1, 1, 1) and padding == (0, 0, 0)
+def _is_pointwise(kernel_size, stride, padding):
+    return tuple(kernel_size) == (1, 1, 1) and stride == (1, 1, 1) and padding == (0, 0, 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,15 +339,11 @@ def conv3d_into(x, weight, bias, stride, padding, out):
 
 def prepared_forward_unpadded(x_shape, weight, stride, out_shape, bias=None):
     """:func:`conv3d_into` without padding for inputs of shape ``x_shape``, as a function
-    ``run(x, out)`` that does once what only the shapes and weights decide: when the register-tile
-    path applies, its plan and packed weights (:class:`.conv3d_tiles.TileConvolution`); any other path
-    is called as :func:`conv3d_into` calls it. The same path and bits as :func:`conv3d_into`.
+    ``run(x, out)`` that does once what only the shapes and weights decide: on the register-tile path
+    (:func:`forward_path`), its plan and packed weights (:class:`.conv3d_tiles.TileConvolution`); any
+    other path is called as :func:`conv3d_into` calls it. The same path and bits as :func:`conv3d_into`.
     """
-    N, S = x_shape[:2]
-    T, kernel = weight.shape[0], weight.shape[2:]
-    tile_path = (kernel != (1, 1, 1) and tuple(x_shape[2:]) != tuple(kernel)
-                 and not panels_fit(S, T, kernel, out_shape[4]) and tiles_fit(stride, out_shape[4], weight.dtype))
-    if not tile_path:
+    if forward_path(x_shape, weight.shape, stride, (0, 0, 0), out_shape[4], weight.dtype) != "tiles":
         return lambda x, out: conv3d_into(x, weight, bias, stride, (0, 0, 0), out)
     tiles = TileConvolution(tuple(x_shape), weight, bias, stride, tuple(out_shape))
     work = math.prod(out_shape) * weight[0].size
@@ -373,24 +365,43 @@ def pooled_dims(out_dims, pool) -> tuple:
     return pooled
 
 
+def forward_path(x_shape, weight_shape, stride, padding, out_width, dtype) -> str:
+    """The path :func:`conv3d_into` takes for these shapes: "pointwise" (1x1x1, unit stride, no
+    padding), "window" (one output position whose window is the whole input), "panels" (many output
+    channels, :func:`.conv3d_panels.panels_fit`), "tiles" (register tiles: unit width stride, output
+    at least one vector wide), "planes" (unit stride in H and W) or "direct"."""
+    S, T, kernel = x_shape[1], weight_shape[0], tuple(weight_shape[2:])
+    if _is_pointwise(kernel, stride, padding):
+        return "pointwise"
+    if padding == (0, 0, 0) and tuple(x_shape[2:]) == kernel:
+        return "window"
+    if panels_fit(S, T, kernel, out_width):
+        return "panels"
+    if tiles_fit(stride, out_width, dtype):
+        return "tiles"
+    return "planes" if _uses_planes(stride) else "direct"
+
+
 def _forward_into(x, weight, bias, stride, padding, out):
-    """Write conv3d(x, weight, bias) into the contiguous ``out``, by the fastest path that applies."""
+    """Write conv3d(x, weight, bias) into the contiguous ``out``, by the fastest path that applies
+    (:func:`forward_path`)."""
     N, S = x.shape[:2]
     T = weight.shape[0]
-    if _is_pointwise(weight, stride, padding):
+    path = forward_path(x.shape, weight.shape, stride, padding, out.shape[4], x.dtype)
+    if path == "pointwise":
         b = np.zeros(T, x.dtype) if bias is None else bias
         pointwise_mix(x.reshape(N, S, -1), weight.reshape(T, S), b, out.reshape(N, T, -1))
-    elif _is_full_window(x, weight, padding):
+    elif path == "window":
         # One output position whose window is the whole input: Y(n, t) = b(t) + <K(t), X(n)>,
         # a matrix-vector product over the flattened clip (l1 of the paper's network as a convolution).
         out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
         _linear_forward(np.ascontiguousarray(x).reshape(N, -1), weight.reshape(T, -1), out.reshape(N, T))
-    elif panels_fit(S, T, weight.shape[2:], out.shape[4]):
+    elif path == "panels":
         b = np.zeros(T, x.dtype) if bias is None else bias
         panel_forward_padded(_pad(x, padding), weight, b, stride, out, numba.get_num_threads())
-    elif tiles_fit(stride, out.shape[4], x.dtype):
+    elif path == "tiles":
         _forward_tiles(x, weight, bias, padding, stride, out)
-    elif _uses_planes(stride):
+    elif path == "planes":
         _forward_planes(x, weight, bias, padding, stride[0], out)
     else:
         out[...] = 0 if bias is None else bias.reshape(1, T, 1, 1, 1)
@@ -434,7 +445,7 @@ def _conv3d_backward_unchecked(x, weight, grad_out, stride, padding, need_grad_x
     T = weight.shape[0]
     grad_bias = grad_out.sum(axis=(0, 2, 3, 4))
     grad_weight = np.zeros_like(weight)
-    if _is_pointwise(weight, stride, padding):
+    if _is_pointwise(weight.shape[2:], stride, padding):
         if S >= WIDE_CHANNELS and T >= WIDE_CHANNELS:
             panel_grad_weight_padded(x, grad_out, stride, grad_weight)
         else:

@@ -4,7 +4,7 @@
 
 is computed without writing the convolution's full-resolution output: on the register tiles in one
 pass when they apply (:class:`.conv3d_tiles.PaddedTileConvolution` with a pooling), else streamed a
-group of frames at a time through a cache-sized buffer (:mod:`.tucker_stream`).
+group of frames at a time through a cache-sized buffer (:mod:`.stream_pool`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ._checks import as_triple, window_output_dims
 from .conv3d import conv3d_arguments, pooled_dims
 from .conv3d_panels import panels_fit
 from .conv3d_tiles import PaddedTileConvolution, tiles_fit
-from .tucker_stream import streamed_block_pool
+from .stream_pool import streamed_block_pool
 
 
 def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu=False, check_finite=True):
@@ -28,7 +28,7 @@ def conv3d_max_pool3d(x, weight, bias=None, stride=1, padding=0, pool=2, *, relu
     at least one SIMD vector wide): each task computes one row of pooling windows, its tiles
     merging into a running maximum, and writes only the windows' maxima (:mod:`.conv3d_tiles`).
     Otherwise (the panel kernel's wide layers, strided rows) a few frames at a time, pooled before
-    the next ones are computed (:func:`.tucker_stream.streamed_block_pool`).
+    the next ones are computed (:func:`.stream_pool.streamed_block_pool`).
     """
     x, weight, bias, stride, padding, out_dims = conv3d_arguments(x, weight, bias, stride, padding,
                                                                   check_finite=check_finite)

@@ -17,7 +17,7 @@ paper), the block is a single parallel pass: the core's tile tasks compute the p
 they read, and Z never reaches memory either. Each output is summed in
 the same order as the three convolutions would sum it. Otherwise, and for shapes the register
 tiles do not cover, the three convolutions run in turn, or, followed by a max pooling, a group of
-frames at a time (:mod:`.tucker_stream`), which a Tucker-1 block (the core and U_t only) with its
+frames at a time (:mod:`.stream_pool`), which a Tucker-1 block (the core and U_t only) with its
 pooling also takes (:func:`tucker1_conv3d`).
 
 Gradients are not part of this: a network being trained runs its three layers one by one.
@@ -34,7 +34,7 @@ from ._checks import as_triple, common_dtype, float_array, require_finite
 from . import simd
 from .conv3d import conv3d_into, conv_geometry, pooled_dims
 from .conv3d_tiles import PaddedTileConvolution, tiles_fit, tiles_hold_all_channels
-from .tucker_stream import streamed_block_pool
+from .stream_pool import streamed_block_pool
 
 
 def _check_factor(name, weight, layout):
@@ -93,7 +93,7 @@ def tucker2_conv3d(x, first, core, last, bias=None, stride=1, padding=0, *, pool
 def tucker1_conv3d(x, core, last, bias=None, stride=1, padding=0, *, pool, relu=False, check_finite=True):
     """max_pool(U_t * (core conv x) + b), then max(., 0) with ``relu``: a Tucker-1 block (the input mode
     kept, as for C3D's 3-channel first layer: eq. (9) on x itself, then eq. (10)) and the max pooling
-    with kernel = stride = ``pool`` after it, streamed (:func:`.tucker_stream.streamed_block_pool`).
+    with kernel = stride = ``pool`` after it, streamed (:func:`.stream_pool.streamed_block_pool`).
 
     ``core`` (R_t, S, kD, kH, kW) with the layer's ``stride`` and ``padding``, ``last`` (T, R_t, 1, 1, 1)
     U_t, ``bias`` (T,): the weights of the block's two Conv3d layers. The same values as the layers in turn.

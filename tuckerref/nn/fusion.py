@@ -6,7 +6,7 @@ Under ``no_grad`` a Sequential runs its children through :func:`inference_forwar
   and a 1x1x1 Conv3d) into :func:`tuckerref.kernels.tucker2.tucker2_conv3d`, which mixes the
   core's output channels by U_t before they reach memory, or, when a pooling follows and the core
   has more channels than a register tile holds, streams the block a few frames at a time
-  (:mod:`tuckerref.kernels.tucker_stream`); a Tucker-1 block (a bias-free core Conv3d and a 1x1x1
+  (:mod:`tuckerref.kernels.stream_pool`); a Tucker-1 block (a bias-free core Conv3d and a 1x1x1
   Conv3d) followed by a pooling likewise (:func:`tuckerref.kernels.tucker2.tucker1_conv3d`);
 * a convolution (a Conv3d or a Tucker-2 block) followed by a MaxPool3d whose stride is its kernel
   and which has no padding, and by a ReLU if one comes next (the paper's network), into one pass

@@ -1,4 +1,4 @@
-"""A Tucker block with wide ranks, then max pooling: streamed through the cache a few frames at a time.
+"""A wide convolution or Tucker block, then max pooling: streamed through the cache a few frames at a time.
 
 A Tucker-2 layer (eqs. 8-10 of the paper) or a Tucker-1 layer (the core and U_t only, when the
 input mode is kept: C3D's first layer, 3 input channels) followed by a max pooling runs as
