@@ -99,7 +99,7 @@ def avg_pool_cases(draw):
     kernel = tuple(draw(st.integers(1, 3)) for _ in range(3))
     stride = draw(st.none() | st.tuples(*(st.integers(1, 3) for _ in range(3))))
     padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
-    size = tuple(draw(st.integers(max(1, k - 2 * p), 5)) for k, p in zip(kernel, padding))
+    size = tuple(draw(st.integers(k, 5)) for k in kernel)  # PyTorch: every input size >= its kernel size
     return dict(shape=(draw(st.integers(1, 2)), draw(st.integers(1, 3))) + size, kernel=kernel, stride=stride,
                 padding=padding, count_include_pad=draw(st.booleans()),
                 divisor_override=draw(st.none() | st.integers(1, 5)), seed=draw(st.integers(0, 2**31 - 1)))
@@ -256,6 +256,18 @@ def test_batchnorm3d_has_pytorch_names_defaults_and_rebuilds_from_its_spec():
 # Average pooling and adaptive average pooling
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("size, padding", [((1, 2, 2), 1), ((2, 4, 4), (1, 0, 0)), ((3, 1, 3), 0)])
+def test_avg_pool_refuses_an_input_smaller_than_its_kernel_even_with_padding_as_pytorch_does(size, padding):
+    """PyTorch's avg_pool3d raises "input image smaller than kernel size" whenever an input size is under
+    its kernel size, padding aside (max pooling accepts it): the kernel and the layer's shape check
+    refuse it too, naming both shapes."""
+    x = np.zeros((1, 1) + size)
+    with pytest.raises(ValueError, match=r"smaller than the average pooling's kernel_size \(3, 2, 2\)"):
+        avg_pool3d(x, (3, 2, 2), padding=padding)
+    with pytest.raises(ValueError, match=r"AvgPool3d.*spatial input shape \(%d, %d, %d\) is smaller" % size):
+        AvgPool3d((3, 2, 2), padding=padding).output_shape((1,) + size)
+
+
 @settings(max_examples=30)
 @given(case=avg_pool_cases())
 def test_avg_pool_is_the_window_mean_with_pytorchs_divisors(case):
@@ -390,7 +402,8 @@ def test_layers_reject_bad_input_naming_layer_and_shape():
         BatchNorm3d(3).forward(np.zeros((1, 2, 2, 2, 2), np.float32))
     with pytest.raises(ValueError, match=r"needs more than one value per channel.*\(1, 3, 1, 1, 1\)"):
         BatchNorm3d(3).forward(np.zeros((1, 3, 1, 1, 1), np.float32))
-    with pytest.raises(ValueError, match=r"input shape \(1, 3, 3, 3\) gives an empty output"):
+    with pytest.raises(ValueError, match=r"AvgPool3d\(kernel_size=\[1, 2, 4\].*spatial input shape \(3, 3, 3\) is smaller "
+                                         r"than the average pooling's kernel_size \(1, 2, 4\)"):
         AvgPool3d((1, 2, 4)).output_shape((1, 3, 3, 3))
     with pytest.raises(ValueError, match=r"expects a 5-D batch, got shape \(2, 3\)"):
         AdaptiveAvgPool3d(1).forward(np.zeros((2, 3)))

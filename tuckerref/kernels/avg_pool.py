@@ -121,9 +121,18 @@ def adaptive_output_size(spatial, output_size) -> tuple:
     return tuple(int(spatial[d]) if output_size[d] is None else kept[d] for d in range(3))
 
 
+def require_kernel_fits(spatial, kernel, what="input spatial shape"):
+    """Raise unless every input size is at least its kernel size, padding aside: PyTorch's avg_pool3d
+    refuses such an input ("input image smaller than kernel size") where max pooling accepts it."""
+    if any(n < k for n, k in zip(spatial, kernel)):
+        raise ValueError(f"{what} {tuple(spatial)} is smaller than the average pooling's kernel_size "
+                         f"{tuple(kernel)} (every input size must be at least its kernel size, padding aside)")
+
+
 def _avg_windows(spatial, kernel_size, stride, padding, count_include_pad, divisor_override):
     """Checked :class:`Windows` of an average pooling over input ``spatial`` (D, H, W)."""
     kernel = as_triple(kernel_size, "kernel_size", minimum=1)
+    require_kernel_fits(spatial, kernel)
     stride = kernel if stride is None else as_triple(stride, "stride", minimum=1)
     padding = as_triple(padding, "padding", minimum=0)
     if any(2 * p > k for p, k in zip(padding, kernel)):

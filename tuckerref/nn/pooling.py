@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..kernels import as_triple
 from ..kernels.avg_pool import (adaptive_avg_pool3d, adaptive_avg_pool3d_backward, adaptive_output_size,
-                                avg_pool3d, avg_pool3d_backward)
+                                avg_pool3d, avg_pool3d_backward, require_kernel_fits)
 from .grad_mode import is_grad_enabled
 from .layers import _cached, _require_input, _window_output
 from .module import Module
@@ -46,6 +46,7 @@ class AvgPool3d(Module):
         return avg_pool3d_backward(grad, _cached(self, self._shape), *self._args())
 
     def output_shape(self, input_shape):
+        require_kernel_fits(tuple(input_shape)[1:], self.kernel_size, f"{self!r}: spatial input shape")
         return _window_output(self, input_shape, input_shape[0])
 
     def config(self):
