@@ -97,7 +97,7 @@ def narrow_c3d(tmp_path_factory):
     return Exported(net, C3D_CLIP, tmp_path_factory.mktemp("c3d"))
 
 
-NETWORKS = ["paper", "paper_compressed", "narrow_c3d"]
+NETWORKS = ["paper", "paper_padded", "paper_compressed", "narrow_c3d"]
 
 
 # -- the plan's rule -------------------------------------------------------------------------------------
