@@ -10,7 +10,11 @@ one thread) and prints, per flag set:
 * every convolution and linear (sub-)layer with its FLOPs, time and achieved GFLOP/s: time is
   proportional to FLOPs exactly when the GFLOP/s column is constant.
 
-    .venv/bin/python bench/c_backend.py --repeats 3 [--o3] [--engine] [--out runs/c_backend]
+Both networks are exported the same way: by default with ``pad_input`` (a first convolution reads a copy
+of the clip in zero-padded rows, as the compressed core reads its first factor's padded output; the
+copy's time counts as the convolution's), with ``--no-pad-input`` both without it.
+
+    .venv/bin/python bench/c_backend.py --repeats 3 [--o3] [--engine] [--no-pad-input] [--out runs/c_backend]
 
 ``--engine`` also times the engine's own kernels with one Numba thread on the same layers and prints
 the C's GFLOP/s as a fraction of the engine's, layer by layer.
@@ -69,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engine", action="store_true",
                    help="also time the engine single-threaded (numba, threads=1) and print C / engine GFLOP/s per layer")
+    p.add_argument("--no-pad-input", dest="pad_input", action="store_false",
+                   help="export both networks without pad_input (the original's c1 then copies edges per tile)")
     p.add_argument("--out", default=None, help="folder for c_backend[_O3].md/.json (default: print only)")
     args = p.parse_args(argv)
 
@@ -83,12 +89,13 @@ def main(argv=None) -> int:
                                           repeats=args.repeats, warmup=args.warmup, clock="cpu")
         engine = {(row[0], row[1]): float(row[4]) for row in leaf_rows(engine_table) if row[4] != "-"}
     for label, cflags in flag_sets:
-        profiler = functools.partial(profile_c, cflags=cflags)
+        profiler = functools.partial(profile_c, cflags=cflags, pad_input=args.pad_input)
         table = table2.build_table(original, compressed, x, profiler, repeats=args.repeats, warmup=args.warmup,
                                    clock="cpu")
         table.update(cflags=" ".join(cflags), plan="table2", ranks="paper")
         text = "\n\n".join([
-            f"C backend, cc {' '.join(cflags)}, single thread (under load, indicative only)",
+            f"C backend, cc {' '.join(cflags)}, single thread (under load, indicative only); both networks "
+            f"exported {'with' if args.pad_input else 'without'} pad_input",
             table2.render(table),
             "Per (sub-)layer: time is proportional to FLOPs where GFLOP/s is constant",
             markdown_table(["network", "layer", "MFLOP", "CPU ms", "GFLOP/s"], leaf_rows(table))])

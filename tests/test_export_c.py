@@ -220,6 +220,33 @@ def test_eq1_multi_row_tiles_and_padded_rows_match_engine(tmp_path):
 
 
 @needs_cc
+def test_eq1_first_convolution_on_a_padded_copy_of_the_clip_gives_the_same_sums(tmp_path):
+    """pad_input: c1 reads the clip copied into zero-padded rows (a ring of padded frames in net_forward, a
+    padded tensor layer by layer) where it otherwise copies each edge tile's row segment: the same terms
+    in the same order, so the same logits bit for bit, in net_forward and in net_run_layer (-t)."""
+    net = thetis_net(SMALL, seed=0).eval()
+    clips = np.random.default_rng(0).standard_normal((2,) + SMALL).astype(np.float32)
+    plain = export_c(net, tmp_path / "plain", input_shape=SMALL)
+    padded = export_c(net, tmp_path / "padded", input_shape=SMALL, pad_input=True)
+    steps = [s for s in padded.steps if s.kind != "identity"]
+    assert [s.path for s in steps[:2]] == ["input_pad", "c1"] and steps[0].out_pad == steps[1].in_pad != (0, 0)
+    assert [s.path for s in plain.steps] == [s.path for s in padded.steps if s.path != "input_pad"]
+    assert padded.scratch_floats > plain.scratch_floats and padded.units[0].pre is steps[0]
+    logits_plain, _ = run_c(build(tmp_path / "plain"), clips)
+    binary = build(tmp_path / "padded")
+    logits, _ = run_c(binary, clips)
+    assert_logits_match(logits, net(clips))
+    np.testing.assert_array_equal(logits, logits_plain)
+    timed, timings = run_c(binary, clips, repeats=1, warmup=0)
+    np.testing.assert_array_equal(timed, logits)
+    assert [name for name, _, _ in timings] == [s.path for s in steps]
+    # profile_c builds with pad_input and counts the copy as c1's time: the module tree's names only
+    profile = profile_c(net, clips[:1], repeats=2, warmup=0)
+    assert profile.names() == [name for name, _ in net.named_modules() if name]
+    assert min(profile["c1"].cpu.samples) > 0
+
+
+@needs_cc
 def test_c_backend_times_every_layer_and_sub_layer_for_table2():
     from tuckerref.commands.table2 import build_table
     from tuckerref.profile import PROFILERS
@@ -370,3 +397,5 @@ def test_export_c_command_writes_the_sources(tmp_path, capsys):
     header = (tmp_path / "out" / "net.h").read_text()
     assert re.search(r"#define NET_INPUT_SIZE\s+%d\b" % np.prod(SMALL), header)
     assert "scratch" in capsys.readouterr().out
+    args = parser.parse_args(["export-c", str(tmp_path / "net.h5"), str(tmp_path / "padded"), "--pad-input"])
+    assert args.func(args) == 0 and "input_pad+c1" in capsys.readouterr().out

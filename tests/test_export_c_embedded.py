@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from tuckerref.export import export_c, plan_network
-from tuckerref.export.memory import (STACK_BASE_BYTES, conv_tile_bytes, pad_rows, place_units, plan_units,
-                                     pool_row_bytes)
+from tuckerref.export.memory import (INPUT_PAD, STACK_BASE_BYTES, conv_tile_bytes, pad_input, pad_rows, place_units,
+                                     plan_units, pool_row_bytes)
 from tuckerref.models import c3d, thetis_net
 
 from test_export_c import PAPER_RANKS, SMALL, assert_logits_match, compressed, hand_compressed
@@ -49,10 +49,10 @@ def _sources(outdir: Path) -> list:
 class Exported:
     """A network exported once, with clips and the engine's logits on them."""
 
-    def __init__(self, net, input_shape, outdir, seed=0, n_clips=2):
+    def __init__(self, net, input_shape, outdir, seed=0, n_clips=2, **options):
         self.net = net.eval()
         self.input_shape = input_shape
-        self.result = export_c(self.net, outdir, input_shape=input_shape)
+        self.result = export_c(self.net, outdir, input_shape=input_shape, **options)
         self.outdir = Path(outdir)
         self.clips = np.random.default_rng(seed).standard_normal((n_clips,) + tuple(input_shape)).astype(np.float32)
         self.reference = self.net(self.clips)
@@ -81,6 +81,12 @@ def paper(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def paper_padded(tmp_path_factory):
+    """The paper network exported with pad_input: its c1 reads a ring of padded clip frames."""
+    return Exported(thetis_net(SMALL, seed=0), SMALL, tmp_path_factory.mktemp("paper_pad"), pad_input=True)
+
+
+@pytest.fixture(scope="module")
 def paper_compressed(tmp_path_factory):
     return Exported(compressed(thetis_net(SMALL, seed=0), PAPER_RANKS), SMALL, tmp_path_factory.mktemp("paper_tk"))
 
@@ -91,7 +97,7 @@ def narrow_c3d(tmp_path_factory):
     return Exported(net, C3D_CLIP, tmp_path_factory.mktemp("c3d"))
 
 
-NETWORKS = ["paper", "paper_compressed", "narrow_c3d"]
+NETWORKS = ["paper", "paper_padded", "paper_compressed", "narrow_c3d"]
 
 
 # -- the plan's rule -------------------------------------------------------------------------------------
@@ -121,17 +127,19 @@ def assert_plan_rule(units, size):
     assert units[-1].dst == "logits"
 
 
-def full_size_plans():
+def full_size_plans(padded_input=False):
     net = thetis_net(seed=0)
     plans = {}
     for name, n in [("original", net), ("compressed", hand_compressed(net, PAPER_RANKS))]:
-        units = plan_units(pad_rows(plan_network(n, net.input_shape)))
+        steps = plan_network(n, net.input_shape)
+        units = plan_units(pad_rows(pad_input(steps) if padded_input else steps))
         plans[name] = (units, place_units(units))
     return plans
 
 
-def test_arena_is_the_largest_live_set_of_one_unit_and_buffers_never_overlap(paper, paper_compressed, narrow_c3d):
-    for built in (paper, paper_compressed, narrow_c3d):
+def test_arena_is_the_largest_live_set_of_one_unit_and_buffers_never_overlap(paper, paper_padded, paper_compressed,
+                                                                             narrow_c3d):
+    for built in (paper, paper_padded, paper_compressed, narrow_c3d):
         assert_plan_rule(built.result.units, built.result.scratch_floats)
     for units, size in full_size_plans().values():
         assert_plan_rule(units, size)
@@ -155,6 +163,22 @@ def test_full_size_paper_network_scratch_meets_the_targets():
     assert c1.pre.out_pad == c1.conv.in_pad == (5, 11)
     assert c1.work == {"ring": 5 * 2 * 120 * 176, "frame": 2 * 120 * 160, "post_frame": 6 * 120 * 160}
     assert small_size == c1.work_size + 6 * 14 * 30 * 40
+
+
+def test_padded_input_is_a_ring_of_padded_clip_frames_in_the_first_stream_and_counted_in_the_arena():
+    """pad_input: the original's c1 reads min(kD, F) = 5 frames of the clip (4 channels) copied into rows
+    padded like the compressed core's (176 floats); that ring is counted in its stream's working buffers
+    and the arena; the compressed network (its first layer a 1x1x1 factor) is planned as without it."""
+    plain, padded = full_size_plans(), full_size_plans(padded_input=True)
+    units, size = padded["original"]
+    assert_plan_rule(units, size)
+    c1 = units[0]
+    assert [s.path for s in c1.steps] == [INPUT_PAD, "c1", "pool1", "relu1"] and c1.pre.kind == "pad"
+    assert c1.pre.out_pad == c1.conv.in_pad == (5, 11)
+    assert c1.work == {"ring": 5 * 4 * 120 * 176, "frame": 6 * 120 * 160}
+    assert size == c1.work_size + 6 * 14 * 30 * 40 == plain["original"][1] + 5 * 4 * 120 * 176
+    assert [u.name for u in padded["compressed"][0]] == [u.name for u in plain["compressed"][0]]
+    assert padded["compressed"][1] == plain["compressed"][1]
 
 
 def test_footprint_json_lists_every_unit_and_totals(paper_compressed):
@@ -184,7 +208,7 @@ def test_unfused_plan_is_the_layer_by_layer_ping_pong(paper):
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler (cc) found")
-@pytest.mark.parametrize("which", ["paper", "paper_compressed"])
+@pytest.mark.parametrize("which", ["paper", "paper_padded", "paper_compressed"])
 def test_planned_arena_is_enough_and_one_float_less_overflows_under_address_sanitizer(which, request):
     built = request.getfixturevalue(which)
     exact = built.build(CC, ASAN, "net_asan")

@@ -16,6 +16,9 @@ def register(sub):
                    help="clip shape to generate for (default: the shape recorded in WEIGHTS.h5)")
     p.add_argument("--weights-format", choices=WEIGHTS_FORMATS, default="array",
                    help="array: parameters compiled in (weights.c); blob: weights.bin read at run time")
+    p.add_argument("--pad-input", action="store_true",
+                   help="a first convolution reads a copy of the clip in zero-padded rows: faster, at the cost of "
+                        "that copy (a ring of kD padded frames) in the scratch arena")
     p.set_defaults(func=run)
 
 
@@ -27,7 +30,8 @@ def run(args):
     input_shape = tuple(args.input_shape) if args.input_shape else getattr(net, "input_shape", None)
     if input_shape is None:
         raise ValueError(f"{args.weights} records no input shape; pass --input-shape C F H W")
-    result = export_c(net, args.outdir, input_shape=input_shape, weights_format=args.weights_format)
+    result = export_c(net, args.outdir, input_shape=input_shape, weights_format=args.weights_format,
+                      pad_input=args.pad_input)
     print(f"wrote {', '.join(f.name for f in result.files)} to {result.outdir}")
     print(f"{len([s for s in result.steps if s.kind != 'identity'])} computing layers, "
           f"{result.param_floats:,} parameters, scratch {result.scratch_floats:,} floats "

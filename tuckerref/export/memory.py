@@ -4,7 +4,8 @@
 the units ``net_forward`` runs, fusing wherever no full-resolution intermediate has to be stored:
 
 * a *stream* unit is a convolution (eq. (1) or the core of eq. (9)), optionally preceded by a
-  1x1x1 convolution (the first factor of a Tucker-2 block, eq. (8)) and followed by one (the last
+  1x1x1 convolution (the first factor of a Tucker-2 block, eq. (8)) or by the copy of the clip into
+  padded rows (:func:`pad_input`), optionally followed by a 1x1x1 convolution (the last
   factor, eq. (10)), optionally followed by a max pooling with ReLUs on either side of it
   (ReLU commutes with max). It runs frame by frame: the first factor's output is kept only for
   the frames the core's window needs (a ring of min(kD, D) frames), the core's output and the
@@ -99,14 +100,36 @@ def row_padding(step: Step) -> tuple:
     return left, -(-(left + W + right) // ROW_ALIGN_FLOATS) * ROW_ALIGN_FLOATS - left - W
 
 
+#: Path of the step that copies the caller's clip into padded rows (:func:`pad_input`); not a module path.
+INPUT_PAD = "input_pad"
+
+
+def pad_input(steps: list) -> list:
+    """``steps`` with a step of kind "pad" before a first computing step that is a convolution whose rows
+    :func:`row_padding` pads: it copies the caller's clip into zero-padded rows, so that the convolution
+    (the original network's first, eq. (1)) reads its input as a Tucker core reads its first factor's
+    output, without edge copies. The copy costs the padded clip in RAM (a ring of kD frames of it when
+    the convolution runs fused); ``steps`` unchanged where there is nothing to pad."""
+    computing = [s for s in steps if s.kind != IDENTITY]
+    if not computing or computing[0].kind != "conv3d" or row_padding(computing[0]) == (0, 0):
+        return steps
+    if any(s.path == INPUT_PAD for s in steps):
+        raise ValueError(f"the network has a layer named {INPUT_PAD!r}, the name of the input padding step; "
+                         "rename it or export without pad_input")
+    conv = computing[0]
+    first = steps.index(conv)
+    pad = Step(INPUT_PAD, "pad", None, conv.in_shape, conv.in_shape, 0)
+    return steps[:first] + [pad] + steps[first:]
+
+
 def pad_rows(steps: list) -> list:
     """Give every convolution fed directly by a 1x1x1 convolution (the core of a Tucker-2 block after its
-    first factor, eq. (8)) an input of zero-padded rows (:func:`row_padding`), which the factor writes
-    at no extra pass: the convolution's tiles then never copy an edge. Sets the convolution's ``in_pad``
-    and the factor's ``out_pad``; returns ``steps``."""
+    first factor, eq. (8)) or by the input padding step (:func:`pad_input`) an input of zero-padded rows
+    (:func:`row_padding`), which that step writes at no extra pass: the convolution's tiles then never
+    copy an edge. Sets the convolution's ``in_pad`` and the step's ``out_pad``; returns ``steps``."""
     computing = [s for s in steps if s.kind != IDENTITY]
     for before, step in zip(computing, computing[1:]):
-        if step.kind == "conv3d" and before.kind == "pointwise":
+        if step.kind == "conv3d" and before.kind in ("pointwise", "pad"):
             step.in_pad = before.out_pad = row_padding(step)
     return steps
 
@@ -117,7 +140,7 @@ class Unit:
 
     steps: list                   # the computing steps it covers, in order
     kind: str                     # "stream" or the single step's kind
-    pre: Step | None = None       # stream: 1x1x1 convolution before the convolution
+    pre: Step | None = None       # stream: 1x1x1 convolution (or the input padding) before the convolution
     conv: Step | None = None      # stream: the convolution
     post: Step | None = None      # stream: 1x1x1 convolution after it
     pool: Step | None = None      # stream: max pooling fused in
@@ -195,7 +218,7 @@ def _stream(computing: list, k: int):
     """(unit, next index) for a stream starting at computing[k], or None when none starts there."""
     kinds = [s.kind for s in computing]
     pre = None
-    if kinds[k] == "pointwise" and k + 1 < len(kinds) and kinds[k + 1] == "conv3d":
+    if kinds[k] in ("pointwise", "pad") and k + 1 < len(kinds) and kinds[k + 1] == "conv3d":
         pre, k = computing[k], k + 1
     if kinds[k] != "conv3d":
         return None

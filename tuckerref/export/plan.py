@@ -32,7 +32,7 @@ from ..nn import (AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Dropout, Fl
 
 #: Step kinds that generate a C function, and the identity kind that does not.
 COMPUTE_KINDS = ("conv3d", "pointwise", "linear", "maxpool3d", "avgpool3d", "adaptive_avgpool3d", "batchnorm3d",
-                 "relu", "copy")
+                 "relu", "copy", "pad")
 IDENTITY = "identity"
 #: Kinds whose C function may read and write the same buffer.
 IN_PLACE_KINDS = ("relu", "batchnorm3d")
@@ -60,7 +60,9 @@ class Step:
 
     @property
     def layer_type(self) -> str:
-        return type(self.module).__name__ if self.module is not None else "Copy"
+        if self.module is not None:
+            return type(self.module).__name__
+        return "Pad" if self.kind == "pad" else "Copy"
 
     @property
     def in_size(self) -> int:

@@ -663,6 +663,38 @@ static void $func(const float *x, float *y)
 }
 """)
 
+PAD_EQUATION = """\
+ * The clip copied into rows padded with zeros, the layout the convolution after it reads (its tiles
+ * then copy no edge): X(s, f, h, w) at column PL + w of a row of WP floats, zeros around it.
+"""
+
+PAD = Template("""\
+/* n_rows rows of W values into rows padded with zeros: input row r at x + r*W, output row r at y + r*WP,
+ * its values at columns PL..PL+W-1 and zeros around them; channel s at x + s*xcs and y + s*ycs. */
+static void ${func}_padded_rows(const float *restrict x, int xcs, float *restrict y, int ycs, int n_rows)
+{
+    const int S = $S, W = $W, WP = $WP, PL = $PL;  /* channels, row, padded row, left zeros */
+    int s, r, n;
+
+    for (s = 0; s < S; ++s)
+        for (r = 0; r < n_rows; ++r) {
+            const float *const xr = x + s * xcs + r * W;
+            float *const yr = y + s * ycs + r * WP;
+            for (n = 0; n < PL; ++n)
+                yr[n] = 0.0f;
+            for (n = 0; n < W; ++n)
+                yr[PL + n] = xr[n];
+            for (n = PL + W; n < WP; ++n)
+                yr[n] = 0.0f;
+        }
+}
+
+static void $func(const float *restrict x, float *restrict y)
+{
+    ${func}_padded_rows(x, $P, y, $PP, $ROWS);
+}
+""")
+
 COPY_EQUATION = """\
  * Identity: the network computes nothing at inference, so its input is its output.
 """

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..nn import Sequential
 from ..timings import LayerTiming, NetworkProfile, Stats, check_input, check_repeats
+from .memory import INPUT_PAD
 from .plan import IDENTITY
 from .writer import export_c
 
@@ -103,12 +104,15 @@ def _timing_tree(module, name, leaf_samples, repeats) -> LayerTiming:
 
 
 def profile_c(net: Sequential, x: np.ndarray, *, repeats: int = 10, warmup: int = 1, threads=None,
-              cflags=DEFAULT_CFLAGS, workdir=None, weights_format="blob") -> NetworkProfile:
+              cflags=DEFAULT_CFLAGS, workdir=None, weights_format="blob", pad_input=True) -> NetworkProfile:
     """Per-layer times of ``net`` exported to C99 and compiled with ``cflags``, on the single clip ``x`` (1, C, F, H, W).
 
     Same result type and layer names as :func:`tuckerref.profile.profile_network`; the C code runs
     single-threaded (``threads`` must be None or 1). Dropout and flatten layers cost nothing in C and
     report zero time. The sources and binary go to ``workdir`` (default: a temporary directory).
+    ``pad_input`` (default on: every network timed is built as fast as the export builds it, whatever
+    its first layer) exports with :func:`export_c`'s ``pad_input``: a first convolution then reads a
+    copy of the clip in zero-padded rows, and the copy's time counts as that convolution's.
     """
     repeats, warmup = check_repeats(repeats, warmup)
     if threads not in (None, 1):
@@ -118,13 +122,16 @@ def profile_c(net: Sequential, x: np.ndarray, *, repeats: int = 10, warmup: int 
         raise ValueError(f"the C backend times one clip per forward pass; got a batch of {x.shape[0]}")
     with tempfile.TemporaryDirectory(prefix="tuckerref-c-") as tmp:
         outdir = Path(workdir) if workdir is not None else Path(tmp)
-        result = export_c(net, outdir, input_shape=x.shape[1:], weights_format=weights_format)
+        result = export_c(net, outdir, input_shape=x.shape[1:], weights_format=weights_format, pad_input=pad_input)
         binary = compile_c(outdir, cflags)
         _, timings = run_c(binary, x, repeats=repeats, warmup=warmup)
     computing = [s.path for s in result.steps if s.kind != IDENTITY]
     if [name for name, _, _ in timings] != computing:
         raise RuntimeError(f"the C binary timed layers {[n for n, _, _ in timings]}, expected {computing}")
     leaf = {name: (np.asarray(cpu) * 1e-3, np.asarray(wall) * 1e-3) for name, cpu, wall in timings}
+    for pad, conv in zip(computing, computing[1:]):  # the input padding is part of its convolution's cost
+        if pad == INPUT_PAD:
+            leaf[conv] = tuple(a + b for a, b in zip(leaf[conv], leaf.pop(pad)))
     tree = _timing_tree(net, "", leaf, repeats)
     return NetworkProfile(layers=tree.children, total=tree, input_shape=tuple(x.shape), repeats=repeats,
                           warmup=warmup, threads=1, backend="c")

@@ -16,7 +16,7 @@ import numpy as np
 from ..io import atomic_path
 from ..nn import AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Linear, MaxPool3d
 from . import templates as tpl
-from .memory import footprint, pad_rows, place_units, plan_units, tile_channels, tile_rows
+from .memory import footprint, pad_input as pad_clip, pad_rows, place_units, plan_units, tile_channels, tile_rows
 from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
 
 WEIGHTS_FORMATS = ("array", "blob")
@@ -177,12 +177,13 @@ def _tile_taps(ct: int, kh: int, kw: int, rows: int, indent: int = 32) -> str:
 class _Generator:
     """Renders one network; holds the identifiers chosen for its layers and parameters."""
 
-    def __init__(self, net, input_shape, weights_format, fold=True, fuse=True):
+    def __init__(self, net, input_shape, weights_format, fold=True, fuse=True, pad_input=False):
         if weights_format not in WEIGHTS_FORMATS:
             raise ValueError(f"weights_format must be one of {WEIGHTS_FORMATS}, got {weights_format!r}")
         self.format = weights_format
         self.input_shape = tuple(int(v) for v in input_shape)
-        self.steps = pad_rows(plan_network(net, self.input_shape, fold))
+        steps = plan_network(net, self.input_shape, fold)
+        self.steps = pad_rows(pad_clip(steps) if pad_input else steps)
         self.placements, self.layerwise_scratch = place_buffers(self.steps)
         self.units = plan_units(self.steps, fuse)
         self.scratch = place_units(self.units)
@@ -264,6 +265,11 @@ class _Generator:
             equation = tpl.BATCHNORM3D_EQUATION
         elif step.kind == "relu":
             body, equation = tpl.RELU.substitute(func=func, N=step.in_size), tpl.RELU_EQUATION
+        elif step.kind == "pad":
+            (S, D, H, W), P = step.in_shape, int(np.prod(step.in_shape[1:]))
+            body = tpl.PAD.substitute(func=func, S=S, W=W, WP=W + sum(step.out_pad), PL=step.out_pad[0], P=P,
+                                      PP=step.out_size // S, ROWS=D * H)
+            equation = tpl.PAD_EQUATION
         else:  # copy
             body, equation = tpl.COPY.substitute(func=func, N=step.in_size), tpl.COPY_EQUATION
         header = tpl.LAYER_HEADER.substitute(path=step.path, description=_description(step),
@@ -342,9 +348,10 @@ class _Generator:
             pre = self.func_ident[unit.pre.path]
             XW = W + sum(conv.in_pad)  # floats per row of the ring's frames
             rows = f"padded rows of {XW}" if conv.in_pad != (0, 0) else "rows"
+            what = "the padded clip" if unit.pre.kind == "pad" else "the first factor's output"
             decl += [f"    const int D = {D}, HW = {H * W}, KD = {KD}, SD = {SD}, PD = {PD};  /* input frames, window */",
                      f"    const int XHW = {H * XW};  /* floats per frame of the ring */",
-                     f"    float *const ring = work + {offset};  /* {ring} frames of {S} x {H} {rows}: the first factor's output */",
+                     f"    float *const ring = work + {offset};  /* {ring} frames of {S} x {H} {rows}: {what} */",
                      "    int next = 0, f;  /* next: the first input frame not yet computed */"]
             offset += unit.work["ring"]
             fill = (f"{pre}_padded_rows(x + f * HW, D * HW, ring + (f % {ring}) * {S} * XHW, XHW, {H});"
@@ -454,7 +461,8 @@ class _Generator:
         return out
 
 
-def export_c(net, outdir, input_shape=None, weights_format="array", fold=True, fuse=True) -> ExportResult:
+def export_c(net, outdir, input_shape=None, weights_format="array", fold=True, fuse=True,
+             pad_input=False) -> ExportResult:
     """Write a standalone C99 implementation of ``net`` (inference, float32, batch 1) into ``outdir``.
 
     ``input_shape`` is the per-sample (C, F, H, W) clip shape, by default ``net.input_shape``.
@@ -465,13 +473,16 @@ def export_c(net, outdir, input_shape=None, weights_format="array", fold=True, f
     dropout, identity and flatten are the identity at inference. With ``fold`` (the default) each
     BatchNorm3d right after a Conv3d is folded into it (``ExportResult.folded`` lists the pairs).
     ``net_forward`` runs the static memory plan of :mod:`tuckerref.export.memory` (``fuse=False``:
-    one unit per layer), whose footprint is written to footprint.json.
+    one unit per layer), whose footprint is written to footprint.json. With ``pad_input`` a first
+    convolution reads the clip from a copy in zero-padded rows (``tuckerref.export.memory.pad_input``):
+    faster (its tiles copy no edge), at the cost of that copy in the scratch arena (a ring of kD padded
+    frames when fused); off by default, since RAM is what a small device lacks.
     """
     if input_shape is None:
         input_shape = getattr(net, "input_shape", None)
         if input_shape is None:
             raise ValueError("the network records no input shape; pass input_shape=(C, F, H, W)")
-    gen = _Generator(net, input_shape, weights_format, fold, fuse)
+    gen = _Generator(net, input_shape, weights_format, fold, fuse, pad_input)
     contents = gen.files()  # render everything before writing anything
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
