@@ -169,6 +169,16 @@ def test_max_pool_propagates_nan_like_the_engine(tmp_path):
     assert np.array_equal(logits[~np.isnan(logits)], reference[~np.isnan(reference)])
 
 
+
+def _assert_tile_variants_match(outdir, variants, clips, reference):
+    """The exported code in ``outdir`` built with each (NET_TILE_TAPS, NET_TILE_FLOATS) of ``variants``
+    gives the engine's logits."""
+    for taps, floats in variants:
+        binary = compile_c(outdir, CFLAGS + [f"-DNET_TILE_TAPS={taps}", f"-DNET_TILE_FLOATS={floats}"],
+                           output=f"net_{taps}_{floats}")
+        logits, _ = run_c(binary, clips)
+        assert_logits_match(logits, reference)
+
 @needs_cc
 def test_eq1_every_tile_variant_matches_engine(tmp_path):
     """Eq. (1) in the register tiles of every shape the macros select (taps per pass NET_TILE_TAPS 1 or
@@ -181,11 +191,7 @@ def test_eq1_every_tile_variant_matches_engine(tmp_path):
     export_c(net, tmp_path, input_shape=shape)
     clips = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
     reference = net(clips)
-    for taps, floats in ((1, 64), (2, 96), (1, 16), (2, 256)):
-        binary = compile_c(tmp_path, CFLAGS + [f"-DNET_TILE_TAPS={taps}", f"-DNET_TILE_FLOATS={floats}"],
-                           output=f"net_{taps}_{floats}")
-        logits, _ = run_c(binary, clips)
-        assert_logits_match(logits, reference)
+    _assert_tile_variants_match(tmp_path, ((1, 64), (2, 96), (1, 16), (2, 256)), clips, reference)
 
 
 @needs_cc
@@ -212,11 +218,7 @@ def test_eq1_multi_row_tiles_and_padded_rows_match_engine(tmp_path):
         convs = [s for s in result.steps if s.kind == "conv3d"]
         assert [tile_rows(s) for s in convs] == [3, 3, 2, 2]
         assert [s.in_pad for s in convs] == [(0, 0), (2, 22), (0, 0), (0, 0)]  # rows of 64 floats
-        for taps, floats in ((1, 64), (2, 96), (1, 256)):
-            binary = compile_c(outdir, CFLAGS + [f"-DNET_TILE_TAPS={taps}", f"-DNET_TILE_FLOATS={floats}"],
-                               output=f"net_{taps}_{floats}")
-            logits, _ = run_c(binary, clips)
-            assert_logits_match(logits, reference)
+        _assert_tile_variants_match(outdir, ((1, 64), (2, 96), (1, 256)), clips, reference)
 
 
 @needs_cc
