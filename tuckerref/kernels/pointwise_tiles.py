@@ -34,8 +34,7 @@ from numba import njit, prange
 
 from .conv3d_panels import (_ONE, _TILE, COLUMN_BLOCK, TILE_CHANNELS, _bias_rows, _columns_pass,
                             _store_last_column, tile_width)
-from ._threads import threads_for
-from .linear import _linear_forward
+from .linear import linear_into
 from .pointwise import pointwise_forward
 
 __all__ = ["S_BLOCK", "TILE_CHANNELS", "WIDE_CHANNELS", "pointwise_mix", "tile_width", "tiled_forward"]
@@ -88,15 +87,12 @@ def tiled_forward(x, w, bias, out):
 def _few_positions(x, w, bias, out):
     """:func:`pointwise_mix` for clips of fewer positions than one tile column holds (a factor of a
     fully connected layer folded into a convolution: one position): the N*P position rows times W^T,
-    a row of outputs per dot product (:func:`.linear._linear_forward`), instead of tile columns that
+    a fully connected layer's product (:func:`.linear.linear_into`), instead of tile columns that
     would be mostly padding."""
     N, S, P = x.shape
     T = w.shape[0]
     rows = np.ascontiguousarray(x.transpose(0, 2, 1)).reshape(N * P, S)
-    y = np.empty((N * P, T), x.dtype)
-    y[...] = bias
-    with threads_for(N * P * T * S):
-        _linear_forward(rows, w, y)
+    y = linear_into(rows, w, bias, np.empty((N * P, T), x.dtype))
     out[...] = y.reshape(N, P, T).transpose(0, 2, 1)
 
 
@@ -106,9 +102,9 @@ def pointwise_mix(x, w, bias, out):
     :data:`WIDE_CHANNELS`, or, on fewer positions than a tile column covers, position rows times W^T;
     else the streaming :func:`.pointwise.pointwise_forward`."""
     S, T = x.shape[1], w.shape[0]
-    if S >= WIDE_CHANNELS and T >= WIDE_CHANNELS and x.shape[2] < tile_width(x.dtype):
-        _few_positions(x, w, bias, out)
-    elif S >= WIDE_CHANNELS and T >= WIDE_CHANNELS:
-        tiled_forward(x, w, bias, out)
-    else:
+    if S < WIDE_CHANNELS or T < WIDE_CHANNELS:
         pointwise_forward(x, w, bias, out)
+    elif x.shape[2] < tile_width(x.dtype):
+        _few_positions(x, w, bias, out)
+    else:
+        tiled_forward(x, w, bias, out)
