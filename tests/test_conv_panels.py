@@ -5,22 +5,33 @@ Every call of the kernel uses C-contiguous 5-D arrays of float64 or float32 and 
 tiles, so it compiles two specialisations whatever Hypothesis draws."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from reference import assert_gradient_along_random_directions, conv3d_ref
 from tuckerref import conv3d, conv3d_backward
-from tuckerref.kernels.conv3d_panels import (K_BLOCK, TILE_CHANNELS, panel_forward_padded, panel_grad_weight_padded,
-                                             panels_fit, tile_width)
+from tuckerref.kernels.conv3d import forward_path
+from tuckerref.kernels.conv3d_panels import (K_BLOCK, TILE_CHANNELS, grid_fits, panel_forward_padded,
+                                             panel_grad_weight_padded, panels_fit, tile_width)
 from tuckerref.kernels.padding import _pad
 
 
-def panel_conv(x, w, b, stride, padding, threads=2):
-    """The panel kernel called directly (whatever conv3d's dispatch would pick)."""
+def panel_conv(x, w, b, stride, padding, threads=2, gather=True):
+    """The panel kernel called directly (whatever conv3d's dispatch would pick): on gathered panels, or
+    with ``gather`` False on in-place rows of the padded input."""
     N, T = x.shape[0], w.shape[0]
-    out_dims = tuple((x.shape[2 + d] + 2 * padding[d] - w.shape[2 + d]) // stride[d] + 1 for d in range(3))
-    y = np.full((N, T) + out_dims, np.nan, x.dtype)
-    panel_forward_padded(_pad(x, padding), w, b, stride, y, threads)
+    y = np.full((N, T) + output_dims(x, w, stride, padding), np.nan, x.dtype)
+    panel_forward_padded(_pad(x, padding), w, b, stride, y, threads, gather=gather)
     return y
+
+
+def output_dims(x, w, stride, padding):
+    return tuple((x.shape[2 + d] + 2 * padding[d] - w.shape[2 + d]) // stride[d] + 1 for d in range(3))
+
+
+def grid_positions(x, w, stride, padding):
+    """G = (Ho - 1) * Wp + Wo: the padded-grid positions of one output frame."""
+    _, Ho, Wo = output_dims(x, w, stride, padding)
+    return (Ho - 1) * (x.shape[4] + 2 * padding[2]) + Wo
 
 
 def grad_weight_ref(x, g, kernel, stride, padding):
@@ -68,6 +79,55 @@ def test_eq1_panel_convolution_matches_float64_loop_reference(c):
     x, w, b = case_arrays(c)
     y = panel_conv(x, w, b, c["stride"], c["padding"], c["threads"])
     assert_matches_reference(y, x, w, b, c["stride"], c["padding"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(c=wide_cases(), data=st.data())
+def test_eq1_in_place_rows_match_float64_reference_and_the_gathered_panels_bits(c, data):
+    """Positions on the padded input's grid (unit height and width stride, any depth stride): tap k's row
+    of A read in place, the grid columns that are not outputs dropped, a frame's last tile column
+    overlapping the one before; every output the same sum in the same order as on gathered panels."""
+    c["stride"] = (c["stride"][0], 1, 1)
+    c["size"] = (c["size"][0], c["size"][1], data.draw(st.integers(max(1, c["kernel"][2] - 2 * c["padding"][2]), 40)))
+    x, w, b = case_arrays(c)
+    width = tile_width(x.dtype)
+    assume(grid_positions(x, w, c["stride"], c["padding"]) >= width)
+    y = panel_conv(x, w, b, c["stride"], c["padding"], c["threads"], gather=False)
+    assert_matches_reference(y, x, w, b, c["stride"], c["padding"])
+    np.testing.assert_array_equal(y, panel_conv(x, w, b, c["stride"], c["padding"], c["threads"], gather=True))
+
+
+def test_eq1_in_place_rows_read_a_run_of_frames_in_place(rng):
+    """``frame0``: the output frames from frame 2 on of a longer output, read from the whole padded input,
+    on both layouts, equal the reference's frames; a frame of exactly one tile column of grid positions."""
+    width = tile_width(np.float32)
+    x = rng.standard_normal((1, 5, 6, 3, width // 2)).astype(np.float32)
+    w = rng.standard_normal((9, 5, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(9).astype(np.float32)
+    Wp = x.shape[4] + 2
+    ref = conv3d_ref(x, w, b, (1, 1, 1), (1, 1, 1))
+    assert (3 - 1) * Wp + x.shape[4] >= width
+    for gather in (True, False):
+        y = np.full((1, 9, 3) + ref.shape[3:], np.nan, np.float32)
+        panel_forward_padded(_pad(x, (1, 1, 1)), w, b, (1, 1, 1), y, 2, frame0=2, gather=gather)
+        scale = conv3d_ref(np.abs(x), np.abs(w), np.abs(b), (1, 1, 1), (1, 1, 1))[:, :, 2:5]
+        assert np.all(np.abs(y - ref[:, :, 2:5]) <= 1e-5 * scale + 1e-6)
+    x1 = rng.standard_normal((1, 4, 2, 1, width)).astype(np.float32)  # G = width: one column per frame
+    w1 = rng.standard_normal((8, 4, 1, 1, 3)).astype(np.float32)
+    assert grid_positions(x1, w1, (1, 1, 1), (0, 0, 1)) == width
+    b1 = np.zeros(8, np.float32)
+    assert_matches_reference(panel_conv(x1, w1, b1, (1, 1, 1), (0, 0, 1), gather=False), x1, w1, b1, (1, 1, 1), (0, 0, 1))
+
+
+def test_eq1_dispatch_takes_in_place_rows_for_cores_and_short_rows_only():
+    """grid_fits's rule: few output channels or short rows; unit height and width stride; a tile column of
+    grid positions per frame. conv3d's dispatch sends 8+ output channels there (C3D-like cores)."""
+    f32 = np.float32
+    assert grid_fits(64, (1, 1, 1), 30, (8, 28, 28), f32) and grid_fits(512, (1, 1, 1), 9, (2, 7, 7), f32)
+    assert not grid_fits(256, (1, 1, 1), 30, (8, 28, 28), f32) and not grid_fits(128, (1, 1, 1), 58, (8, 56, 56), f32)
+    assert not grid_fits(32, (1, 2, 1), 30, (8, 14, 28), f32) and not grid_fits(32, (1, 1, 1), 4, (2, 2, 2), f32)
+    assert forward_path((1, 8, 8, 28, 28), (8, 8, 3, 3, 3), (1, 1, 1), (1, 1, 1), 28, f32) == "panels"
+    assert forward_path((1, 8, 8, 28, 28), (4, 8, 3, 3, 3), (1, 1, 1), (1, 1, 1), 28, f32) == "tiles"
 
 
 @settings(max_examples=25, deadline=None)

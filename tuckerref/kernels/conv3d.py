@@ -45,7 +45,7 @@ from numba import literally, njit, prange, typeof, types
 
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
-from .conv3d_panels import panel_forward_padded, panel_grad_weight_padded, panels_fit
+from .conv3d_panels import panel_forward_padded, panel_grad_weight_padded, panels_fit, panels_take
 from .conv3d_tiles import TileConvolution, forward_tiles_padded, tiles_fit
 from .linear import _linear_forward
 from .padding import _pad, _padded
@@ -368,14 +368,15 @@ def pooled_dims(out_dims, pool) -> tuple:
 def forward_path(x_shape, weight_shape, stride, padding, out_width, dtype) -> str:
     """The path :func:`conv3d_into` takes for these shapes: "pointwise" (1x1x1, unit stride, no
     padding), "window" (one output position whose window is the whole input), "panels" (many output
-    channels, :func:`.conv3d_panels.panels_fit`), "tiles" (register tiles: unit width stride, output
+    channels, or in-place rows of the padded input: :func:`.conv3d_panels.panels_take`), "tiles" (register tiles: unit width stride, output
     at least one vector wide), "planes" (unit stride in H and W) or "direct"."""
     S, T, kernel = x_shape[1], weight_shape[0], tuple(weight_shape[2:])
     if _is_pointwise(kernel, stride, padding):
         return "pointwise"
     if padding == (0, 0, 0) and tuple(x_shape[2:]) == kernel:
         return "window"
-    if panels_fit(S, T, kernel, out_width):
+    out_dims = tuple((x_shape[2 + d] + 2 * padding[d] - kernel[d]) // stride[d] + 1 for d in range(3))
+    if panels_take(S, T, kernel, stride, out_dims, x_shape[4] + 2 * padding[2], dtype):
         return "panels"
     if tiles_fit(stride, out_width, dtype):
         return "tiles"

@@ -149,9 +149,11 @@ def _gather_panel(column, column_width, vec, L, xf, x_first, tap_offset, k0, k1,
 
 
 @njit(cache=True)
-def _column_pass(tile, one, xb, xb_first, width, k0, k1, K, T, w, bias_rows, out, out_first, out_stride):
-    """Taps k0 <= k < k1 of T output channels of one tile column:
-    out[out_first + t*out_stride + q] (+)= sum_k w[t*K + k] xb[xb_first + (k - k0)*width + q] for q < width,
+def _column_pass(tile, one, x, x_first, rows, width, k0, k1, K, T, w, bias_rows, out, out_first, out_stride):
+    """Taps k0 <= k < k1 of T output channels of one tile column of ``width`` positions whose row of A for
+    tap k is x[x_first + rows[k]:... + width] (a run of the padded input itself), or with ``rows`` None
+    x[x_first + k*width:... + width] (a gathered panel's row):
+    out[out_first + t*out_stride + q] (+)= sum_k w[t*K + k] x[x_first + rows[k] + q] for q < width,
     starting from ``bias_rows`` (T rows of ``width`` copies of each bias) when k0 is 0, else from the
     stored partial sums. Channels go R = tile.rows at a time, the last T % R one at a time."""
     # g channel group (channels g*R .. g*R + R - 1); t one channel; k tap.
@@ -165,7 +167,7 @@ def _column_pass(tile, one, xb, xb_first, width, k0, k1, K, T, w, bias_rows, out
             acc = tile_load(tile, out, o, 0, out_stride)
         w0 = g * R * K
         for k in range(k0, k1):
-            acc = tile_fma(tile, acc, w, w0 + k, -K, xb, xb_first + (k - k0) * width)
+            acc = tile_fma(tile, acc, w, w0 + k, -K, x, x_first + (k * width if rows is None else rows[k]))
         tile_store(tile, acc, out, o, 0, out_stride)
     for t in range(G * R, T):
         o = out_first + t * out_stride
@@ -174,7 +176,7 @@ def _column_pass(tile, one, xb, xb_first, width, k0, k1, K, T, w, bias_rows, out
         else:
             acc1 = tile_load(one, out, o, 0, out_stride)
         for k in range(k0, k1):
-            acc1 = tile_fma(one, acc1, w, t * K + k, 0, xb, xb_first + (k - k0) * width)
+            acc1 = tile_fma(one, acc1, w, t * K + k, 0, x, x_first + (k * width if rows is None else rows[k]))
         tile_store(one, acc1, out, o, 0, out_stride)
 
 
@@ -189,17 +191,19 @@ def _bias_rows(bias, t0, T, width):
 
 @njit(cache=True)
 def _columns_pass(tile, one, xb, width, k0, k1, K, T, w, bias_rows, out, out_first, P, p_first, ncols, ob):
-    """:func:`_column_pass` over ``ncols`` tile columns of panels side by side in ``xb`` (taps k0 to k1),
-    the first at position ``p_first``: a whole column stores at out[out_first + t*P + p], one that runs
-    past P into the scratch tile ``ob`` (T x width), which :func:`_store_last_column` copies out."""
-    # c tile column; p its first position.
+    """:func:`_column_pass` over ``ncols`` tile columns of panels side by side in ``xb`` (taps k0 to k1, tap k's
+    row (k - k0)*width into its column's panel), the first at position ``p_first``: a whole column
+    stores at out[out_first + t*P + p], one that runs past P into the scratch tile ``ob`` (T x width),
+    which :func:`_store_last_column` copies out."""
+    # c tile column; p its first position; x0 its panel's offset less its first row's.
     kb = k1 - k0
     for c in range(ncols):
         p = p_first + c * width
+        x0 = (c * kb - k0) * width
         if p + width <= P:
-            _column_pass(tile, one, xb, c * kb * width, width, k0, k1, K, T, w, bias_rows, out, out_first + p, P)
+            _column_pass(tile, one, xb, x0, None, width, k0, k1, K, T, w, bias_rows, out, out_first + p, P)
         else:
-            _column_pass(tile, one, xb, c * kb * width, width, k0, k1, K, T, w, bias_rows, ob, 0, width)
+            _column_pass(tile, one, xb, x0, None, width, k0, k1, K, T, w, bias_rows, ob, 0, width)
 
 
 @njit(cache=True)
@@ -269,6 +273,79 @@ def _panel_forward(tile, one, vec, L, width, xp, x_first, w, bias, out, tap_offs
         _store_last_column(of, ob, out_first, tb, P, (c_first + ncols - 1) * width, width)
 
 
+@njit(cache=True)
+def _grid_column(column, per_frame, width, G):
+    """(output frame, first padded-grid position) of a tile column of :func:`_grid_forward`: a frame's
+    columns cover its G grid positions from 0, the last one ending at G (overlapping the one before)."""
+    return column // per_frame, min((column % per_frame) * width, G - width)
+
+
+@njit(cache=True)
+def _scatter_grid_column(ob, ob_first, ob_stride, out, out_first, P, T, q0, width, Wp, Wo):
+    """out[out_first + t*P + h*Wo + w] = ob[ob_first + t*ob_stride + q - q0] for the grid positions
+    q = h*Wp + w, q0 <= q < q0 + width, that are output positions (w < Wo)."""
+    # q first grid position of a run within grid row h; m its length; v its valid part.
+    q = q0
+    while q < q0 + width:
+        h = q // Wp
+        w = q % Wp
+        m = min(Wp - w, q0 + width - q)
+        v = min(m, Wo - w)
+        if v > 0:
+            for t in range(T):
+                src = ob_first + t * ob_stride + q - q0
+                dst = out_first + t * P + h * Wo + w
+                for i in range(v):
+                    out[dst + i] = ob[src + i]
+        q += m
+
+
+@njit(parallel=True, cache=True)
+def _grid_forward(tile, one, width, xp, x_first, frame_step, w, bias, out, tap_offset, blocks):
+    """out[n, t, p] = bias[t] + sum_k w[t, k] A(n, k, p), like :func:`_panel_forward`, for unit height and
+    width strides, with no gathered panel: positions are counted on the padded input's grid, q = h'*Wp + w'
+    within an output frame, where tap k's row of A is the padded input itself from x_first + f'*frame_step
+    + tap_offset[k] + q. A frame's G = (Ho - 1)*Wp + Wo grid positions (Wp - Wo of each row but the last
+    are not outputs: computed, then dropped) run in tile columns, each summed in a scratch block and its
+    output positions copied out (:func:`_scatter_grid_column`). The last column of a frame ends at G, so no
+    read passes the frame's last padded value; G must be at least ``width``.
+
+    ``blocks`` = (k_block, column_tasks, channel_block) as for :func:`_panel_forward`.
+    """
+    # n clip; c tile column of the task; t0 first output channel of the task's block.
+    N, _, _, Hp, Wp = xp.shape
+    T, K = w.shape
+    Fo, Ho, Wo = out.shape[2:]
+    P = Fo * Ho * Wo
+    G = (Ho - 1) * Wp + Wo
+    per_frame = (G + width - 1) // width
+    columns = Fo * per_frame
+    k_block, col_blocks, channel_block = blocks
+    xf, of = xp.reshape(xp.size), out.reshape(out.size)
+    clip = xp.size // N
+    t_blocks = (T + channel_block - 1) // channel_block
+    for task in prange(N * col_blocks * t_blocks):
+        n = task // (col_blocks * t_blocks)
+        ct = (task // t_blocks) % col_blocks
+        c_first = ct * columns // col_blocks
+        ncols = (ct + 1) * columns // col_blocks - c_first
+        t0 = (task % t_blocks) * channel_block
+        tb = min(channel_block, T - t0)
+        ob_stride = ncols * width
+        ob = np.empty(tb * ob_stride, xf.dtype)
+        wt = w.reshape(w.size)[t0 * K:]
+        bias_rows = _bias_rows(bias, t0, tb, width)
+        for k0 in range(0, K, k_block):
+            k1 = min(k0 + k_block, K)
+            for c in range(ncols):
+                f, q0 = _grid_column(c_first + c, per_frame, width, G)
+                _column_pass(tile, one, xf, n * clip + x_first + f * frame_step + q0, tap_offset, width, k0, k1, K, tb,
+                             wt, bias_rows, ob, c * width, ob_stride)
+        for c in range(ncols):
+            f, q0 = _grid_column(c_first + c, per_frame, width, G)
+            _scatter_grid_column(ob, c * width, ob_stride, of, (n * T + t0) * P + f * Ho * Wo, P, tb, q0, width, Wp, Wo)
+
+
 @lru_cache(maxsize=64)
 def tap_offsets(padded_shape, kernel_size):
     """Offset of each tap k = (s, i, j, l) in one padded clip (S, Fp, Hp, Wp), k in row-major order
@@ -299,22 +376,82 @@ def task_blocks(N: int, columns: int, T: int, threads: int, channels: int = TILE
     return per_clip, -(-T // split // channels) * channels
 
 
-def panel_forward_padded(xp, weight, bias, stride, out, threads, frame0=0):
+#: Input channels per pass of :func:`_grid_forward` over a tile column: their taps' rows (a few rows
+#: of kD frames each) stay in the L1 cache while every channel group streams them. 8 measured best on
+#: one thread (C3D-like cores on 28-column frames: 8 channels 83, 16 channels 74-78 GFLOP/s).
+GRID_CHANNELS = 8
+
+#: :func:`grid_fits`'s rule, measured against the gathered panels (bench/RESULTS.md, C3D-like layers, one
+#: and two threads). In-place rows win where the gather's copy is a large part of the work: where few
+#: output channels share each gathered value (cores of 32-128 channels on 14- and 28-column frames,
+#: 1.02-1.20x; 32 channels on 56 and 112 columns, 1.01-1.15x) and where output rows are so short that it
+#: copies runs of a few values (7-column frames: 1.06-1.15x for 512 channels, 1.44-1.52x for 128). They
+#: lose where many channels share the gather, as the grid's loads cost more (256-512 channels on 14-28
+#: columns, 0.87-0.93x; 64 channels on 56-112 columns, 0.7-0.9x; 128 on 56 columns is even, 0.97-1.00x).
+GRID_OUTPUTS = 128
+GRID_WIDE_OUTPUTS = 32
+GRID_COLUMNS = 32
+GRID_SHORT_ROWS = 8
+
+
+def grid_fits(T: int, stride, padded_width: int, out_dims, dtype) -> bool:
+    """Whether :func:`panel_forward_padded` runs a forward convolution on in-place rows of the padded
+    input (:func:`_grid_forward`) rather than on gathered panels."""
+    _, sh, sw = stride
+    _, Ho, Wo = out_dims
+    if sh != 1 or sw != 1 or (Ho - 1) * padded_width + Wo < tile_width(dtype):
+        return False
+    if Wo <= GRID_SHORT_ROWS:
+        return True
+    return T <= (GRID_OUTPUTS if Wo <= GRID_COLUMNS else GRID_WIDE_OUTPUTS)
+
+
+#: Output channels and taps from which a forward convolution with fewer than :data:`WIDE_OUTPUTS` outputs
+#: takes in-place rows (:func:`panels_take`): C3D-like Tucker-2 cores of 8 to 16 channels with 8 to 16
+#: inputs ran 1.2-1.6x faster on them than on the row register tiles of :mod:`.conv3d_tiles` (one thread,
+#: 14- to 56-column frames); 3 inputs (81 taps, 112 columns) ran 0.9-1.0x, so short reductions keep the tiles.
+GRID_FEWEST_OUTPUTS = 8
+GRID_FEWEST_TAPS = 128
+
+
+def panels_take(S: int, T: int, kernel_size, stride, out_dims, padded_width: int, dtype) -> bool:
+    """Whether a forward convolution runs :func:`panel_forward_padded`: the wide layers of
+    :func:`panels_fit`, and from :data:`GRID_FEWEST_OUTPUTS` outputs (with a long reduction) those that
+    in-place rows take (:func:`grid_fits`) and a long enough reduction."""
+    if panels_fit(S, T, kernel_size, out_dims[2]):
+        return True
+    return (T >= GRID_FEWEST_OUTPUTS and S * math.prod(kernel_size) >= GRID_FEWEST_TAPS
+            and grid_fits(T, stride, padded_width, out_dims, dtype))
+
+
+def panel_forward_padded(xp, weight, bias, stride, out, threads, frame0=0, gather=None):
     """out = conv3d(xp, weight, bias, stride) for the already zero-padded xp (N, S, Fp, Hp, Wp), weight
     (T, S, kD, kH, kW), bias (T,) and out (N, T, Fo, Ho, Wo), C-contiguous, one float dtype; with
-    ``frame0``, ``out`` holds the Fo output frames from frame ``frame0`` on (a run of a longer output)."""
+    ``frame0``, ``out`` holds the Fo output frames from frame ``frame0`` on (a run of a longer output).
+
+    ``gather`` True runs on gathered panels, False on in-place rows of xp (unit height and width stride,
+    at least a tile column of grid positions per frame), None as :func:`grid_fits` decides. Either way
+    every output is the same sum in the same order, so the results are the same bits."""
     N, S = xp.shape[:2]
     T = weight.shape[0]
     Fo, Ho, Wo = out.shape[2:]
     width = tile_width(xp.dtype)
     w = weight.reshape(T, -1)
+    taps = tap_offsets(tuple(xp.shape[1:]), tuple(weight.shape[2:]))
+    sd, sh, sw = stride
+    frame_step = sd * xp.shape[3] * xp.shape[4]
+    if gather is None:
+        gather = not grid_fits(T, stride, xp.shape[4], (Fo, Ho, Wo), xp.dtype)
+    if not gather:
+        columns = Fo * -(-((Ho - 1) * xp.shape[4] + Wo) // width)
+        blocks = (GRID_CHANNELS * math.prod(weight.shape[2:]),) + task_blocks(N, columns, T, threads)
+        _grid_forward(_TILE, _ONE, width, xp, frame0 * frame_step, frame_step, w, bias, out, taps, blocks)
+        return
     columns = -(-(Fo * Ho * Wo) // width)
     blocks = (K_BLOCK,) + task_blocks(N, columns, T, threads)
-    sd, sh, sw = stride
     geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
-    _panel_forward(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, frame0 * sd * geometry[0],
-                   w, bias, out, tap_offsets(tuple(xp.shape[1:]), tuple(weight.shape[2:])), geometry, (Fo, Ho, Wo),
-                   blocks)
+    _panel_forward(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, frame0 * frame_step,
+                   w, bias, out, taps, geometry, (Fo, Ho, Wo), blocks)
 
 
 #: Output positions per pass of the weight gradient (its reduction block): a tile column of G's

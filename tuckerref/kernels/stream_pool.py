@@ -30,8 +30,8 @@ import numpy as np
 
 from ._checks import window_output_dims
 from ._threads import threads_for
-from .conv3d import conv3d_into, prepared_forward_unpadded
-from .conv3d_panels import panel_forward_padded, panels_fit
+from .conv3d import conv3d_into, forward_path, prepared_forward_unpadded
+from .conv3d_panels import panel_forward_padded
 from .padding import _pad
 from .pointwise_tiles import pointwise_mix
 from .pool import max_pool3d_values
@@ -73,7 +73,7 @@ def streamed_block_pool(x, first, core, last, bias, stride, padding, pool, relu=
         pointwise_mix(x.reshape(N, S, -1), first, np.zeros(R_s, dtype), z.reshape(N, R_s, -1))
     zp = _pad(z, padding)
     core_bias = bias if last is None else np.zeros(R_t, dtype)
-    in_place = panels_fit(R_s, R_t, core.shape[2:], Wo)
+    in_place = forward_path(zp.shape, core.shape, stride, (0, 0, 0), Wo, dtype) == "panels"
     group = frames_per_group(T, pool[0], Ho, Wo, dtype.itemsize, Fq, budget)
     frames = group * pool[0]                      # core output frames per group
     y = np.empty((1, R_t, frames, Ho, Wo), dtype)
