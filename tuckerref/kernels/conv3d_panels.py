@@ -19,6 +19,13 @@ registers (a later K block resumes the stored sums). Positions past P in the las
 in its panel and never stored. The wide 1x1x1 convolution of a Tucker-2 factor (:mod:`.pointwise_tiles`)
 uses the same column pass on plain slices of its input.
 
+In-place rows (:func:`_grid_forward`, unit height and width stride): counting a frame's positions on
+the padded input's grid instead, q = h'*Wp + w', tap k's row of A is a plain run of the padded input,
+A(n, k, q) = Xp_flat(n, x(f') + offset(k) + q), so the column pass reads it where it lies and nothing
+is gathered. The Wp - Wo grid columns of each row that are not outputs are computed and dropped. This
+wins where the gather is a large part of the work: few output channels (a Tucker-2 core) or short rows
+(:func:`grid_fits`).
+
 Weight gradient, dL/dK(t, k) = sum_{n, p} G(n, t, p) A(n, k, p): the same panels, multiplied by G's
 transpose (:func:`panel_grad_weight_padded`); each task owns a block of taps, so no two tasks add
 into the same output.
