@@ -10,8 +10,8 @@ from hypothesis import assume, given, settings, strategies as st
 from reference import assert_gradient_along_random_directions, conv3d_ref
 from tuckerref import conv3d, conv3d_backward
 from tuckerref.kernels.conv3d import forward_path
-from tuckerref.kernels.conv3d_panels import (K_BLOCK, TILE_CHANNELS, grid_fits, panel_forward_padded,
-                                             panel_grad_weight_padded, panels_fit, tile_width)
+from tuckerref.kernels.conv3d_panels import (K_BLOCK, TILE_CHANNELS, grad_panels_take, grid_fits,
+                                             panel_forward_padded, panel_grad_weight_padded, panels_fit, tile_width)
 from tuckerref.kernels.padding import _pad
 
 
@@ -147,6 +147,39 @@ def test_eq1_panel_weight_gradient_matches_float64_reference(c):
     else:
         scale = grad_weight_ref(np.abs(x), np.abs(g), w.shape[2:], stride, padding)
         assert np.all(np.abs(gw - ref) <= 1e-5 * scale + 1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(c=wide_cases())
+def test_eq1_in_place_weight_gradient_matches_float64_reference_and_the_gathered_panels_bits(c):
+    """dL/dK with A's rows read in place and G's transpose on the padded grid (unit height and width
+    stride, the kernel's width a whole tile row of taps): the reference's values, and the panels' bits."""
+    c["stride"] = (c["stride"][0], 1, 1)
+    c["kernel"] = c["kernel"][:2] + (TILE_CHANNELS,)
+    c["padding"] = c["padding"][:2] + (min(c["padding"][2], 2),)
+    c["size"] = c["size"][:2] + (max(c["size"][2], TILE_CHANNELS),)
+    x, w, _ = case_arrays(c)
+    stride, padding = c["stride"], c["padding"]
+    g = np.random.default_rng(c["seed"] + 1).standard_normal((c["N"], c["T"]) + output_dims(x, w, stride, padding))
+    g = g.astype(c["dtype"])
+    gw, gw_panels = np.zeros_like(w), np.zeros_like(w)
+    panel_grad_weight_padded(_pad(x, padding), g, stride, gw, gather=False)
+    panel_grad_weight_padded(_pad(x, padding), g, stride, gw_panels, gather=True)
+    np.testing.assert_array_equal(gw, gw_panels)
+    ref = grad_weight_ref(x, g, w.shape[2:], stride, padding)
+    if gw.dtype == np.float64:
+        np.testing.assert_allclose(gw, ref, rtol=1e-11, atol=1e-11)
+    else:
+        scale = grad_weight_ref(np.abs(x), np.abs(g), w.shape[2:], stride, padding)
+        assert np.all(np.abs(gw - ref) <= 1e-5 * scale + 1e-6)
+
+
+def test_eq1_weight_gradient_dispatch_reads_rows_in_place_for_up_to_128_outputs():
+    """grad_panels_take: wide layers, and 8+ outputs with 128+ taps where A's rows can be read in place."""
+    k3 = (3, 3, TILE_CHANNELS)
+    assert grad_panels_take(16, 16, k3, (1, 1, 1)) and grad_panels_take(64, 64, k3, (1, 1, 1))
+    assert not grad_panels_take(3, 16, k3, (1, 1, 1)) and not grad_panels_take(16, 16, k3, (1, 2, 1))
+    assert not grad_panels_take(16, 4, k3, (1, 1, 1))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -45,7 +45,7 @@ from numba import literally, njit, prange, typeof, types
 
 from ._checks import as_triple, common_dtype, float_array, require_finite, window_output_dims
 from ._threads import threads_for
-from .conv3d_panels import panel_forward_padded, panel_grad_weight_padded, panels_fit, panels_take
+from .conv3d_panels import grad_panels_take, panel_forward_padded, panel_grad_weight_padded, panels_take
 from .conv3d_tiles import TileConvolution, forward_tiles_padded, tiles_fit
 from .linear import _linear_forward
 from .padding import _pad, _padded
@@ -459,7 +459,7 @@ def _conv3d_backward_unchecked(x, weight, grad_out, stride, padding, need_grad_x
         return grad_x, grad_weight, grad_bias
 
     sd, sh, sw = stride
-    if panels_fit(S, T, weight.shape[2:]):
+    if grad_panels_take(S, T, weight.shape[2:], stride):
         panel_grad_weight_padded(_pad(x, padding), grad_out, stride, grad_weight)
     elif _uses_planes(stride):
         _grad_weight_planes(x, grad_out, padding, sd, grad_weight)

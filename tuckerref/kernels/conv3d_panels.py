@@ -469,6 +469,31 @@ GRAD_POSITIONS = 128
 GRAD_TAPS = 48
 
 
+@njit(cache=True)
+def _grad_pass(tile, one, x, x_first, x_row_step, k0, k1, gf, g_first, Tp, tc, q0, q1, gwt):
+    """gwt[k, tc:tc + width] += sum_{q0 <= q < q1} x[x_first + (k - k0)*x_row_step + q] gf[g_first + q*Tp + tc:...]
+    for the taps k0 <= k < k1: R = tile.rows taps at a time (the tile's rows broadcast their values of A),
+    the taps left one at a time; the sum runs over q in order from the stored gradient."""
+    # kg first tap of a tile; k one tap.
+    R = tile.rows
+    kg = k0
+    while kg + R <= k1:
+        o = kg * Tp + tc
+        acc = tile_load(tile, gwt, o, 0, Tp)
+        xk = x_first + (kg - k0) * x_row_step
+        for q in range(q0, q1):
+            acc = tile_fma(tile, acc, x, xk + q, -x_row_step, gf, g_first + q * Tp + tc)
+        tile_store(tile, acc, gwt, o, 0, Tp)
+        kg += R
+    for k in range(kg, k1):
+        o = k * Tp + tc
+        acc1 = tile_load(one, gwt, o, 0, Tp)
+        xk = x_first + (k - k0) * x_row_step
+        for q in range(q0, q1):
+            acc1 = tile_fma(one, acc1, x, xk + q, 0, gf, g_first + q * Tp + tc)
+        tile_store(one, acc1, gwt, o, 0, Tp)
+
+
 @njit(parallel=True, cache=True)
 def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geometry, out_dims):
     """gwt[k, t] += sum_{n, p} A(n, k, p) G(n, t, p), the weight gradient of eq. (1) as the product of the
@@ -479,16 +504,15 @@ def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geomet
     every clip and block of :data:`GRAD_POSITIONS` positions: it gathers its taps' rows of A for the block
     into one panel, then for each tile column of channels (``width`` of them, G's transpose in L1) and
     each group of R taps (the tile's rows, broadcast from the panel) accumulates the block's positions
-    in registers. Every output is summed over (n, p) in order, whatever the number of threads.
+    in registers (:func:`_grad_pass`). Every output is summed over (n, p) in order, whatever the number of
+    threads.
     """
-    # n clip; p0 first position of the block; k0 first tap of the task, kg of a tile's group of taps;
-    # tc first channel of a tile column; q position within the block.
+    # n clip; p0 first position of the block; k0 first tap of the task; tc first channel of a tile column.
     N = xp.shape[0]
     Tp = gt.shape[2]
     K = gwt.shape[0]
     Fo, Ho, Wo = out_dims
     P = Fo * Ho * Wo
-    R = tile.rows
     Pb = GRAD_POSITIONS
     xf, gf, of = xp.reshape(xp.size), gt.reshape(gt.size), gwt.reshape(gwt.size)
     clip = xp.size // N
@@ -507,22 +531,39 @@ def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geomet
                 runs = _column_runs(p0, Pb, P, Ho, Wo, geometry, run_q, run_len, run_src)
                 _gather_panel(one, width, vec, L, xf, n * clip, tap_offset, k0, k1, Pb, sw, runs, run_q, run_len, run_src,
                               valid, xb, 0)
-                g0 = (n * P + p0) * Tp
                 for tc in range(0, Tp, width):
-                    kg = k0
-                    while kg + R <= k1:
-                        o = kg * Tp + tc
-                        acc = tile_load(tile, of, o, 0, Tp)
-                        for q in range(valid):
-                            acc = tile_fma(tile, acc, xb, (kg - k0) * Pb + q, -Pb, gf, g0 + q * Tp + tc)
-                        tile_store(tile, acc, of, o, 0, Tp)
-                        kg += R
-                    for k in range(kg, k1):
-                        o = k * Tp + tc
-                        acc1 = tile_load(one, of, o, 0, Tp)
-                        for q in range(valid):
-                            acc1 = tile_fma(one, acc1, xb, (k - k0) * Pb + q, 0, gf, g0 + q * Tp + tc)
-                        tile_store(one, acc1, of, o, 0, Tp)
+                    _grad_pass(tile, one, xb, 0, Pb, k0, k1, gf, (n * P + p0) * Tp, Tp, tc, 0, valid, of)
+
+
+@njit(parallel=True, cache=True)
+def _grid_grad_weight(tile, one, width, xp, gt, gwt, tap_offset, frame_step):
+    """gwt[k, t] += sum_{n, f', q} Xp_flat(n*clip + f'*frame_step + tap_offset[k] + q) Gq(n, f', q, t): the
+    weight gradient of eq. (1) with positions on the padded input's grid (unit height and width stride),
+    where tap k's row of A is the padded input itself, as in :func:`_grid_forward`. ``gt`` (N, Fo, G, Tp) is
+    G's transpose on the grid, q = h'*Wp + w' < G = (Ho - 1)*Wp + Wo, zero at the columns that are not
+    outputs. The tile's R rows are R consecutive taps one value apart in Xp (the kernel's width taps:
+    ``tap_offset[k]`` consecutive within groups of R starting at multiples of R, which the caller checks).
+
+    Tasks own :data:`GRAD_TAPS` taps as in :func:`_panel_grad_weight`, and every output is the same sum in
+    the same order: over (n, f', q), the zeros added at the dropped columns changing nothing.
+    """
+    # n clip; f frame; q0 first grid position of a block; k0 first tap of the task; tc first channel of a column.
+    N, Fo, G, Tp = gt.shape
+    K = gwt.shape[0]
+    xf, gf, of = xp.reshape(xp.size), gt.reshape(gt.size), gwt.reshape(gwt.size)
+    clip = xp.size // N
+    for task in prange((K + GRAD_TAPS - 1) // GRAD_TAPS):
+        k0 = task * GRAD_TAPS
+        k1 = min(K, k0 + GRAD_TAPS)
+        for n in range(N):
+            for f in range(Fo):
+                g_first = (n * Fo + f) * G * Tp
+                for q0 in range(0, G, GRAD_POSITIONS):
+                    q1 = min(G, q0 + GRAD_POSITIONS)
+                    for tc in range(0, Tp, width):
+                        for kg in range(k0, k1, tile.rows):
+                            _grad_pass(tile, one, xf, n * clip + f * frame_step + tap_offset[kg], 1, kg,
+                                       min(k1, kg + tile.rows), gf, g_first, Tp, tc, q0, q1, of)
 
 
 @njit(parallel=True, cache=True)
@@ -539,20 +580,68 @@ def _transpose_channels(g, gt):
                 gt[n, p, t] = g[n, t, p]
 
 
-def panel_grad_weight_padded(xp, grad_out, stride, grad_weight):
+@njit(parallel=True, cache=True)
+def _transpose_to_grid(g, gt, Wp):
+    """gt[n, f, h*Wp + w, t] = g[n, t, f, h, w] for g (N, T, Fo, Ho, Wo) and gt (N, Fo, G, Tp) zeroed: G's
+    transpose on the padded input's grid (:func:`_grid_grad_weight`)."""
+    # n clip, f frame, h row; a task owns one frame of one clip.
+    N, T, Fo, Ho, Wo = g.shape
+    for task in prange(N * Fo):
+        n = task // Fo
+        f = task % Fo
+        for t in range(T):
+            for h in range(Ho):
+                for w in range(Wo):
+                    gt[n, f, h * Wp + w, t] = g[n, t, f, h, w]
+
+
+def grid_grad_fits(T: int, stride, kernel_size) -> bool:
+    """Whether the weight gradient reads A's rows in place (:func:`_grid_grad_weight`): unit height and
+    width stride, the kernel's width taps filling whole tile rows, and at most :data:`GRID_OUTPUTS` output
+    channels (a narrow C3D's layers at batch 8, one thread: 1.07-1.18x faster than gathered panels; 128
+    channels on 56 columns and 256 on 28 even, 0.97-1.00x)."""
+    return stride[1] == 1 and stride[2] == 1 and kernel_size[2] % _TILE.rows == 0 and T <= GRID_OUTPUTS
+
+
+def grad_panels_take(S: int, T: int, kernel_size, stride) -> bool:
+    """Whether a weight gradient runs :func:`panel_grad_weight_padded`: the wide layers of :func:`panels_fit`,
+    and from :data:`GRID_FEWEST_OUTPUTS` outputs with at least :data:`GRID_FEWEST_TAPS` taps those that read
+    A's rows in place (:func:`grid_grad_fits`; 16 outputs at batch 8, one thread: 8 -> 16 on 56 columns
+    1.13x and 16 -> 16 on 28 columns 1.29x faster than the plane kernel; 3 -> 16 0.92x)."""
+    if panels_fit(S, T, kernel_size):
+        return True
+    return (T >= GRID_FEWEST_OUTPUTS and S * math.prod(kernel_size) >= GRID_FEWEST_TAPS
+            and grid_grad_fits(T, stride, kernel_size))
+
+
+def panel_grad_weight_padded(xp, grad_out, stride, grad_weight, gather=None):
     """grad_weight += dL/dK of eq. (1) for the zero-padded input xp (N, S, Fp, Hp, Wp) and the output
-    gradient grad_out (N, T, Fo, Ho, Wo): dL/dK(t, k) = sum_{n, p} G(n, t, p) A(n, k, p)."""
+    gradient grad_out (N, T, Fo, Ho, Wo): dL/dK(t, k) = sum_{n, p} G(n, t, p) A(n, k, p).
+
+    ``gather`` True gathers panels of A, False reads its rows in place with G's transpose on the padded
+    grid (:func:`grid_grad_fits` must hold), None decides by :func:`grid_grad_fits`. Both sum every output
+    in the same order, so the results are the same bits (for a finite input)."""
     N, T = grad_out.shape[:2]
     Fo, Ho, Wo = grad_out.shape[2:]
     P = Fo * Ho * Wo
     width = tile_width(xp.dtype)
     Tp = -(-T // width) * width
-    gt = np.zeros((N, P, Tp), xp.dtype)
-    _transpose_channels(np.ascontiguousarray(grad_out, xp.dtype).reshape(N, T, P), gt)
     K = grad_weight[0].size
     gwt = np.zeros((K, Tp), xp.dtype)
+    taps = tap_offsets(tuple(xp.shape[1:]), tuple(grad_weight.shape[2:]))
+    g = np.ascontiguousarray(grad_out, xp.dtype)
     sd, sh, sw = stride
-    geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
-    _panel_grad_weight(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, gt, gwt,
-                       tap_offsets(tuple(xp.shape[1:]), tuple(grad_weight.shape[2:])), geometry, (Fo, Ho, Wo))
+    if gather is None:
+        gather = not grid_grad_fits(T, stride, grad_weight.shape[2:])
+    if gather:
+        gt = np.zeros((N, P, Tp), xp.dtype)
+        _transpose_channels(g.reshape(N, T, P), gt)
+        geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
+        _panel_grad_weight(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, gt, gwt, taps,
+                           geometry, (Fo, Ho, Wo))
+    else:
+        Wp = xp.shape[4]
+        gt = np.zeros((N, Fo, (Ho - 1) * Wp + Wo, Tp), xp.dtype)
+        _transpose_to_grid(g, gt, Wp)
+        _grid_grad_weight(_TILE, _ONE, width, xp, gt, gwt, taps, sd * xp.shape[3] * Wp)
     grad_weight += gwt[:, :T].T.reshape(grad_weight.shape)
