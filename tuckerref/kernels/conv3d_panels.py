@@ -595,6 +595,12 @@ def _transpose_to_grid(g, gt, Wp):
                     gt[n, f, h * Wp + w, t] = g[n, t, f, h, w]
 
 
+#: The in-place weight gradient's tiles for at most half a tile column of output channels (C3D-like
+#: layers of 16 outputs on AVX2): the tile's taps x half its vectors.
+_HALF_TILE = RegisterTile(1, _TILE.vectors // 2, _TILE.rows, _TILE.vector_bytes)
+_HALF_ONE = RegisterTile(1, _TILE.vectors // 2, 1, _TILE.vector_bytes)
+
+
 def grid_grad_fits(T: int, stride, kernel_size) -> bool:
     """Whether the weight gradient reads A's rows in place (:func:`_grid_grad_weight`): unit height and
     width stride, the kernel's width taps filling whole tile rows, and at most :data:`GRID_OUTPUTS` output
@@ -605,12 +611,12 @@ def grid_grad_fits(T: int, stride, kernel_size) -> bool:
 
 def grad_panels_take(S: int, T: int, kernel_size, stride) -> bool:
     """Whether a weight gradient runs :func:`panel_grad_weight_padded`: the wide layers of :func:`panels_fit`,
-    and from :data:`GRID_FEWEST_OUTPUTS` outputs with at least :data:`GRID_FEWEST_TAPS` taps those that read
-    A's rows in place (:func:`grid_grad_fits`; 16 outputs at batch 8, one thread: 8 -> 16 on 56 columns
-    1.13x and 16 -> 16 on 28 columns 1.29x faster than the plane kernel; 3 -> 16 0.92x)."""
+    and from :data:`GRID_FEWEST_OUTPUTS` outputs with at least :data:`WIDE_TAPS` taps those that read A's
+    rows in place (:func:`grid_grad_fits`; 16 outputs at batch 8, one thread, against the plane kernel:
+    3 -> 16 on 56 columns 1.42x, 8 -> 16 1.66x, 16 -> 16 on 28 columns 1.72x)."""
     if panels_fit(S, T, kernel_size):
         return True
-    return (T >= GRID_FEWEST_OUTPUTS and S * math.prod(kernel_size) >= GRID_FEWEST_TAPS
+    return (T >= GRID_FEWEST_OUTPUTS and S * math.prod(kernel_size) >= WIDE_TAPS
             and grid_grad_fits(T, stride, kernel_size))
 
 
@@ -640,8 +646,13 @@ def panel_grad_weight_padded(xp, grad_out, stride, grad_weight, gather=None):
         _panel_grad_weight(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, gt, gwt, taps,
                            geometry, (Fo, Ho, Wo))
     else:
+        tile, one = _TILE, _ONE
+        if 2 * T <= width:  # half a tile column of channels: half the vectors, no FMA on zero channels
+            tile, one, width = _HALF_TILE, _HALF_ONE, width // 2
+            Tp = width
+            gwt = np.zeros((K, Tp), xp.dtype)
         Wp = xp.shape[4]
         gt = np.zeros((N, Fo, (Ho - 1) * Wp + Wo, Tp), xp.dtype)
         _transpose_to_grid(g, gt, Wp)
-        _grid_grad_weight(_TILE, _ONE, width, xp, gt, gwt, taps, sd * xp.shape[3] * Wp)
+        _grid_grad_weight(tile, one, width, xp, gt, gwt, taps, sd * xp.shape[3] * Wp)
     grad_weight += gwt[:, :T].T.reshape(grad_weight.shape)
