@@ -34,7 +34,7 @@ from numba import njit, prange
 from . import simd
 from ._checks import window_output_dims
 from ._threads import threads_for
-from .padding import _copy_padded
+from .padding import _copy_padded_any
 from .pointwise import _mix_padded_row, pointwise_forward_padded
 from .pool import _nan_max
 from .simd import (RegisterTile, lanes, tile_broadcast, tile_fma, tile_fma_rows, tile_max_store, tile_mix_max_store,
@@ -420,7 +420,7 @@ class PaddedTileConvolution:
             xp = np.empty(self.xp_shape, self.dtype) if self._xp is None else self._xp
             with threads_for(self._fill_work):
                 if self._first is None:
-                    _copy_padded(x, xp, *self.padding)
+                    _copy_padded_any(x, xp, *self.padding)
                 else:
                     pointwise_forward_padded(x, self._first, self._zeros, xp, *self.padding)
         with threads_for(self._tile_work):
