@@ -582,17 +582,28 @@ def _transpose_channels(g, gt):
 
 @njit(parallel=True, cache=True)
 def _transpose_to_grid(g, gt, Wp):
-    """gt[n, f, h*Wp + w, t] = g[n, t, f, h, w] for g (N, T, Fo, Ho, Wo) and gt (N, Fo, G, Tp) zeroed: G's
-    transpose on the padded input's grid (:func:`_grid_grad_weight`)."""
-    # n clip, f frame, h row; a task owns one frame of one clip.
+    """gt[n, f, h*Wp + w, t] = g[n, t, f, h, w] for g (N, T, Fo, Ho, Wo) and gt (N, Fo, G, Tp), and 0 at the
+    grid's other columns and the channels past T: G's transpose on the padded input's grid
+    (:func:`_grid_grad_weight`), every value of ``gt`` written."""
+    # n clip, f frame, h row, w column; a task owns one frame of one clip, and writes each grid
+    # position's Tp channels contiguously.
     N, T, Fo, Ho, Wo = g.shape
+    G, Tp = gt.shape[2], gt.shape[3]
     for task in prange(N * Fo):
         n = task // Fo
         f = task % Fo
-        for t in range(T):
-            for h in range(Ho):
-                for w in range(Wo):
-                    gt[n, f, h * Wp + w, t] = g[n, t, f, h, w]
+        for q in range(G):
+            h = q // Wp
+            w = q % Wp
+            row = gt[n, f, q]
+            if w < Wo:
+                for t in range(T):
+                    row[t] = g[n, t, f, h, w]
+                for t in range(T, Tp):
+                    row[t] = 0
+            else:
+                for t in range(Tp):
+                    row[t] = 0
 
 
 #: The in-place weight gradient's tiles for at most half a tile column of output channels (C3D-like
@@ -652,7 +663,7 @@ def panel_grad_weight_padded(xp, grad_out, stride, grad_weight, gather=None):
             Tp = width
             gwt = np.zeros((K, Tp), xp.dtype)
         Wp = xp.shape[4]
-        gt = np.zeros((N, Fo, (Ho - 1) * Wp + Wo, Tp), xp.dtype)
+        gt = np.empty((N, Fo, (Ho - 1) * Wp + Wo, Tp), xp.dtype)
         _transpose_to_grid(g, gt, Wp)
         _grid_grad_weight(tile, one, width, xp, gt, gwt, taps, sd * xp.shape[3] * Wp)
     grad_weight += gwt[:, :T].T.reshape(grad_weight.shape)
