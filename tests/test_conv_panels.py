@@ -42,6 +42,15 @@ def grad_weight_ref(x, g, kernel, stride, padding):
     return np.einsum("ntfhw,nsfhwijl->tsijl", np.asarray(g, np.float64), windows)
 
 
+def assert_grad_weight_matches_reference(gw, x, g, kernel, stride, padding):
+    ref = grad_weight_ref(x, g, kernel, stride, padding)
+    if gw.dtype == np.float64:
+        np.testing.assert_allclose(gw, ref, rtol=1e-11, atol=1e-11)
+    else:  # a few units in the last place of the sum of magnitudes
+        scale = grad_weight_ref(np.abs(x), np.abs(g), kernel, stride, padding)
+        assert np.all(np.abs(gw - ref) <= 1e-5 * scale + 1e-6)
+
+
 def assert_matches_reference(y, x, w, b, stride, padding):
     ref = conv3d_ref(x, w, b, stride, padding)
     if y.dtype == np.float64:
@@ -141,12 +150,7 @@ def test_eq1_panel_weight_gradient_matches_float64_reference(c):
     g = np.random.default_rng(c["seed"] + 1).standard_normal((c["N"], c["T"]) + out_dims).astype(c["dtype"])
     gw = np.zeros_like(w)
     panel_grad_weight_padded(_pad(x, padding), g, stride, gw)
-    ref = grad_weight_ref(x, g, w.shape[2:], stride, padding)
-    if gw.dtype == np.float64:
-        np.testing.assert_allclose(gw, ref, rtol=1e-11, atol=1e-11)
-    else:
-        scale = grad_weight_ref(np.abs(x), np.abs(g), w.shape[2:], stride, padding)
-        assert np.all(np.abs(gw - ref) <= 1e-5 * scale + 1e-6)
+    assert_grad_weight_matches_reference(gw, x, g, w.shape[2:], stride, padding)
 
 
 @settings(max_examples=25, deadline=None)
@@ -166,12 +170,7 @@ def test_eq1_in_place_weight_gradient_matches_float64_reference_and_the_gathered
     panel_grad_weight_padded(_pad(x, padding), g, stride, gw, gather=False)
     panel_grad_weight_padded(_pad(x, padding), g, stride, gw_panels, gather=True)
     np.testing.assert_array_equal(gw, gw_panels)
-    ref = grad_weight_ref(x, g, w.shape[2:], stride, padding)
-    if gw.dtype == np.float64:
-        np.testing.assert_allclose(gw, ref, rtol=1e-11, atol=1e-11)
-    else:
-        scale = grad_weight_ref(np.abs(x), np.abs(g), w.shape[2:], stride, padding)
-        assert np.all(np.abs(gw - ref) <= 1e-5 * scale + 1e-6)
+    assert_grad_weight_matches_reference(gw, x, g, w.shape[2:], stride, padding)
 
 
 def test_eq1_weight_gradient_dispatch_reads_rows_in_place_for_8_to_128_outputs():

@@ -223,6 +223,19 @@ def _store_last_column(out, ob, out_first, T, P, p_last, width):
             out[out_first + t * P + p_last:out_first + t * P + P] = ob[t * width:t * width + P - p_last]
 
 
+@njit(cache=True)
+def _task_block(task, columns, col_blocks, T, channel_block):
+    """(clip, first tile column, tile columns, first output channel, channels) of a forward task: a clip's
+    ``columns`` tile columns split into ``col_blocks`` near-equal runs, its T channels into blocks of
+    ``channel_block``; tasks run clip by clip, column run by column run."""
+    t_blocks = (T + channel_block - 1) // channel_block
+    n = task // (col_blocks * t_blocks)
+    ct = (task // t_blocks) % col_blocks
+    c_first = ct * columns // col_blocks
+    t0 = (task % t_blocks) * channel_block
+    return n, c_first, (ct + 1) * columns // col_blocks - c_first, t0, min(channel_block, T - t0)
+
+
 @njit(parallel=True, cache=True)
 def _panel_forward(tile, one, vec, L, width, xp, x_first, w, bias, out, tap_offset, geometry, out_dims, blocks):
     """out[n, t, p] = bias[t] + sum_k w[t, k] A(n, k, p) for the padded input xp (N, S, Fp, Hp, Wp), the
@@ -248,12 +261,7 @@ def _panel_forward(tile, one, vec, L, width, xp, x_first, w, bias, out, tap_offs
     t_blocks = (T + channel_block - 1) // channel_block
     sw = geometry[4]
     for task in prange(N * col_blocks * t_blocks):
-        n = task // (col_blocks * t_blocks)
-        ct = (task // t_blocks) % col_blocks
-        c_first = ct * columns // col_blocks
-        ncols = (ct + 1) * columns // col_blocks - c_first
-        t0 = (task % t_blocks) * channel_block
-        tb = min(channel_block, T - t0)
+        n, c_first, ncols, t0, tb = _task_block(task, columns, col_blocks, T, channel_block)
         kb_max = min(k_block, K)
         xb = np.empty(kb_max * ncols * width + L, xf.dtype)
         ob = np.empty(tb * width, xf.dtype)
@@ -332,12 +340,7 @@ def _grid_forward(tile, one, width, xp, x_first, frame_step, w, bias, out, tap_o
     clip = xp.size // N
     t_blocks = (T + channel_block - 1) // channel_block
     for task in prange(N * col_blocks * t_blocks):
-        n = task // (col_blocks * t_blocks)
-        ct = (task // t_blocks) % col_blocks
-        c_first = ct * columns // col_blocks
-        ncols = (ct + 1) * columns // col_blocks - c_first
-        t0 = (task % t_blocks) * channel_block
-        tb = min(channel_block, T - t0)
+        n, c_first, ncols, t0, tb = _task_block(task, columns, col_blocks, T, channel_block)
         ob_stride = ncols * width
         ob = np.empty(tb * ob_stride, xf.dtype)
         wt = w.reshape(w.size)[t0 * K:]
