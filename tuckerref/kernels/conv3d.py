@@ -343,7 +343,7 @@ def prepared_forward_unpadded(x_shape, weight, stride, out_shape, bias=None):
     (:func:`forward_path`), its plan and packed weights (:class:`.conv3d_tiles.TileConvolution`); any
     other path is called as :func:`conv3d_into` calls it. The same path and bits as :func:`conv3d_into`.
     """
-    if forward_path(x_shape, weight.shape, stride, (0, 0, 0), out_shape[4], weight.dtype) != "tiles":
+    if forward_path(x_shape, weight.shape, stride, (0, 0, 0), weight.dtype) != "tiles":
         return lambda x, out: conv3d_into(x, weight, bias, stride, (0, 0, 0), out)
     tiles = TileConvolution(tuple(x_shape), weight, bias, stride, tuple(out_shape))
     work = math.prod(out_shape) * weight[0].size
@@ -365,20 +365,21 @@ def pooled_dims(out_dims, pool) -> tuple:
     return pooled
 
 
-def forward_path(x_shape, weight_shape, stride, padding, out_width, dtype) -> str:
+def forward_path(x_shape, weight_shape, stride, padding, dtype) -> str:
     """The path :func:`conv3d_into` takes for these shapes: "pointwise" (1x1x1, unit stride, no
     padding), "window" (one output position whose window is the whole input), "panels" (many output
-    channels, or in-place rows of the padded input: :func:`.conv3d_panels.panels_take`), "tiles" (register tiles: unit width stride, output
-    at least one vector wide), "planes" (unit stride in H and W) or "direct"."""
+    channels, or in-place rows of the padded input: :func:`.conv3d_panels.panels_take`), "tiles"
+    (register tiles: unit width stride, output at least one vector wide), "planes" (unit stride in H
+    and W) or "direct"."""
     S, T, kernel = x_shape[1], weight_shape[0], tuple(weight_shape[2:])
     if _is_pointwise(kernel, stride, padding):
         return "pointwise"
     if padding == (0, 0, 0) and tuple(x_shape[2:]) == kernel:
         return "window"
-    out_dims = tuple((x_shape[2 + d] + 2 * padding[d] - kernel[d]) // stride[d] + 1 for d in range(3))
+    out_dims = window_output_dims(tuple(x_shape[2:]), kernel, stride, padding)
     if panels_take(S, T, kernel, stride, out_dims, x_shape[4] + 2 * padding[2], dtype):
         return "panels"
-    if tiles_fit(stride, out_width, dtype):
+    if tiles_fit(stride, out_dims[2], dtype):
         return "tiles"
     return "planes" if _uses_planes(stride) else "direct"
 
@@ -388,7 +389,7 @@ def _forward_into(x, weight, bias, stride, padding, out):
     (:func:`forward_path`)."""
     N, S = x.shape[:2]
     T = weight.shape[0]
-    path = forward_path(x.shape, weight.shape, stride, padding, out.shape[4], x.dtype)
+    path = forward_path(x.shape, weight.shape, stride, padding, x.dtype)
     if path == "pointwise":
         b = np.zeros(T, x.dtype) if bias is None else bias
         pointwise_mix(x.reshape(N, S, -1), weight.reshape(T, S), b, out.reshape(N, T, -1))

@@ -644,27 +644,24 @@ def panel_grad_weight_padded(xp, grad_out, stride, grad_weight, gather=None):
     N, T = grad_out.shape[:2]
     Fo, Ho, Wo = grad_out.shape[2:]
     P = Fo * Ho * Wo
-    width = tile_width(xp.dtype)
-    Tp = -(-T // width) * width
     K = grad_weight[0].size
-    gwt = np.zeros((K, Tp), xp.dtype)
     taps = tap_offsets(tuple(xp.shape[1:]), tuple(grad_weight.shape[2:]))
     g = np.ascontiguousarray(grad_out, xp.dtype)
     sd, sh, sw = stride
     if gather is None:
         gather = not grid_grad_fits(T, stride, grad_weight.shape[2:])
+    tile, one, width = _TILE, _ONE, tile_width(xp.dtype)
+    if not gather and 2 * T <= width:  # half a tile column of channels: half the vectors, no FMA on zero channels
+        tile, one, width = _HALF_TILE, _HALF_ONE, width // 2
+    Tp = -(-T // width) * width
+    gwt = np.zeros((K, Tp), xp.dtype)
     if gather:
         gt = np.zeros((N, P, Tp), xp.dtype)
         _transpose_channels(g.reshape(N, T, P), gt)
         geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
-        _panel_grad_weight(_TILE, _ONE, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, gt, gwt, taps,
+        _panel_grad_weight(tile, one, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, gt, gwt, taps,
                            geometry, (Fo, Ho, Wo))
     else:
-        tile, one = _TILE, _ONE
-        if 2 * T <= width:  # half a tile column of channels: half the vectors, no FMA on zero channels
-            tile, one, width = _HALF_TILE, _HALF_ONE, width // 2
-            Tp = width
-            gwt = np.zeros((K, Tp), xp.dtype)
         Wp = xp.shape[4]
         gt = np.empty((N, Fo, (Ho - 1) * Wp + Wo, Tp), xp.dtype)
         _transpose_to_grid(g, gt, Wp)

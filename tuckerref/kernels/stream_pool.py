@@ -73,7 +73,7 @@ def streamed_block_pool(x, first, core, last, bias, stride, padding, pool, relu=
         pointwise_mix(x.reshape(N, S, -1), first, np.zeros(R_s, dtype), z.reshape(N, R_s, -1))
     zp = _pad(z, padding)
     core_bias = bias if last is None else np.zeros(R_t, dtype)
-    in_place = forward_path(zp.shape, core.shape, stride, (0, 0, 0), Wo, dtype) == "panels"
+    in_place = forward_path(zp.shape, core.shape, stride, (0, 0, 0), dtype) == "panels"
     group = frames_per_group(T, pool[0], Ho, Wo, dtype.itemsize, Fq, budget)
     frames = group * pool[0]                      # core output frames per group
     y = np.empty((1, R_t, frames, Ho, Wo), dtype)
