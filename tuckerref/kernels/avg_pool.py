@@ -22,6 +22,7 @@ from numba import njit, prange
 
 from ._checks import as_triple, float_array, window_output_dims
 from ._threads import threads_for
+from .pool import frame_task
 
 
 @njit(parallel=True, cache=True)
@@ -30,9 +31,7 @@ def _window_mean(x, out, d0, d1, h0, h1, w0, w1, qd, qh, qw):
     N = x.shape[0]
     Do, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
     for task in prange(N * C * Do):
-        n = task // (C * Do)
-        c = (task // Do) % C
-        a = task % Do
+        n, c, a = frame_task(task, C, Do)
         xc = x[n, c]
         for b in range(Ho):
             for e in range(Wo):

@@ -27,6 +27,13 @@ def _nan_max(a, b):
     return b if (b > a) | (b != b) else a
 
 
+@njit(inline="always", cache=True)
+def frame_task(task, C, Do):
+    """(sample, channel, output frame) of a pooling task: tasks run over N x C x Do output frames in
+    that order, one output frame (all its rows) each."""
+    return task // (C * Do), (task // Do) % C, task % Do
+
+
 @njit(parallel=True, cache=True)
 def _max_pool_forward(x, out, idx, kd, kh, kw, sd, sh, sw, pd, ph, pw):
     # n sample, c channel; fo, ho, wo output frame, row, column; i, j, l window offset in depth,
@@ -34,9 +41,7 @@ def _max_pool_forward(x, out, idx, kd, kh, kw, sd, sh, sw, pd, ph, pw):
     N, C, D, H, W = x.shape
     Do, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
     for task in prange(N * C * Do):
-        n = task // (C * Do)
-        c = (task // Do) % C
-        fo = task % Do
+        n, c, fo = frame_task(task, C, Do)
         xc = x[n, c]
         for ho in range(Ho):
             for wo in range(Wo):
@@ -80,9 +85,7 @@ def _max_pool_forward_unpadded(x, out, idx, kd, kh, kw, sd, sh, sw):
     Do, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
     pairs = kw == 2 and sw == 2
     for task in prange(N * C * Do):
-        n = task // (C * Do)
-        c = (task // Do) % C
-        fo = task % Do
+        n, c, fo = frame_task(task, C, Do)
         best = np.empty(Wo, x.dtype)
         at = np.empty(Wo, np.int64)
         for ho in range(Ho):
@@ -135,9 +138,7 @@ def _max_pool_values(x, out, kd, kh, kw, sd, sh, sw, relu):
     Do, Ho, Wo = out.shape[2], out.shape[3], out.shape[4]
     pairs = kw == 2 and sw == 2
     for task in prange(N * C * Do):
-        n = task // (C * Do)
-        c = (task // Do) % C
-        fo = task % Do
+        n, c, fo = frame_task(task, C, Do)
         row = np.empty(W, x.dtype)
         for ho in range(Ho):
             r0 = x[n, c, fo * sd, ho * sh]
