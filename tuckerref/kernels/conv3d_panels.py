@@ -125,11 +125,15 @@ def _gather_panel(column, column_width, vec, L, xf, x_first, tap_offset, k0, k1,
 
     A panel of ``column_width`` positions (``column``'s: a fixed number of SIMD vectors) that is one run
     of unit stride (every 1x1x1 column, and a wide frame's columns inside one output row) is copied as
-    one such tile per tap. Otherwise,
-    with unit width stride, a run is copied in whole SIMD vectors (``vec``: one vector of L values), the
-    last one running past the run's end: the extra values land where the next run, the zeros past
-    ``valid`` or the next tap's row are written afterwards, or in the panel's slack of one vector past its
-    end (the caller allocates it). A run whose last vector would read past the input is copied value by value.
+    one such tile per tap. Otherwise each run is copied for every tap in turn (run outer, tap inner, so
+    that the copy's shape is the same for all taps and its branches predictable: 1.7-1.9x faster than
+    tap outer on C3D's 7- to 56-column frames), with unit width stride in SIMD vectors (``vec``: one
+    vector of L values): whole vectors, then one more ending at the run's end where the run holds a
+    vector or more (it overlaps the one before with the same values); a shorter run that is not the
+    column's last is one vector running past its end, into the next run's values, which are copied
+    afterwards; the last run, when shorter than a vector, is copied value by value (a vector past it
+    would land in the next tap's row, already copied). A run whose vectors would read past the input
+    (its last tap's, ``tap_offset`` being increasing) is copied value by value.
     """
     # k tap (s, i, j, l) flattened; r one run of positions; m position within the run.
     size = xf.size
@@ -138,21 +142,40 @@ def _gather_panel(column, column_width, vec, L, xf, x_first, tap_offset, k0, k1,
             tile_store(column, tile_load(column, xf, x_first + tap_offset[k] + run_src[0], 0, 0), xb,
                        xb_first + (k - k0) * width, 0, 0)
         return
-    for k in range(k0, k1):
-        src0 = x_first + tap_offset[k]
-        dst0 = xb_first + (k - k0) * width
-        for r in range(runs):
-            src = src0 + run_src[r]
-            dst = dst0 + run_q[r]
-            n = run_len[r]
-            if sw == 1 and src + n + L <= size:
+    for r in range(runs):
+        n = run_len[r]
+        q = xb_first + run_q[r] - k0 * width
+        s0 = x_first + run_src[r]
+        if sw != 1 or s0 + tap_offset[k1 - 1] + max(n, L) > size:
+            for k in range(k0, k1):
+                for m in range(n):
+                    xb[q + k * width + m] = xf[s0 + tap_offset[k] + m * sw]
+            continue
+        whole = n // L * L
+        if n == whole:
+            for k in range(k0, k1):
+                src, dst = s0 + tap_offset[k], q + k * width
                 for m in range(0, n, L):
                     tile_store(vec, tile_load(vec, xf, src + m, 0, 0), xb, dst + m, 0, 0)
-            else:
+        elif n > L:
+            for k in range(k0, k1):
+                src, dst = s0 + tap_offset[k], q + k * width
+                for m in range(0, whole, L):
+                    tile_store(vec, tile_load(vec, xf, src + m, 0, 0), xb, dst + m, 0, 0)
+                tile_store(vec, tile_load(vec, xf, src + n - L, 0, 0), xb, dst + n - L, 0, 0)
+        elif r + 1 < runs:
+            for k in range(k0, k1):
+                tile_store(vec, tile_load(vec, xf, s0 + tap_offset[k], 0, 0), xb, q + k * width, 0, 0)
+        else:
+            for k in range(k0, k1):
+                src, dst = s0 + tap_offset[k], q + k * width
                 for m in range(n):
-                    xb[dst + m] = xf[src + m * sw]
-        for q in range(valid, width):
-            xb[dst0 + q] = 0
+                    xb[dst + m] = xf[src + m]
+    if valid < width:
+        for k in range(k0, k1):
+            dst0 = xb_first + (k - k0) * width
+            for m in range(valid, width):
+                xb[dst0 + m] = 0
 
 
 @njit(cache=True)
