@@ -133,7 +133,7 @@ def test_eq1_dispatch_takes_in_place_rows_for_cores_and_short_rows_only():
     grid positions per frame. conv3d's dispatch sends 8+ output channels there (C3D-like cores)."""
     f32 = np.float32
     assert grid_fits(64, (1, 1, 1), 30, (8, 28, 28), f32) and grid_fits(512, (1, 1, 1), 9, (2, 7, 7), f32)
-    assert not grid_fits(256, (1, 1, 1), 30, (8, 28, 28), f32) and not grid_fits(128, (1, 1, 1), 58, (8, 56, 56), f32)
+    assert not grid_fits(128, (1, 1, 1), 30, (8, 28, 28), f32) and not grid_fits(128, (1, 1, 1), 58, (8, 56, 56), f32)
     assert not grid_fits(32, (1, 2, 1), 30, (8, 14, 28), f32) and not grid_fits(32, (1, 1, 1), 4, (2, 2, 2), f32)
     assert forward_path((1, 8, 8, 28, 28), (8, 8, 3, 3, 3), (1, 1, 1), (1, 1, 1), f32) == "panels"
     assert forward_path((1, 8, 8, 28, 28), (4, 8, 3, 3, 3), (1, 1, 1), (1, 1, 1), f32) == "tiles"

@@ -421,7 +421,9 @@ GRID_CHANNELS = 8
 #: copies runs of a few values (7-column frames: 1.06-1.15x for 512 channels, 1.44-1.52x for 128). They
 #: lose where many channels share the gather, as the grid's loads cost more (256-512 channels on 14-28
 #: columns, 0.87-0.93x; 64 channels on 56-112 columns, 0.7-0.9x; 128 on 56 columns is even, 0.97-1.00x).
-GRID_OUTPUTS = 128
+#: Since the gather copies run by run (1.7-1.9x faster), 128 channels also lose on 14- and 28-column
+#: frames (0.90-0.96x on one thread, 32-128 inputs), 64 are even (0.95-1.05x), so in-place rows keep 64.
+GRID_OUTPUTS = 64
 GRID_WIDE_OUTPUTS = 32
 GRID_COLUMNS = 32
 GRID_SHORT_ROWS = 8
@@ -632,6 +634,9 @@ def _transpose_to_grid(g, gt, Wp):
                     row[t] = 0
 
 
+#: Most output channels for which the weight gradient reads rows in place (:func:`grid_grad_fits`).
+GRID_GRAD_OUTPUTS = 128
+
 #: The in-place weight gradient's tiles for at most half a tile column of output channels (C3D-like
 #: layers of 16 outputs on AVX2): the tile's taps x half its vectors.
 _HALF_TILE = RegisterTile(1, _TILE.vectors // 2, _TILE.rows, _TILE.vector_bytes)
@@ -640,10 +645,10 @@ _HALF_ONE = RegisterTile(1, _TILE.vectors // 2, 1, _TILE.vector_bytes)
 
 def grid_grad_fits(T: int, stride, kernel_size) -> bool:
     """Whether the weight gradient reads A's rows in place (:func:`_grid_grad_weight`): unit height and
-    width stride, the kernel's width taps filling whole tile rows, and at most :data:`GRID_OUTPUTS` output
-    channels (a narrow C3D's layers at batch 8, one thread: 1.07-1.18x faster than gathered panels; 128
-    channels on 56 columns and 256 on 28 even, 0.97-1.00x)."""
-    return stride[1] == 1 and stride[2] == 1 and kernel_size[2] % _TILE.rows == 0 and T <= GRID_OUTPUTS
+    width stride, the kernel's width taps filling whole tile rows, and at most :data:`GRID_GRAD_OUTPUTS`
+    output channels (a narrow C3D's layers at batch 8, one thread: 1.07-1.18x faster than gathered panels;
+    128 channels on 56 columns and 256 on 28 even, 0.97-1.00x)."""
+    return stride[1] == 1 and stride[2] == 1 and kernel_size[2] % _TILE.rows == 0 and T <= GRID_GRAD_OUTPUTS
 
 
 def grad_panels_take(S: int, T: int, kernel_size, stride) -> bool:
