@@ -5,7 +5,7 @@ Every call of the kernel uses C-contiguous 5-D arrays of float64 or float32 and 
 tiles, so it compiles two specialisations whatever Hypothesis draws."""
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, example, given, settings, strategies as st
 
 from reference import assert_gradient_along_random_directions, conv3d_ref
 from tuckerref import conv3d, conv3d_backward
@@ -80,8 +80,15 @@ def case_arrays(c):
     return x, w, r.standard_normal(c["T"]).astype(c["dtype"])
 
 
+#: Output rows of 5 positions: a tile column's sixth run starts 7 positions before the column's end, so a
+#: whole vector from there would pass into the next tap's row of the panel.
+SHORT_RUNS_AT_THE_COLUMN_END = dict(N=1, S=1, T=1, size=(1, 7, 6), kernel=(1, 1, 2), stride=(1, 1, 1),
+                                   padding=(0, 0, 0), dtype=np.float32, threads=1, seed=0)
+
+
 @settings(max_examples=40, deadline=None)
 @given(c=wide_cases())
+@example(c=SHORT_RUNS_AT_THE_COLUMN_END)
 def test_eq1_panel_convolution_matches_float64_loop_reference(c):
     """Any stride, padding, kernel, frame width (runs of one position to whole tile columns) and channel
     count (one-channel tiles for T mod C; more or fewer tasks than threads, so channel blocks too)."""
@@ -141,6 +148,7 @@ def test_eq1_dispatch_takes_in_place_rows_for_cores_and_short_rows_only():
 
 @settings(max_examples=25, deadline=None)
 @given(c=wide_cases())
+@example(c=SHORT_RUNS_AT_THE_COLUMN_END)
 def test_eq1_panel_weight_gradient_matches_float64_reference(c):
     """dL/dK = sum_{n,p} G(n, t, p) A(n, k, p) by the panel kernel: any stride, padding, kernel, frame
     width and channel count (channels past a tile width, taps past a task's block, positions past a block)."""

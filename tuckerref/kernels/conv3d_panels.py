@@ -131,8 +131,8 @@ def _gather_panel(column, column_width, vec, L, xf, x_first, tap_offset, k0, k1,
     vector of L values): whole vectors, then one more ending at the run's end where the run holds a
     vector or more (it overlaps the one before with the same values); a shorter run that is not the
     column's last is one vector running past its end, into the next run's values, which are copied
-    afterwards; the last run, when shorter than a vector, is copied value by value (a vector past it
-    would land in the next tap's row, already copied). A run whose vectors would read past the input
+    afterwards; a short run whose vector would pass the row's end (into the next tap's row, already
+    copied), the column's last among them, is copied value by value. A run whose vectors would read past the input
     (its last tap's, ``tap_offset`` being increasing) is copied value by value.
     """
     # k tap (s, i, j, l) flattened; r one run of positions; m position within the run.
@@ -163,7 +163,7 @@ def _gather_panel(column, column_width, vec, L, xf, x_first, tap_offset, k0, k1,
                 for m in range(0, whole, L):
                     tile_store(vec, tile_load(vec, xf, src + m, 0, 0), xb, dst + m, 0, 0)
                 tile_store(vec, tile_load(vec, xf, src + n - L, 0, 0), xb, dst + n - L, 0, 0)
-        elif r + 1 < runs:
+        elif r + 1 < runs and run_q[r] + L <= width:
             for k in range(k0, k1):
                 tile_store(vec, tile_load(vec, xf, s0 + tap_offset[k], 0, 0), xb, q + k * width, 0, 0)
         else:
