@@ -196,29 +196,30 @@ def test_eq1_every_tile_variant_matches_engine(tmp_path):
 
 @needs_cc
 def test_eq1_multi_row_tiles_and_padded_rows_match_engine(tmp_path):
-    """Eq. (1) in tiles of several output rows (stride 1 along H: R = 6 / CT rows, at most kH and OH), each
-    input row feeding the output rows r - j of its window: 2 channels x 3 rows with the window's first
-    and last rows partial and OH not a multiple of 3, 1 channel x 2 rows (kH = 2), 3 channels x 2 rows
-    with padding along H only. The convolution after a 1x1x1 one reads rows its producer padded with
+    """Eq. (1) in tiles of several output rows (stride 1 along H: CT x R up to 4 (channel, row) pairs, the
+    most channels among those, R at most kH and OH), each input row feeding the output rows r - j of its
+    window, every pair accumulating both halves of the tile's columns: 2 channels x 2 rows with the
+    window's first and last rows partial and OH not a multiple of 2, 1 channel x 2 rows (kH = 2), 1
+    channel x 4 rows (OH = 6). The convolution after a 1x1x1 one reads rows its producer padded with
     zeros (fused as the stream's last factor, and layer by layer with fuse=False); tiles wider than the
     pads allow (NET_TILE_FLOATS=256) copy their edges instead. Both NET_TILE_TAPS variants."""
-    from tuckerref.export.memory import tile_rows
+    from tuckerref.export.memory import tile_shape
 
     net = Sequential(Conv3d(2, 2, (2, 5, 3), padding=(1, 2, 1), rng=0), Conv3d(2, 2, 1, rng=1),
                      Conv3d(2, 2, (1, 3, 3), padding=(0, 1, 2), rng=2), ReLU(),
                      Conv3d(2, 1, (1, 2, 3), padding=(0, 0, 2), rng=3),
-                     Conv3d(1, 3, (1, 3, 1), padding=(0, 1, 0), rng=4), Flatten(),
-                     Linear(3 * 5 * 6 * 44, 3, rng=5)).eval()
-    shape = (2, 4, 7, 40)
+                     Conv3d(1, 1, (1, 5, 1), padding=(0, 2, 0), rng=4), Flatten(),
+                     Linear(1 * 5 * 6 * 76, 3, rng=5)).eval()
+    shape = (2, 4, 7, 72)
     clips = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
     reference = net(clips)
     for fuse in (True, False):
         outdir = tmp_path / f"fuse_{fuse}"
         result = export_c(net, outdir, input_shape=shape, fuse=fuse)
         convs = [s for s in result.steps if s.kind == "conv3d"]
-        assert [tile_rows(s) for s in convs] == [3, 3, 2, 2]
-        assert [s.in_pad for s in convs] == [(0, 0), (2, 22), (0, 0), (0, 0)]  # rows of 64 floats
-        _assert_tile_variants_match(outdir, ((1, 64), (2, 96), (1, 256)), clips, reference)
+        assert [tile_shape(s) for s in convs] == [(2, 2), (2, 2), (1, 2), (1, 4)]
+        assert [s.in_pad for s in convs] == [(0, 0), (2, 38), (0, 0), (0, 0)]  # rows of 112 floats
+        _assert_tile_variants_match(outdir, ((1, 64), (2, 96), (2, 128), (1, 256)), clips, reference)
 
 
 @needs_cc

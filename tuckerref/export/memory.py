@@ -37,38 +37,44 @@ from .plan import IDENTITY, IN_PLACE_KINDS, Step
 #: Stack bytes bounded for any generated layer function besides its convolution tile (scalars,
 #: spilled registers, the saved return address); checked with gcc -fstack-usage.
 STACK_BASE_BYTES = 256
-#: Most output channels a convolution's register tile holds (the C template's CT, a divisor of T).
-TILE_MAX_CHANNELS = 6
+#: (channel, row) pairs of a convolution's register tile (the C template's CT x R); each pair accumulates
+#: two vectors of columns (the halves of the tile's VW columns), so that where AVX registers hold the
+#: tile its 8 independent accumulators hide the multiply-add's latency, and each input vector loaded
+#: feeds CT x R of them.
+TILE_PAIRS = 4
 #: Floats such a tile accumulates (the C macro NET_TILE_FLOATS): where the target has AVX, and else.
-TILE_AVX_FLOATS, TILE_MAX_FLOATS = 64, 96
+TILE_AVX_FLOATS, TILE_MAX_FLOATS = 64, 128
 #: Padded input rows are a multiple of this many floats long (64 bytes: a cache line).
 ROW_ALIGN_FLOATS = 16
 
 
-def tile_channels(out_channels: int) -> int:
-    """Output channels of a convolution's register tile: the largest divisor of T up to TILE_MAX_CHANNELS."""
-    return max(c for c in range(1, min(out_channels, TILE_MAX_CHANNELS) + 1) if out_channels % c == 0)
+def tile_shape(step: Step) -> tuple:
+    """(CT, R): output channels (a divisor of T) and output rows of convolution ``step``'s register tile,
+    the most (channel, row) pairs up to TILE_PAIRS, and of those the most channels. Rows only with stride
+    1 along H (input row h feeds output rows h - j for the kernel rows j, so that each input vector
+    loaded feeds every pair), at most kH and OH."""
+    m, T = step.module, step.out_shape[0]
+    best = (0, 0)
+    for ct in (c for c in range(1, min(T, TILE_PAIRS) + 1) if T % c == 0):
+        rows = max(1, min(TILE_PAIRS // ct, m.kernel_size[1], step.out_shape[2])) if m.stride[1] == 1 else 1
+        best = max(best, (ct * rows, ct))
+    return best[1], best[0] // best[1]
+
+
+def tile_rows(step: Step) -> int:
+    """Output rows R of convolution ``step``'s register tile (:func:`tile_shape`)."""
+    return tile_shape(step)[1]
 
 
 def tile_columns(channels: int, tile_floats: int = TILE_MAX_FLOATS) -> int:
-    """Output columns of a tile of ``channels`` channels: the C macro NET_TILE_COLUMNS, i.e.
+    """Output columns of a tile of ``channels`` (channel, row) pairs: the C macro NET_TILE_COLUMNS, i.e.
     tile_floats / channels rounded down to a multiple of 8, clamped to 8..32."""
     return min(32, max(8, tile_floats // channels // 8 * 8))
 
 
-def tile_rows(step: Step) -> int:
-    """Output rows of a convolution's register tile: with stride 1 along H, as many rows as make the tile
-    TILE_MAX_CHANNELS (channel, row) pairs, at most kH and OH (input row h feeds output rows h - j for
-    the kernel rows j, so each input vector loaded feeds up to rows x channels multiply-adds); else 1."""
-    m = step.module
-    if m.stride[1] != 1:
-        return 1
-    return max(1, min(TILE_MAX_CHANNELS // tile_channels(step.out_shape[0]), m.kernel_size[1], step.out_shape[2]))
-
-
 def conv_tile_bytes(step: Step) -> int:
     """Stack bytes of a convolution's tile at its largest: the accumulators and the edge row copy."""
-    ct, rows = tile_channels(step.out_shape[0]), tile_rows(step)
+    ct, rows = tile_shape(step)
     vw = max(tile_columns(ct * rows, f) for f in (TILE_AVX_FLOATS, TILE_MAX_FLOATS))
     span = (vw - 1) * step.module.stride[2] + step.module.kernel_size[2]
     return 4 * (rows * ct * vw + span)
@@ -82,19 +88,21 @@ def pool_row_bytes(step: Step) -> int:
 def row_padding(step: Step) -> tuple:
     """(left, right) zero columns around each input row that let every tile of convolution ``step`` read
     its input row segment in place (no edge copy), for the tile widths the C macros choose with and
-    without AVX: left pad_W, right what the last tile's taps reach past the row, and then up to a row of
-    a whole number of ROW_ALIGN_FLOATS (a core 2 -> 2, 5x11x11 on 120 x 160 frames took 46.6 ms with
-    rows of 170 floats, 40.2 ms with rows of 176). (0, 0) when those taps would grow the rows by more
-    than half (narrow rows, where the pads would cost more than the copies)."""
+    without AVX whose taps reach at most half a row past it: left pad_W, right what the last tile's taps
+    reach past the row, and then up to a row of a whole number of ROW_ALIGN_FLOATS (a core 2 -> 2,
+    5x11x11 on 120 x 160 frames took 46.6 ms with rows of 170 floats, 40.2 ms with rows of 176). Where a
+    wider tile reaches further, its last tile copies its edges. (0, 0) when no width's taps stay within
+    that (narrow rows, where the pads would cost more than the copies)."""
     m = step.module
     (KW, SW, PW), W, OW = (m.kernel_size[2], m.stride[2], m.padding[2]), step.in_shape[-1], step.out_shape[-1]
-    ct, rows = tile_channels(step.out_shape[0]), tile_rows(step)
-    right = 0
+    ct, rows = tile_shape(step)
+    left, right = PW, None
     for vw in {tile_columns(ct * rows, f) for f in (TILE_AVX_FLOATS, TILE_MAX_FLOATS)}:
         last = (OW - 1) // vw * vw * SW - PW  # input column of the last tile's first tap
-        right = max(right, last + (vw - 1) * SW + KW - W)
-    left, right = PW, max(0, right)
-    if not 0 < left + right <= W // 2:
+        reach = max(0, last + (vw - 1) * SW + KW - W)
+        if left + reach <= W // 2:
+            right = reach if right is None else max(right, reach)
+    if right is None or left + right == 0:
         return (0, 0)
     # rows a whole number of cache lines long, so that every row starts at the same alignment
     return left, -(-(left + W + right) // ROW_ALIGN_FLOATS) * ROW_ALIGN_FLOATS - left - W

@@ -175,15 +175,15 @@ TILE_HELPERS = """
 /* ---- convolution tiles --------------------------------------------------------------------- */
 
 /* Floats a convolution's register tile accumulates, at most: 64 where the target has AVX (its 16
- * 256-bit registers hold the tile, the input vector and the weights), else 96 (a tile the compiler
- * keeps in memory, where wider tiles amortise the loop); define NET_TILE_FLOATS to choose. A tile of
- * ct output channels spans NET_TILE_COLUMNS(ct) output columns: NET_TILE_FLOATS / ct rounded down to
- * a multiple of 8, 8 to 32. */
+ * 256-bit registers hold the tile's 8 vectors, two input vectors and the weights), else 128 (a tile
+ * the compiler keeps in memory, where wider tiles amortise the loop); define NET_TILE_FLOATS to choose.
+ * A tile of n (channel, row) pairs spans NET_TILE_COLUMNS(n) output columns: NET_TILE_FLOATS / n
+ * rounded down to a multiple of 8, 8 to 32, in two halves that each input row's taps feed together. */
 #ifndef NET_TILE_FLOATS
 #ifdef __AVX__
 #define NET_TILE_FLOATS 64
 #else
-#define NET_TILE_FLOATS 96
+#define NET_TILE_FLOATS 128
 #endif
 #endif
 /* Kernel taps a tile takes per pass over its accumulators: 1 where AVX registers hold the tile, else 2
@@ -197,7 +197,7 @@ TILE_HELPERS = """
 #endif
 #endif
 #define NET_TILE_COLUMNS_(n) ((n) < 8 ? 8 : (n) > 32 ? 32 : (n))
-#define NET_TILE_COLUMNS(ct) NET_TILE_COLUMNS_(NET_TILE_FLOATS / (ct) / 8 * 8)
+#define NET_TILE_COLUMNS(n) NET_TILE_COLUMNS_(NET_TILE_FLOATS / (n) / 8 * 8)
 
 /* Before a tile's column loop of few statements: keeps GCC from unrolling it completely before
  * vectorising it (it would then stay scalar); nothing elsewhere. */
@@ -205,6 +205,18 @@ TILE_HELPERS = """
 #define NET_NO_UNROLL _Pragma("GCC unroll 1")
 #else
 #define NET_NO_UNROLL
+#endif
+
+/* An input value a tile loads once and feeds to several multiply-adds. Under GCC with AVX, x + 0.0f:
+ * GCC 12 otherwise reads a vector it uses four times or fewer again from memory in every multiply-add
+ * (a memory operand each, the load it replaces being taken as worth more), which makes the tile wait
+ * on loads (the paper network's Tucker core, 2 channels x 2 rows x 16 columns: 52 ms instead of 31 ms
+ * at -O3 -march=native on Zen 3). Exact but for the sign of a zero input (-0.0f + 0.0f is +0.0f),
+ * which can change no sum but an exact zero's sign; x itself elsewhere. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX__)
+#define NET_KEEP(x) ((x) + 0.0f)
+#else
+#define NET_KEEP(x) (x)
 #endif
 
 /* a * b + c, fused where the target has a fast fmaf */
@@ -233,9 +245,10 @@ CONV3D_EQUATION = """\
  * consecutive output rows by VW consecutive output columns, whose whole sum over (s, i, j, l) is
  * accumulated in a local array before one store. With stride 1 along H, input row h feeds output row
  * h' through kernel row j = h - h' + pad_H, so the tile runs over the R + kH - 1 input rows of its
- * window and each input value read feeds up to CT x R multiply-adds; the inner loop runs over the VW
- * columns, which a C99 compiler vectorises. A tile whose taps reach into the padding or past the row
- * reads a copy of its input row segment, zero where it lies outside the row.
+ * window and each input value read feeds up to CT x R multiply-adds; the inner loop runs over the
+ * VW / 2 columns of both halves of the tile at once, which a C99 compiler vectorises (each weight then
+ * feeds two vectors, and the tile holds 2 x CT x R independent sums). A tile whose taps reach into the
+ * padding or past the row reads a copy of its input row segment, zero where it lies outside the row.
 """
 
 CONV3D = Template("""\
@@ -257,8 +270,10 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
     const int TS = S * KD * KH * KW;  /* floats from one output channel's kernel to the next */
     const float *const weight = $weight;  /* (T, S, KD, KH, KW) */
     /* a tile: CT output channels (CT divides T) by R output rows by VW output columns, R*CT*VW floats of
-     * stack in acc; its window spans ROWS input rows, and SPAN input columns feed one row of it */
-    enum { CT = $CT, R = $R, VW = NET_TILE_COLUMNS($CTR), SPAN = (VW - 1) * $SW + $KW, ROWS = (R - 1) * $SH + $KH };
+     * stack in acc, in two halves of VH = VW/2 columns; its window spans ROWS input rows, and SPAN input
+     * columns feed one row of it */
+    enum { CT = $CT, R = $R, VW = NET_TILE_COLUMNS($CTR), VH = VW / 2, SPAN = (VW - 1) * $SW + $KW,
+           ROWS = (R - 1) * $SH + $KH };
     float xe[SPAN];  /* an edge tile's input row segment, zero outside 0..W-1 */
     int t0, c, q, oh, ow, s, i, r, l, v, n;
 

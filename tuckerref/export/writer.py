@@ -16,7 +16,7 @@ import numpy as np
 from ..io import atomic_path
 from ..nn import AdaptiveAvgPool3d, AvgPool3d, BatchNorm3d, Conv3d, Linear, MaxPool3d
 from . import templates as tpl
-from .memory import footprint, pad_input as pad_clip, pad_rows, place_units, plan_units, tile_channels, tile_rows
+from .memory import footprint, pad_input as pad_clip, pad_rows, place_units, plan_units, tile_shape
 from .plan import IDENTITY, Step, c_identifier, place_buffers, plan_network
 
 WEIGHTS_FORMATS = ("array", "blob")
@@ -120,10 +120,13 @@ def _tile_block(ct: int, rows: tuple, kw: int, pad: str, partial: bool) -> list:
     """C lines of one tile block: input row r's KW taps into the output rows ``rows`` (kernel rows r - q)
     of all ct channels, in two variants chosen by the macro NET_TILE_TAPS: one tap per pass over the
     accumulators, or two (l, l + 1; then the last tap of an odd row), so that where the compiler keeps
-    the tile in memory each accumulator is read and written once per two multiply-adds. A ``partial``
-    block (fewer rows than the tile's) has few statements per column, and NET_NO_UNROLL keeps GCC from
-    unrolling its column loop completely before vectorising it."""
+    the tile in memory each accumulator is read and written once per two multiply-adds. The column loop
+    runs over the tile's two halves at once (columns v and VH + v, VH = VW / 2), so that each weight
+    broadcast feeds two vectors and each input vector loaded (NET_KEEP) feeds every (channel, row) pair
+    of the block. A ``partial`` block (fewer rows than the tile's) has few statements per column, and
+    NET_NO_UNROLL keeps GCC from unrolling its column loop completely before vectorising it."""
     pairs = [(q, c) for q in rows for c in range(ct)]
+    halves = ("v", "v + VH")  # the columns of each half
 
     def loop(head, first_line, taps):
         lines = [pad + head] + ([f"{pad}    {first_line}"] if first_line else [])
@@ -133,14 +136,16 @@ def _tile_block(ct: int, rows: tuple, kw: int, pad: str, partial: bool) -> list:
                 f"{t}{q}_{c} = {at}{' + 1' if t == 'b' else ''}]" for t in taps) + ";")
         if partial:
             lines.append(f"{pad}    NET_NO_UNROLL")
-        lines.append(f"{pad}    for (v = 0; v < VW; ++v) {{")
+        lines.append(f"{pad}    for (v = 0; v < VH; ++v) {{")
         lines.append(f"{pad}        const float " + ", ".join(
-            f"x{n} = xb[l{' + 1' if t == 'b' else ''} + v * SW]" for n, t in enumerate(taps)) + ";")
-        for q, c in pairs:
-            expr = f"acc[{q}][{c}][v]"
-            for n, t in enumerate(taps):
-                expr = f"NET_MADD({t}{q}_{c}, x{n}, {expr})"
-            lines.append(f"{pad}        acc[{q}][{c}][v] = {expr};")
+            f"x{n}{h} = NET_KEEP(xb[l{' + 1' if t == 'b' else ''} + ({col}) * SW])"
+            for h, col in enumerate(halves) for n, t in enumerate(taps)) + ";")
+        for h, at in enumerate(halves):
+            for q, c in pairs:
+                expr = f"acc[{q}][{c}][{at}]"
+                for n, t in enumerate(taps):
+                    expr = f"NET_MADD({t}{q}_{c}, x{n}{h}, {expr})"
+                lines.append(f"{pad}        acc[{q}][{c}][{at}] = {expr};")
         return lines + [f"{pad}    }}", f"{pad}}}"]
 
     two = []
@@ -214,7 +219,7 @@ class _Generator:
         if step.kind == "conv3d":
             (S, D, H, W), (T, OD, OH, OW) = step.in_shape, step.out_shape
             (KD, KH, KW), (SD, SH, SW), (PD, PH, PW) = m.kernel_size, m.stride, m.padding
-            ct, rows = tile_channels(T), tile_rows(step)
+            ct, rows = tile_shape(step)
             body = tpl.CONV3D.substitute(func=func, S=S, D=D, H=H, W=W, T=T, OD=OD, OH=OH, OW=OW, KD=KD, KH=KH,
                                          KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
                                          weight=self._weight(step, "weight"), init=self._init(step, "t0 + c"),
