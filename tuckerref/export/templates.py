@@ -292,31 +292,51 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
                     for (c = 0; c < CT; ++c)
                         for (v = 0; v < VW; ++v)
                             acc[q][c][v] = 0.0f;
-                if (!inside)  /* the padding and what lies past the row stay zero in xe */
+                /* The same sums in two copies of the loops, so that the compiler keeps the tile in registers
+                 * in the first, where no copy loop takes registers between its blocks */
+                if (inside)  /* every tap inside the (padded) row: its segment read in place */
+                    for (s = 0; s < S; ++s)
+                        for (i = 0; i < KD; ++i) {
+                            const int f = od * SD + i - PD;
+                            const float *plane, *k;
+                            if (f < 0 || f >= D)
+                                continue;
+                            plane = x + (f % ring) * xfs + s * xcs;
+                            k = weight + ((t0 * S + s) * KD + i) * KH * KW;  /* K(t0, s, i, 0, 0) */
+                            for (r = 0; r < ROWS; ++r) {  /* input row h of the window; output row oh + q takes it as j = r - q */
+                                const int h = oh * SH + r - PH;
+                                if (h < 0 || h >= H)
+                                    continue;
+                                {
+                                    const float *restrict xb = plane + h * XW + XL + w0;
+$tile_taps                                }
+                            }
+                        }
+                else {  /* an edge tile: a copy of each row segment, zero in the padding and past the row */
                     for (n = 0; n < SPAN; ++n)
                         xe[n] = 0.0f;
-                for (s = 0; s < S; ++s)
-                    for (i = 0; i < KD; ++i) {
-                        const int f = od * SD + i - PD;
-                        const float *plane, *k;
-                        if (f < 0 || f >= D)
-                            continue;
-                        plane = x + (f % ring) * xfs + s * xcs;
-                        k = weight + ((t0 * S + s) * KD + i) * KH * KW;  /* K(t0, s, i, 0, 0) */
-                        for (r = 0; r < ROWS; ++r) {  /* input row h of the window; output row oh + q takes it as j = r - q */
-                            const int h = oh * SH + r - PH;
-                            const float *row;
-                            if (h < 0 || h >= H)
+                    for (s = 0; s < S; ++s)
+                        for (i = 0; i < KD; ++i) {
+                            const int f = od * SD + i - PD;
+                            const float *plane, *k;
+                            if (f < 0 || f >= D)
                                 continue;
-                            row = plane + h * XW + XL;  /* column 0 of input row h */
-                            if (!inside)
+                            plane = x + (f % ring) * xfs + s * xcs;
+                            k = weight + ((t0 * S + s) * KD + i) * KH * KW;  /* K(t0, s, i, 0, 0) */
+                            for (r = 0; r < ROWS; ++r) {
+                                const int h = oh * SH + r - PH;
+                                const float *row;
+                                if (h < 0 || h >= H)
+                                    continue;
+                                row = plane + h * XW + XL;  /* column 0 of input row h */
                                 for (n = ea; n < eb; ++n)
                                     xe[n] = row[w0 + n];
-                            {
-                                const float *restrict xb = inside ? row + w0 : xe;
-$tile_taps                            }
+                                {
+                                    const float *restrict xb = xe;
+$tile_taps                                }
+                            }
                         }
-                    }
+                }
                 for (q = 0; q < nr; ++q)
                     for (c = 0; c < CT; ++c) {
                         float *const yrow = y + (t0 + c) * ycs + (oh + q) * OW + ow;

@@ -156,7 +156,7 @@ def _tile_block(ct: int, rows: tuple, kw: int, pad: str, partial: bool) -> list:
     return ["#if NET_TILE_TAPS == 2"] + two + ["#else"] + loop("for (l = 0; l < KW; ++l) {", None, ("a",)) + ["#endif"]
 
 
-def _tile_taps(ct: int, kh: int, kw: int, rows: int, indent: int = 32) -> str:
+def _tile_taps(ct: int, kh: int, kw: int, rows: int, indent: int = 36) -> str:
     """The C code of a convolution tile for one input row r of its window: its KW taps into every output
     row q of the tile that row r reaches (kernel row j = r - q in 0..KH-1), in one block per set of
     rows: all of them (the rows of the window's middle), or fewer (its first and last rows)."""
