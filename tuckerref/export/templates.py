@@ -295,48 +295,10 @@ static void ${func}_frame(const float *restrict x, int xcs, int xfs, int ring, i
                 /* The same sums in two copies of the loops, so that the compiler keeps the tile in registers
                  * in the first, where no copy loop takes registers between its blocks */
                 if (inside)  /* every tap inside the (padded) row: its segment read in place */
-                    for (s = 0; s < S; ++s)
-                        for (i = 0; i < KD; ++i) {
-                            const int f = od * SD + i - PD;
-                            const float *plane, *k;
-                            if (f < 0 || f >= D)
-                                continue;
-                            plane = x + (f % ring) * xfs + s * xcs;
-                            k = weight + ((t0 * S + s) * KD + i) * KH * KW;  /* K(t0, s, i, 0, 0) */
-                            for (r = 0; r < ROWS; ++r) {  /* input row h of the window; output row oh + q takes it as j = r - q */
-                                const int h = oh * SH + r - PH;
-                                if (h < 0 || h >= H)
-                                    continue;
-                                {
-                                    const float *restrict xb = plane + h * XW + XL + w0;
-$tile_taps                                }
-                            }
-                        }
-                else {  /* an edge tile: a copy of each row segment, zero in the padding and past the row */
+$window_in_place                else {  /* an edge tile: a copy of each row segment, zero in the padding and past the row */
                     for (n = 0; n < SPAN; ++n)
                         xe[n] = 0.0f;
-                    for (s = 0; s < S; ++s)
-                        for (i = 0; i < KD; ++i) {
-                            const int f = od * SD + i - PD;
-                            const float *plane, *k;
-                            if (f < 0 || f >= D)
-                                continue;
-                            plane = x + (f % ring) * xfs + s * xcs;
-                            k = weight + ((t0 * S + s) * KD + i) * KH * KW;  /* K(t0, s, i, 0, 0) */
-                            for (r = 0; r < ROWS; ++r) {
-                                const int h = oh * SH + r - PH;
-                                const float *row;
-                                if (h < 0 || h >= H)
-                                    continue;
-                                row = plane + h * XW + XL;  /* column 0 of input row h */
-                                for (n = ea; n < eb; ++n)
-                                    xe[n] = row[w0 + n];
-                                {
-                                    const float *restrict xb = xe;
-$tile_taps                                }
-                            }
-                        }
-                }
+$window_edge                }
                 for (q = 0; q < nr; ++q)
                     for (c = 0; c < CT; ++c) {
                         float *const yrow = y + (t0 + c) * ycs + (oh + q) * OW + ow;
@@ -355,6 +317,29 @@ static void $func(const float *restrict x, float *restrict y)
     for (od = 0; od < OD; ++od)
         ${func}_frame(x, D * H * XW, H * XW, D, od, y + od * OH * OW, OD * OH * OW);
 }
+""")
+
+# A convolution tile's loops over its window (input channels s, kernel frames i, window rows r), each row
+# handing the tile's taps ($tile_taps) the segment xb: CONV3D renders it twice, with xb the row in place
+# ($row = "") and with xb an edge copy ($row: the copy's lines).
+CONV3D_WINDOW = Template("""\
+${pad}for (s = 0; s < S; ++s)
+${pad}    for (i = 0; i < KD; ++i) {
+${pad}        const int f = od * SD + i - PD;
+${pad}        const float *plane, *k;
+${pad}        if (f < 0 || f >= D)
+${pad}            continue;
+${pad}        plane = x + (f % ring) * xfs + s * xcs;
+${pad}        k = weight + ((t0 * S + s) * KD + i) * KH * KW;  /* K(t0, s, i, 0, 0) */
+${pad}        for (r = 0; r < ROWS; ++r) {  /* input row h of the window; output row oh + q takes it as j = r - q */
+${pad}            const int h = oh * SH + r - PH;
+${row_declaration}${pad}            if (h < 0 || h >= H)
+${pad}                continue;
+${row_copy}${pad}            {
+${pad}                const float *restrict xb = $xb;
+$tile_taps${pad}            }
+${pad}        }
+${pad}    }
 """)
 
 POINTWISE_EQUATION = """\

@@ -179,6 +179,19 @@ def _tile_taps(ct: int, kh: int, kw: int, rows: int, indent: int = 36) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def _conv_windows(tile_taps: str, indent: int = 20) -> dict:
+    """CONV3D's two copies of its window loops (:data:`.templates.CONV3D_WINDOW`): the tile's taps reading
+    each row segment in place, and reading an edge copy of it."""
+    pad = " " * indent
+    copy = (f"{pad}            row = plane + h * XW + XL;  /* column 0 of input row h */\n"
+            f"{pad}            for (n = ea; n < eb; ++n)\n"
+            f"{pad}                xe[n] = row[w0 + n];\n")
+    return {"window_in_place": tpl.CONV3D_WINDOW.substitute(pad=pad, row_declaration="", row_copy="",
+                                                           xb="plane + h * XW + XL + w0", tile_taps=tile_taps),
+            "window_edge": tpl.CONV3D_WINDOW.substitute(pad=pad, row_declaration=f"{pad}            const float *row;\n",
+                                                       row_copy=copy, xb="xe", tile_taps=tile_taps)}
+
+
 class _Generator:
     """Renders one network; holds the identifiers chosen for its layers and parameters."""
 
@@ -224,7 +237,7 @@ class _Generator:
                                          KW=KW, SD=SD, SH=SH, SW=SW, PD=PD, PH=PH, PW=PW,
                                          weight=self._weight(step, "weight"), init=self._init(step, "t0 + c"),
                                          XL=step.in_pad[0], XR=step.in_pad[1], XW=W + sum(step.in_pad),
-                                         CT=ct, R=rows, CTR=ct * rows, tile_taps=_tile_taps(ct, KH, KW, rows))
+                                         CT=ct, R=rows, CTR=ct * rows, **_conv_windows(_tile_taps(ct, KH, KW, rows)))
             equation = tpl.CONV3D_EQUATION
         elif step.kind == "pointwise":
             (S, D, H, W), T, P = step.in_shape, step.out_shape[0], int(np.prod(step.in_shape[1:]))
