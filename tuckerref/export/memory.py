@@ -61,11 +61,6 @@ def tile_shape(step: Step) -> tuple:
     return best[1], best[0] // best[1]
 
 
-def tile_rows(step: Step) -> int:
-    """Output rows R of convolution ``step``'s register tile (:func:`tile_shape`)."""
-    return tile_shape(step)[1]
-
-
 def tile_columns(channels: int, tile_floats: int = TILE_MAX_FLOATS) -> int:
     """Output columns of a tile of ``channels`` (channel, row) pairs: the C macro NET_TILE_COLUMNS, i.e.
     tile_floats / channels rounded down to a multiple of 8, clamped to 8..32."""
