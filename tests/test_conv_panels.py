@@ -10,8 +10,9 @@ from hypothesis import assume, example, given, settings, strategies as st
 from reference import assert_gradient_along_random_directions, conv3d_ref
 from tuckerref import conv3d, conv3d_backward
 from tuckerref.kernels.conv3d import forward_path
-from tuckerref.kernels.conv3d_panels import (K_BLOCK, TILE_CHANNELS, grad_panels_take, grid_fits,
-                                             panel_forward_padded, panel_grad_weight_padded, panels_fit, tile_width)
+from tuckerref.kernels.conv3d_panels import (GRAD_TAPS, K_BLOCK, TILE_CHANNELS, grad_panels_take, grad_task_taps,
+                                             grid_fits, panel_forward_padded, panel_grad_weight_padded, panels_fit,
+                                             tile_width)
 from tuckerref.kernels.padding import _pad
 
 
@@ -179,6 +180,21 @@ def test_eq1_in_place_weight_gradient_matches_float64_reference_and_the_gathered
     panel_grad_weight_padded(_pad(x, padding), g, stride, gw_panels, gather=True)
     np.testing.assert_array_equal(gw, gw_panels)
     assert_grad_weight_matches_reference(gw, x, g, w.shape[2:], stride, padding)
+
+
+def test_weight_gradient_tasks_give_each_thread_an_even_share_of_taps():
+    """grad_task_taps: whole tile rows, at most GRAD_TAPS, and tasks in a multiple of the threads where
+    there are taps for it, so that the parallel loop's equal shares of tasks are near-equal shares of taps."""
+    assert grad_task_taps(432, 2) == 45 and grad_task_taps(81, 2) == 42  # was 48: 240 / 192 and 48 / 33 taps
+    for K in (3, 27, 81, 216, 432, 864, 1728, 13824):
+        for threads in (1, 2, 3, 4):
+            taps = grad_task_taps(K, threads)
+            tasks = -(-K // taps)
+            assert taps % TILE_CHANNELS == 0 and taps <= GRAD_TAPS
+            if K >= threads * GRAD_TAPS:  # contiguous shares of tasks, as a static schedule deals them
+                bounds = [w * tasks // threads for w in range(threads + 1)]
+                shares = [min(K, bounds[w + 1] * taps) - bounds[w] * taps for w in range(threads)]
+                assert max(shares) - min(shares) < taps, (K, threads, shares)
 
 
 def test_eq1_weight_gradient_dispatch_reads_rows_in_place_for_8_to_128_outputs():

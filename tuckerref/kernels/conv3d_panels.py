@@ -42,7 +42,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from .simd import VECTOR_BYTES, VECTOR_REGISTERS, RegisterTile, lanes, tile_fma, tile_load, tile_store
 from .tiling import TILE_VECTORS
@@ -494,8 +494,19 @@ def panel_forward_padded(xp, weight, bias, stride, out, threads, frame0=0, gathe
 #: transpose (this many positions x one tile width of output channels) stays in L1.
 GRAD_POSITIONS = 128
 
-#: Taps per task of the weight gradient (a multiple of every tile's channels).
+#: Most taps per task of the weight gradient (a multiple of every tile's channels).
 GRAD_TAPS = 48
+
+
+def grad_task_taps(K: int, threads: int) -> int:
+    """Taps per task of the weight gradient's K taps: at most :data:`GRAD_TAPS`, a multiple of the tile's
+    rows, and as many tasks as a multiple of ``threads`` allows, so that the parallel loop's equal shares
+    of tasks are equal shares of taps (C3D's 16 -> 32 layer, 432 taps: 5 and 4 tasks of 48 on two
+    threads before, 225 and 207 taps now; its 3 -> 16, 81 taps: 48 and 33, now 42 and 39)."""
+    R = _TILE.rows
+    tasks = -(-K // GRAD_TAPS)
+    tasks = -(-tasks // threads) * threads
+    return max(R, -(-K // tasks // R) * R)
 
 
 @njit(cache=True)
@@ -524,12 +535,12 @@ def _grad_pass(tile, one, x, x_first, x_row_step, k0, k1, gf, g_first, Tp, tc, q
 
 
 @njit(parallel=True, cache=True)
-def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geometry, out_dims):
+def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geometry, out_dims, task_taps):
     """gwt[k, t] += sum_{n, p} A(n, k, p) G(n, t, p), the weight gradient of eq. (1) as the product of the
     unfolded input (K x P per clip) with G's transpose ``gt`` (N, P, Tp), Tp a multiple of ``width``
     (channels past T are zero). ``gwt`` is (K, Tp); the other arguments as for :func:`_panel_forward`.
 
-    Each task owns :data:`GRAD_TAPS` rows of ``gwt`` (no two tasks write the same output) and runs over
+    Each task owns ``task_taps`` rows of ``gwt`` (:func:`grad_task_taps`; no two tasks write the same output) and runs over
     every clip and block of :data:`GRAD_POSITIONS` positions: it gathers its taps' rows of A for the block
     into one panel, then for each tile column of channels (``width`` of them, G's transpose in L1) and
     each group of R taps (the tile's rows, broadcast from the panel) accumulates the block's positions
@@ -546,9 +557,9 @@ def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geomet
     xf, gf, of = xp.reshape(xp.size), gt.reshape(gt.size), gwt.reshape(gwt.size)
     clip = xp.size // N
     sw = geometry[4]
-    for task in prange((K + GRAD_TAPS - 1) // GRAD_TAPS):
-        k0 = task * GRAD_TAPS
-        k1 = min(K, k0 + GRAD_TAPS)
+    for task in prange((K + task_taps - 1) // task_taps):
+        k0 = task * task_taps
+        k1 = min(K, k0 + task_taps)
         kb = k1 - k0
         xb = np.empty(kb * Pb, xf.dtype)
         run_q = np.empty(Pb + 2, np.int64)
@@ -565,7 +576,7 @@ def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geomet
 
 
 @njit(parallel=True, cache=True)
-def _grid_grad_weight(tile, one, width, xp, gt, gwt, tap_offset, frame_step):
+def _grid_grad_weight(tile, one, width, xp, gt, gwt, tap_offset, frame_step, task_taps):
     """gwt[k, t] += sum_{n, f', q} Xp_flat(n*clip + f'*frame_step + tap_offset[k] + q) Gq(n, f', q, t): the
     weight gradient of eq. (1) with positions on the padded input's grid (unit height and width stride),
     where tap k's row of A is the padded input itself, as in :func:`_grid_forward`. ``gt`` (N, Fo, G, Tp) is
@@ -573,7 +584,7 @@ def _grid_grad_weight(tile, one, width, xp, gt, gwt, tap_offset, frame_step):
     outputs. The tile's R rows are R consecutive taps one value apart in Xp (the kernel's width taps:
     ``tap_offset[k]`` consecutive within groups of R starting at multiples of R, which the caller checks).
 
-    Tasks own :data:`GRAD_TAPS` taps as in :func:`_panel_grad_weight`, and every output is the same sum in
+    Tasks own ``task_taps`` taps as in :func:`_panel_grad_weight`, and every output is the same sum in
     the same order: over (n, f', q), the zeros added at the dropped columns changing nothing.
     """
     # n clip; f frame; q0 first grid position of a block; k0 first tap of the task; tc first channel of a column.
@@ -581,9 +592,9 @@ def _grid_grad_weight(tile, one, width, xp, gt, gwt, tap_offset, frame_step):
     K = gwt.shape[0]
     xf, gf, of = xp.reshape(xp.size), gt.reshape(gt.size), gwt.reshape(gwt.size)
     clip = xp.size // N
-    for task in prange((K + GRAD_TAPS - 1) // GRAD_TAPS):
-        k0 = task * GRAD_TAPS
-        k1 = min(K, k0 + GRAD_TAPS)
+    for task in prange((K + task_taps - 1) // task_taps):
+        k0 = task * task_taps
+        k1 = min(K, k0 + task_taps)
         for n in range(N):
             for f in range(Fo):
                 g_first = (n * Fo + f) * G * Tp
@@ -689,10 +700,10 @@ def panel_grad_weight_padded(xp, grad_out, stride, grad_weight, gather=None):
         _transpose_channels(g.reshape(N, T, P), gt)
         geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
         _panel_grad_weight(tile, one, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, gt, gwt, taps,
-                           geometry, (Fo, Ho, Wo))
+                           geometry, (Fo, Ho, Wo), grad_task_taps(K, get_num_threads()))
     else:
         Wp = xp.shape[4]
         gt = np.empty((N, Fo, (Ho - 1) * Wp + Wo, Tp), xp.dtype)
         _transpose_to_grid(g, gt, Wp)
-        _grid_grad_weight(tile, one, width, xp, gt, gwt, taps, sd * xp.shape[3] * Wp)
+        _grid_grad_weight(tile, one, width, xp, gt, gwt, taps, sd * xp.shape[3] * Wp, grad_task_taps(K, get_num_threads()))
     grad_weight += gwt[:, :T].T.reshape(grad_weight.shape)
