@@ -5,7 +5,8 @@ shapes (1x1x1, 256 -> 64 and 64 -> 256 on 8 x 28 x 28) and Tucker-2 cores of 8 t
 those frame sizes, float32, forward, batch 1 (and ``--batch 8``). For each layer every engine path
 that applies is timed (``panels``: :func:`tuckerref.kernels.conv3d_panels.panel_forward_padded`, on
 gathered panels or in-place rows as it decides; ``rows``: the row register tiles of
-:mod:`tuckerref.kernels.conv3d_tiles`; ``auto``: what ``conv3d`` picks), and PyTorch when it is installed, one call each per round, so that ratios do not depend on the machine's drift.
+:mod:`tuckerref.kernels.conv3d_tiles`; ``auto``: what ``conv3d`` picks), and PyTorch when it is
+installed, one call each per round, so that ratios do not depend on the machine's drift.
 
 GFLOP/s = 2 x multiply-accumulates / median time. "of best" is a layer's best engine GFLOP/s over the
 best GFLOP/s any engine reaches on any of the layers in the run (the machine's practical peak).

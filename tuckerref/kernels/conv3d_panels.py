@@ -540,12 +540,12 @@ def _panel_grad_weight(tile, one, vec, L, width, xp, gt, gwt, tap_offset, geomet
     unfolded input (K x P per clip) with G's transpose ``gt`` (N, P, Tp), Tp a multiple of ``width``
     (channels past T are zero). ``gwt`` is (K, Tp); the other arguments as for :func:`_panel_forward`.
 
-    Each task owns ``task_taps`` rows of ``gwt`` (:func:`grad_task_taps`; no two tasks write the same output) and runs over
-    every clip and block of :data:`GRAD_POSITIONS` positions: it gathers its taps' rows of A for the block
-    into one panel, then for each tile column of channels (``width`` of them, G's transpose in L1) and
-    each group of R taps (the tile's rows, broadcast from the panel) accumulates the block's positions
-    in registers (:func:`_grad_pass`). Every output is summed over (n, p) in order, whatever the number of
-    threads.
+    Each task owns ``task_taps`` rows of ``gwt`` (:func:`grad_task_taps`; no two tasks write the same
+    output) and runs over every clip and block of :data:`GRAD_POSITIONS` positions: it gathers its taps'
+    rows of A for the block into one panel, then for each tile column of channels (``width`` of them, G's
+    transpose in L1) and each group of R taps (the tile's rows, broadcast from the panel) accumulates the
+    block's positions in registers (:func:`_grad_pass`). Every output is summed over (n, p) in order,
+    whatever the number of threads.
     """
     # n clip; p0 first position of the block; k0 first tap of the task; tc first channel of a tile column.
     N = xp.shape[0]
@@ -695,15 +695,16 @@ def panel_grad_weight_padded(xp, grad_out, stride, grad_weight, gather=None):
         tile, one, width = _HALF_TILE, _HALF_ONE, width // 2
     Tp = -(-T // width) * width
     gwt = np.zeros((K, Tp), xp.dtype)
+    task_taps = grad_task_taps(K, get_num_threads())
     if gather:
         gt = np.zeros((N, P, Tp), xp.dtype)
         _transpose_channels(g.reshape(N, T, P), gt)
         geometry = (xp.shape[3] * xp.shape[4], xp.shape[4], sd, sh, sw)
         _panel_grad_weight(tile, one, _VECTOR, lanes(xp.dtype, _VECTOR.vector_bytes), width, xp, gt, gwt, taps,
-                           geometry, (Fo, Ho, Wo), grad_task_taps(K, get_num_threads()))
+                           geometry, (Fo, Ho, Wo), task_taps)
     else:
         Wp = xp.shape[4]
         gt = np.empty((N, Fo, (Ho - 1) * Wp + Wo, Tp), xp.dtype)
         _transpose_to_grid(g, gt, Wp)
-        _grid_grad_weight(tile, one, width, xp, gt, gwt, taps, sd * xp.shape[3] * Wp, grad_task_taps(K, get_num_threads()))
+        _grid_grad_weight(tile, one, width, xp, gt, gwt, taps, sd * xp.shape[3] * Wp, task_taps)
     grad_weight += gwt[:, :T].T.reshape(grad_weight.shape)
