@@ -501,8 +501,9 @@ GRAD_TAPS = 48
 def grad_task_taps(K: int, threads: int) -> int:
     """Taps per task of the weight gradient's K taps: at most :data:`GRAD_TAPS`, a multiple of the tile's
     rows, and as many tasks as a multiple of ``threads`` allows, so that the parallel loop's equal shares
-    of tasks are equal shares of taps (C3D's 16 -> 32 layer, 432 taps: 5 and 4 tasks of 48 on two
-    threads before, 225 and 207 taps now; its 3 -> 16, 81 taps: 48 and 33, now 42 and 39)."""
+    of tasks are near-equal shares of taps: on two threads, C3D's 16 -> 32 layer (432 taps) gets 225 and
+    207 taps per thread, where tasks of 48 would give 240 and 192; its 3 -> 16 (81 taps) 42 and 39, not
+    48 and 33."""
     R = _TILE.rows
     tasks = -(-K // GRAD_TAPS)
     tasks = -(-tasks // threads) * threads
